@@ -1,0 +1,119 @@
+"""What every screen of the recipe shares: the header, the status line and the footer, and the
+list of screens in recipe order (the app's key bindings and command palette come from it)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from textual.app import ComposeResult, SystemCommand
+from textual.screen import Screen
+from textual.widgets import Footer, Header
+
+from tui.widgets.status_line import StatusLine
+
+if TYPE_CHECKING:
+    from tui.app import DistillApp
+
+
+class DistillScreen(Screen[None]):
+    """Base of the recipe's screens: subclasses implement `compose_body`."""
+
+    @property
+    def distill(self) -> DistillApp:
+        return self.app  # type: ignore[return-value]
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield from self.compose_body()
+        yield StatusLine()
+        yield Footer()
+
+    def compose_body(self) -> ComposeResult:
+        yield from ()
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        """The screen's main actions for the command palette (ctrl+p)."""
+        return ()
+
+
+@dataclass(frozen=True)
+class ScreenSpec:
+    mode: str
+    title: str
+    key: str
+    help: str
+    factory: Callable[[], Screen[None]]
+
+
+def _dataset() -> Screen[None]:
+    from screens.dataset import DatasetScreen
+
+    return DatasetScreen()
+
+
+def _settings() -> Screen[None]:
+    from screens.settings import SettingsScreen
+
+    return SettingsScreen()
+
+
+def _placeholder(title: str, what: str, issue: int) -> Callable[[], Screen[None]]:
+    def make() -> Screen[None]:
+        from screens.placeholder import PlaceholderScreen
+
+        return PlaceholderScreen(title, what, issue)
+
+    return make
+
+
+SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
+    ScreenSpec("dataset", "Dataset", "1", "Edit the requests, references and split", _dataset),
+    ScreenSpec(
+        "generate",
+        "Generate",
+        "2",
+        "Run the student or the teacher over the dataset",
+        _placeholder(
+            "Generate",
+            "Run a model over the dataset with live streaming, resume and cost.",
+            4,
+        ),
+    ),
+    ScreenSpec(
+        "completions",
+        "Completions",
+        "3",
+        "Browse stored completions",
+        _placeholder(
+            "Completions", "Browse and filter stored completions across runs.", 4
+        ),
+    ),
+    ScreenSpec(
+        "evals",
+        "Evals",
+        "4",
+        "Grade a run's outputs",
+        _placeholder("Evals", "Define graders and run evals over a run's outputs.", 5),
+    ),
+    ScreenSpec(
+        "finetune",
+        "Fine-tune",
+        "5",
+        "Fine-tune the student on the teacher's outputs",
+        _placeholder(
+            "Fine-tune",
+            "Build the training file from teacher outputs, launch and watch the job.",
+            6,
+        ),
+    ),
+    ScreenSpec(
+        "compare",
+        "Compare",
+        "6",
+        "Compare runs side by side",
+        _placeholder("Compare", "Student, teacher and fine-tuned student side by side.", 5),
+    ),
+    ScreenSpec("settings", "Settings", "7", "Backend, models, limits and prices", _settings),
+)

@@ -1,0 +1,120 @@
+"""DistillApp: the screens of the recipe, app-wide keys, the command palette. Kept thin:
+each screen lives in its own module under screens/."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from textual import on, work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.screen import Screen
+from textual.worker import Worker, WorkerState
+
+from screens.base import SCREENS_IN_ORDER, ScreenSpec
+from tui.engine.settings import Settings
+from tui.engine.store import Store
+
+
+class DistillApp(App[int]):
+    CSS_PATH = "app.tcss"
+    TITLE = "distill-tui"
+    MODES = {spec.mode: spec.factory for spec in SCREENS_IN_ORDER}
+    BINDINGS = [
+        *(
+            Binding(spec.key, f"switch_mode('{spec.mode}')", spec.title, id=f"go.{spec.mode}")
+            for spec in SCREENS_IN_ORDER
+        ),
+        Binding("question_mark", "toggle_help", "Keys", key_display="?", id="app.help"),
+        Binding("q", "quit", "Quit", id="app.quit"),
+        Binding("escape", "back", "Back", show=False, id="app.back"),
+    ]
+
+    # What the status line shows; set by the backend worker.
+    backend_label: reactive[str] = reactive("")
+
+    def __init__(self, settings: Settings, store: Store, *, start_backend: bool = True) -> None:
+        super().__init__()
+        self.settings = settings
+        self.store = store
+        self.start_backend = start_backend
+        self.backend: object | None = None  # a tui.engine.backend handle once started
+        self._mode_history: list[str] = []
+        self.backend_label = f"{settings.backend_kind()} (not started)"
+
+    @property
+    def workspace(self) -> Path:
+        return self.store.directory
+
+    def on_mount(self) -> None:
+        self.switch_mode("dataset")
+        if self.start_backend:
+            self.connect_backend()
+
+    # -- navigation ----------------------------------------------------------------------
+
+    async def action_switch_mode(self, mode: str) -> None:
+        if mode == self.current_mode:
+            return
+        if self.current_mode:
+            self._mode_history.append(self.current_mode)
+        await self.switch_mode(mode)
+
+    async def action_back(self) -> None:
+        """esc: close the top screen of this step, else return to the previous step."""
+        if len(self.screen_stack) > 1:
+            self.pop_screen()
+        elif self._mode_history:
+            await self.switch_mode(self._mode_history.pop())
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        for spec in SCREENS_IN_ORDER:
+            yield SystemCommand(
+                f"Go to {spec.title}",
+                f"{spec.help} (key {spec.key})",
+                lambda mode=spec.mode: self.run_action(f"switch_mode('{mode}')"),
+            )
+        # The current screen's own actions, so the palette offers what the footer shows.
+        commands = getattr(screen, "palette_commands", None)
+        if commands is not None:
+            yield from commands()
+        yield from super().get_system_commands(screen)
+
+    # -- backend -------------------------------------------------------------------------
+
+    @work(exclusive=True, group="backend")
+    async def connect_backend(self) -> None:
+        from tui.engine.backend import open_backend
+
+        def progress(message: str) -> None:
+            self.backend_label = message
+
+        self.backend = await open_backend(self.settings, on_progress=progress)
+        self.backend_label = self.backend.label  # type: ignore[attr-defined]
+
+    async def on_unmount(self) -> None:
+        backend = self.backend
+        if backend is not None:
+            await backend.aclose()  # type: ignore[attr-defined]
+
+    @on(Worker.StateChanged)
+    def _report_worker_error(self, event: Worker.StateChanged) -> None:
+        """One place that turns a failed worker into a readable notification."""
+        if event.state != WorkerState.ERROR or event.worker.error is None:
+            return
+        error = event.worker.error
+        if event.worker.group == "backend":
+            self.backend_label = f"{self.settings.backend_kind()} (failed: {error})"
+        self.notify(f"{error}", title=f"{event.worker.name or 'task'} failed", severity="error")
+
+
+def screen_spec(mode: str) -> ScreenSpec:
+    return next(spec for spec in SCREENS_IN_ORDER if spec.mode == mode)

@@ -1,0 +1,93 @@
+"""The `distill-tui` command: the TUI by default, plus `serve` (the embedded local backend)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tui import __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="distill-tui",
+        description=(
+            "Distil a large model into a small one from the terminal: edit a dataset, "
+            "generate student and teacher outputs, grade them, fine-tune, compare."
+        ),
+        epilog=(
+            "With no OPENAI_API_KEY and no DISTILL_BASE_URL the embedded local backend is "
+            "started on 127.0.0.1. Settings: DISTILL_* environment variables, .env, or the "
+            "TOML file named by DISTILL_CONFIG."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"distill-tui {__version__}")
+    parser.add_argument(
+        "--workspace",
+        type=Path,
+        metavar="DIR",
+        help="workspace directory (default: ./distill-workspace or DISTILL_WORKSPACE)",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("tui", help="open the terminal app (the default)")
+    serve = commands.add_parser(
+        "serve", help="run the embedded OpenAI-compatible backend with local models"
+    )
+    from tui.local import serve as local_serve
+
+    local_serve.add_arguments(serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        from tui.local import serve as local_serve
+
+        if args.workspace is not None and getattr(args, "serve_workspace", None) is None:
+            args.serve_workspace = args.workspace
+        return local_serve.run(args)
+    return _run_tui(args.workspace)
+
+
+def _run_tui(workspace: Path | None) -> int:
+    from pydantic import ValidationError
+
+    from tui.engine.examples import ensure_shipped_dataset
+    from tui.engine.settings import config_path, load_settings
+    from tui.engine.store import Store, WorkspaceError
+
+    overrides = {"workspace": workspace} if workspace is not None else {}
+    try:
+        settings = load_settings(**overrides)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or 'settings'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        print(
+            f"distill-tui: invalid settings ({problems}). Check DISTILL_* variables, .env and "
+            f"{config_path()}.",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        store = Store.open(settings.workspace)
+    except WorkspaceError as exc:
+        print(f"distill-tui: {exc}", file=sys.stderr)
+        return 1
+    try:
+        ensure_shipped_dataset(store)
+        from tui.app import DistillApp
+
+        app = DistillApp(settings=settings, store=store)
+        app.run()
+        return app.return_code or 0
+    finally:
+        store.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

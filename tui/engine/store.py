@@ -1,0 +1,586 @@
+"""The workspace: a directory holding `distill.db` (SQLite, WAL) and exported files.
+
+One `Store` per workspace. Its methods are synchronous and safe to call from any thread (one
+connection behind a lock); async callers use `await store.run(store.method, ...)`, which runs
+the call on the store's own thread so the UI loop never waits on disk.
+
+The schema carries a version (`PRAGMA user_version`) and a list of migrations from the first
+release on. A database from a newer release, or one that is not a SQLite database at all, is
+refused without being touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import tempfile
+import threading
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import partial
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DB_NAME = "distill.db"
+SPLITS = ("", "train", "eval")
+
+# Each entry migrates the schema from version i to i+1. Never edit a released entry; append.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE datasets(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        system_prompt TEXT NOT NULL DEFAULT '',
+        split_seed INTEGER,
+        eval_fraction REAL,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE items(
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER NOT NULL REFERENCES datasets(id) ON DELETE CASCADE,
+        position INTEGER NOT NULL,
+        input TEXT NOT NULL CHECK (length(input) > 0),
+        reference TEXT NOT NULL DEFAULT '',
+        split TEXT NOT NULL DEFAULT '' CHECK (split IN ('', 'train', 'eval')),
+        deleted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX items_by_dataset ON items(dataset_id, deleted, position);
+    CREATE TABLE runs(
+        id INTEGER PRIMARY KEY,
+        dataset_id INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        name TEXT NOT NULL DEFAULT '',
+        model TEXT NOT NULL,
+        role TEXT NOT NULL DEFAULT '',
+        source TEXT NOT NULL DEFAULT 'generated',
+        split TEXT NOT NULL DEFAULT '',
+        system_prompt TEXT NOT NULL DEFAULT '',
+        params TEXT NOT NULL DEFAULT '{}',
+        metadata TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL DEFAULT 'created',
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE completions(
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        item_id INTEGER NOT NULL REFERENCES items(id) ON DELETE CASCADE,
+        output TEXT NOT NULL DEFAULT '',
+        status TEXT NOT NULL,
+        error TEXT,
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_ms REAL,
+        first_token_ms REAL,
+        finish_reason TEXT,
+        remote_id TEXT,
+        attempts INTEGER NOT NULL DEFAULT 1,
+        created_at TEXT NOT NULL,
+        UNIQUE(run_id, item_id)
+    );
+    CREATE TABLE evals(
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        graders TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE eval_runs(
+        id INTEGER PRIMARY KEY,
+        eval_id INTEGER NOT NULL REFERENCES evals(id) ON DELETE CASCADE,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        status TEXT NOT NULL DEFAULT 'created',
+        summary TEXT NOT NULL DEFAULT '{}',
+        created_at TEXT NOT NULL,
+        finished_at TEXT
+    );
+    CREATE TABLE grades(
+        eval_run_id INTEGER NOT NULL REFERENCES eval_runs(id) ON DELETE CASCADE,
+        completion_id INTEGER NOT NULL REFERENCES completions(id) ON DELETE CASCADE,
+        grader TEXT NOT NULL,
+        score REAL,
+        passed INTEGER,
+        detail TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY(eval_run_id, completion_id, grader)
+    );
+    CREATE TABLE jobs(
+        id INTEGER PRIMARY KEY,
+        remote_id TEXT NOT NULL,
+        base_url TEXT NOT NULL DEFAULT '',
+        base_model TEXT NOT NULL,
+        training_file TEXT,
+        validation_file TEXT,
+        hyperparameters TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL,
+        fine_tuned_model TEXT,
+        error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        UNIQUE(base_url, remote_id)
+    );
+    CREATE TABLE job_events(
+        job_id INTEGER NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+        remote_id TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        level TEXT NOT NULL DEFAULT 'info',
+        message TEXT NOT NULL DEFAULT '',
+        metrics TEXT,
+        PRIMARY KEY(job_id, remote_id)
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class WorkspaceError(Exception):
+    """The workspace cannot be used; the message says what and where."""
+
+
+class StoreError(ValueError):
+    """An operation was refused (e.g. a duplicate dataset name); nothing was changed."""
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    id: int
+    position: int
+    input: str
+    reference: str
+    split: str
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    id: int
+    name: str
+    system_prompt: str
+    n_items: int
+    n_train: int
+    n_eval: int
+    split_seed: int | None
+    eval_fraction: float | None
+    created_at: str
+
+
+def _check_existing_db(path: Path) -> None:
+    """Read-only checks before we open for writing, so a bad file is never modified."""
+    try:
+        with path.open("rb") as fh:
+            header = fh.read(16)
+    except OSError as exc:
+        raise WorkspaceError(f"{path}: cannot read the workspace database ({exc.strerror})") from exc
+    if header and header != b"SQLite format 3\x00":
+        raise WorkspaceError(
+            f"{path}: not a distill-tui workspace database (not SQLite). Move it aside or "
+            "choose another workspace with --workspace."
+        )
+    if not header:
+        return  # an empty file: SQLite treats it as a new database
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise WorkspaceError(
+                    f"{path}: this workspace was written by a newer distill-tui (schema "
+                    f"{version}, this version knows up to {SCHEMA_VERSION}). Upgrade distill-tui "
+                    "or choose another workspace."
+                )
+            result = conn.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            conn.close()
+    except sqlite3.DatabaseError as exc:
+        raise WorkspaceError(f"{path}: the workspace database is corrupt ({exc})") from exc
+    if result != "ok":
+        raise WorkspaceError(f"{path}: the workspace database is corrupt ({result})")
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise WorkspaceError(
+            f"{directory}: cannot create the workspace directory ({exc.strerror})"
+        ) from exc
+    if not directory.is_dir():
+        raise WorkspaceError(f"{directory}: the workspace path exists and is not a directory")
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise WorkspaceError(
+            f"{directory}: the workspace directory is not writable ({exc.strerror})"
+        ) from exc
+
+
+class Store:
+    """The SQLite workspace. Open with `Store.open(directory)`."""
+
+    def __init__(self, directory: Path, conn: sqlite3.Connection) -> None:
+        self.directory = directory
+        self.path = directory / DB_NAME
+        self._conn = conn
+        self._lock = threading.RLock()
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- opening -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, directory: Path | str) -> Store:
+        directory = Path(directory).expanduser()
+        path = directory / DB_NAME
+        if path.exists():
+            _check_existing_db(path)
+            if not os.access(path, os.W_OK):
+                raise WorkspaceError(f"{path}: the workspace database is read-only")
+        _check_writable(directory)
+        try:
+            conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA foreign_keys=ON")
+            conn.execute("PRAGMA busy_timeout=10000")
+            store = cls(directory, conn)
+            store._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise WorkspaceError(f"{path}: cannot open the workspace database ({exc})") from exc
+        return store
+
+    def _migrate(self) -> None:
+        version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        for target in range(version, SCHEMA_VERSION):
+            with self.transaction() as conn:
+                for statement in _split_sql(MIGRATIONS[target]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version={target + 1}")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+                self._executor = None
+            self._conn.close()
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def transaction(self) -> _Transaction:
+        return _Transaction(self._conn, self._lock)
+
+    def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            cur = self._conn.execute(sql, args)
+            cur.row_factory = sqlite3.Row
+            return cur.fetchall()
+
+    async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a store method on the store's own thread, off the caller's event loop."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, partial(func, *args, **kwargs))
+
+    @property
+    def exports_dir(self) -> Path:
+        path = self.directory / "exports"
+        path.mkdir(exist_ok=True)
+        return path
+
+    # -- datasets ------------------------------------------------------------------------
+
+    def list_datasets(self) -> list[DatasetInfo]:
+        rows = self.query(
+            """
+            SELECT d.*, COUNT(i.id) AS n_items,
+                   COALESCE(SUM(i.split = 'train'), 0) AS n_train,
+                   COALESCE(SUM(i.split = 'eval'), 0) AS n_eval
+            FROM datasets d LEFT JOIN items i ON i.dataset_id = d.id AND i.deleted = 0
+            GROUP BY d.id ORDER BY d.name COLLATE NOCASE
+            """
+        )
+        return [_dataset_info(row) for row in rows]
+
+    def get_dataset(self, dataset_id: int) -> DatasetInfo:
+        for info in self.list_datasets():
+            if info.id == dataset_id:
+                return info
+        raise StoreError(f"no dataset with id {dataset_id}")
+
+    def dataset_by_name(self, name: str) -> DatasetInfo | None:
+        return next((d for d in self.list_datasets() if d.name == name), None)
+
+    def create_dataset(
+        self, name: str, system_prompt: str = "", items: Iterable[Any] = ()
+    ) -> int:
+        """Create a dataset, optionally with items (ItemDraft-like: input, reference, split).
+
+        All or nothing: a bad item leaves no dataset behind."""
+        name = _clean_name(name)
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"a dataset named {name!r} already exists")
+            stamp = now()
+            cur = conn.execute(
+                "INSERT INTO datasets(name, system_prompt, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, system_prompt, stamp, stamp),
+            )
+            dataset_id = int(cur.lastrowid or 0)
+            self._insert_items(conn, dataset_id, items)
+        return dataset_id
+
+    def rename_dataset(self, dataset_id: int, name: str) -> None:
+        name = _clean_name(name)
+        with self.transaction() as conn:
+            clash = conn.execute(
+                "SELECT 1 FROM datasets WHERE name = ? AND id != ?", (name, dataset_id)
+            ).fetchone()
+            if clash:
+                raise StoreError(f"a dataset named {name!r} already exists")
+            conn.execute(
+                "UPDATE datasets SET name = ?, updated_at = ? WHERE id = ?",
+                (name, now(), dataset_id),
+            )
+
+    def duplicate_dataset(self, dataset_id: int, name: str) -> int:
+        source = self.get_dataset(dataset_id)
+        name = _clean_name(name)
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM datasets WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"a dataset named {name!r} already exists")
+            stamp = now()
+            cur = conn.execute(
+                "INSERT INTO datasets(name, system_prompt, split_seed, eval_fraction,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (name, source.system_prompt, source.split_seed, source.eval_fraction, stamp, stamp),
+            )
+            new_id = int(cur.lastrowid or 0)
+            conn.execute(
+                "INSERT INTO items(dataset_id, position, input, reference, split)"
+                " SELECT ?, position, input, reference, split FROM items"
+                " WHERE dataset_id = ? AND deleted = 0 ORDER BY position",
+                (new_id, dataset_id),
+            )
+        return new_id
+
+    def delete_dataset(self, dataset_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM datasets WHERE id = ?", (dataset_id,))
+
+    def set_system_prompt(self, dataset_id: int, text: str) -> None:
+        if len(text) > 32_000:
+            raise StoreError("the system prompt is longer than 32,000 characters")
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE datasets SET system_prompt = ?, updated_at = ? WHERE id = ?",
+                (text, now(), dataset_id),
+            )
+
+    # -- items ---------------------------------------------------------------------------
+
+    def items(self, dataset_id: int, split: str | None = None) -> list[Item]:
+        sql = (
+            "SELECT id, position, input, reference, split FROM items"
+            " WHERE dataset_id = ? AND deleted = 0"
+        )
+        args: list[Any] = [dataset_id]
+        if split is not None:
+            sql += " AND split = ?"
+            args.append(split)
+        sql += " ORDER BY position"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        return [Item(*row) for row in rows]
+
+    def add_items(self, dataset_id: int, items: Iterable[Any]) -> list[int]:
+        """Append items (all or nothing). Returns the new ids."""
+        with self.transaction() as conn:
+            return self._insert_items(conn, dataset_id, items)
+
+    def add_item(self, dataset_id: int, input: str, reference: str = "", split: str = "") -> Item:
+        from tui.engine.datasets import ItemDraft
+
+        (item_id,) = self.add_items(dataset_id, [ItemDraft(input, reference, split)])
+        return self.item(item_id)
+
+    def item(self, item_id: int) -> Item:
+        rows = self.query(
+            "SELECT id, position, input, reference, split FROM items WHERE id = ?", (item_id,)
+        )
+        if not rows:
+            raise StoreError(f"no item with id {item_id}")
+        return Item(*rows[0])
+
+    def update_item(
+        self,
+        item_id: int,
+        *,
+        input: str | None = None,
+        reference: str | None = None,
+        split: str | None = None,
+    ) -> Item:
+        from tui.engine.datasets import validate_request
+
+        sets: list[str] = []
+        args: list[Any] = []
+        if input is not None:
+            sets.append("input = ?")
+            args.append(validate_request(input))
+        if reference is not None:
+            sets.append("reference = ?")
+            args.append(reference)
+        if split is not None:
+            sets.append("split = ?")
+            args.append(_check_split(split))
+        if sets:
+            with self.transaction() as conn:
+                conn.execute(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", (*args, item_id))
+                self._touch(conn, item_id=item_id)
+        return self.item(item_id)
+
+    def delete_items(self, item_ids: Sequence[int]) -> None:
+        """Soft delete: the rows (and any completions of them) stay until the dataset goes,
+        so `restore_items` can undo it exactly."""
+        self._set_deleted(item_ids, 1)
+
+    def restore_items(self, item_ids: Sequence[int]) -> None:
+        self._set_deleted(item_ids, 0)
+
+    def _set_deleted(self, item_ids: Sequence[int], flag: int) -> None:
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE items SET deleted = ? WHERE id = ?", [(flag, i) for i in item_ids]
+            )
+            if item_ids:
+                self._touch(conn, item_id=item_ids[0])
+
+    def set_splits(self, assignments: dict[int, str]) -> None:
+        rows = [(_check_split(split), item_id) for item_id, split in assignments.items()]
+        with self.transaction() as conn:
+            conn.executemany("UPDATE items SET split = ? WHERE id = ?", rows)
+
+    def random_split(self, dataset_id: int, eval_fraction: float, seed: int) -> tuple[int, int]:
+        """Assign every item to train or eval at random, reproducibly for a given seed.
+
+        Returns (n_train, n_eval). The seed and fraction are stored with the dataset."""
+        if not 0.0 < eval_fraction < 1.0:
+            raise StoreError("the eval fraction must be between 0 and 1 (e.g. 0.2)")
+        ids = [item.id for item in self.items(dataset_id)]
+        order = list(ids)
+        random.Random(seed).shuffle(order)
+        n_eval = round(len(order) * eval_fraction) if order else 0
+        if order and n_eval == 0:
+            n_eval = 1
+        eval_ids = set(order[:n_eval])
+        with self.transaction() as conn:
+            conn.executemany(
+                "UPDATE items SET split = ? WHERE id = ?",
+                [("eval" if i in eval_ids else "train", i) for i in ids],
+            )
+            conn.execute(
+                "UPDATE datasets SET split_seed = ?, eval_fraction = ?, updated_at = ?"
+                " WHERE id = ?",
+                (seed, eval_fraction, now(), dataset_id),
+            )
+        return len(ids) - n_eval, n_eval
+
+    def _insert_items(
+        self, conn: sqlite3.Connection, dataset_id: int, items: Iterable[Any]
+    ) -> list[int]:
+        start = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM items WHERE dataset_id = ?", (dataset_id,)
+        ).fetchone()[0]
+        rows = []
+        for offset, draft in enumerate(items, start=1):
+            if not draft.input or not draft.input.strip():
+                raise StoreError(f"item {offset}: the request is empty")
+            rows.append(
+                (dataset_id, start + offset, draft.input, draft.reference, _check_split(draft.split))
+            )
+        first = conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0] + 1
+        conn.executemany(
+            "INSERT INTO items(dataset_id, position, input, reference, split)"
+            " VALUES (?, ?, ?, ?, ?)",
+            rows,
+        )
+        # Inside one transaction with no concurrent writer, rowids are allocated consecutively.
+        return list(range(first, first + len(rows)))
+
+    def _touch(self, conn: sqlite3.Connection, *, item_id: int) -> None:
+        conn.execute(
+            "UPDATE datasets SET updated_at = ? WHERE id = (SELECT dataset_id FROM items"
+            " WHERE id = ?)",
+            (now(), item_id),
+        )
+
+
+class _Transaction:
+    """`with store.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error."""
+
+    def __init__(self, conn: sqlite3.Connection, lock: threading.RLock) -> None:
+        self._conn = conn
+        self._lock = lock
+
+    def __enter__(self) -> sqlite3.Connection:
+        self._lock.acquire()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+        except BaseException:
+            self._lock.release()
+            raise
+        return self._conn
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        try:
+            if exc_type is None:
+                self._conn.execute("COMMIT")
+            else:
+                self._conn.execute("ROLLBACK")
+        finally:
+            self._lock.release()
+
+
+def _split_sql(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
+
+
+def _clean_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise StoreError("a dataset name cannot be empty")
+    if len(name) > 200:
+        raise StoreError("a dataset name is limited to 200 characters")
+    return name
+
+
+def _check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise StoreError(f"unknown split {split!r}: use train, eval or leave it empty")
+    return split
+
+
+def _dataset_info(row: sqlite3.Row) -> DatasetInfo:
+    return DatasetInfo(
+        id=row["id"],
+        name=row["name"],
+        system_prompt=row["system_prompt"],
+        n_items=row["n_items"],
+        n_train=row["n_train"],
+        n_eval=row["n_eval"],
+        split_seed=row["split_seed"],
+        eval_fraction=row["eval_fraction"],
+        created_at=row["created_at"],
+    )
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)

@@ -1,0 +1,32 @@
+"""The status line under every screen: backend, teacher and student models, workspace."""
+
+from __future__ import annotations
+
+from textual.app import RenderResult
+from textual.widget import Widget
+
+
+class StatusLine(Widget):
+    DEFAULT_CSS = """
+    StatusLine {
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+        color: $text-muted;
+    }
+    """
+
+    def on_mount(self) -> None:
+        self.watch(self.app, "backend_label", lambda _: self.refresh(), init=False)
+
+    def render(self) -> RenderResult:
+        app = self.app
+        settings = getattr(app, "settings", None)
+        if settings is None:
+            return ""
+        backend = getattr(app, "backend_label", "")
+        workspace = getattr(app, "workspace", "")
+        return (
+            f"backend [b]{backend}[/b]  ·  teacher [b]{settings.teacher}[/b]  ·  "
+            f"student [b]{settings.student}[/b]  ·  workspace {workspace}"
+        )
