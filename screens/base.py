@@ -86,9 +86,7 @@ SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
         "Completions",
         "3",
         "Browse stored completions",
-        _placeholder(
-            "Completions", "Browse and filter stored completions across runs.", 4
-        ),
+        _placeholder("Completions", "Browse and filter stored completions across runs.", 4),
     ),
     ScreenSpec(
         "evals",

@@ -228,7 +228,9 @@ class DatasetScreen(DistillScreen):
         item = self.current_item()
         detail = self.query_one("#item-detail", Static)
         if item is None:
-            empty = "No items match the filter." if self.filter_text else "No items yet: a adds one."
+            empty = (
+                "No items match the filter." if self.filter_text else "No items yet: a adds one."
+            )
             detail.update(f"[dim]{empty}[/dim]")
             return
         flag = self.flags[self.shown[self.table.cursor]]

@@ -170,7 +170,9 @@ class SystemPromptDialog(Dialog[str]):
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="box wide"):
-            yield Label("System prompt (sent before every request of this dataset)", classes="title")
+            yield Label(
+                "System prompt (sent before every request of this dataset)", classes="title"
+            )
             yield TextArea(self.prompt, id="prompt")
             yield Static("ctrl+s saves, esc cancels", classes="hint")
             yield from self.buttons("Save")

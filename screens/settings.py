@@ -47,33 +47,50 @@ class SettingsScreen(DistillScreen):
                 "Backend changes apply at the next launch.",
                 id="settings-intro",
             )
-            yield from self._field("Backend", Select(BACKENDS, value=s.backend, id="backend",
-                                                     allow_blank=False))
-            yield from self._field("Base URL", Input(s.base_url or "", id="base_url",
-                                                     placeholder="http://localhost:8000/v1"))
+            yield from self._field(
+                "Backend", Select(BACKENDS, value=s.backend, id="backend", allow_blank=False)
+            )
+            yield from self._field(
+                "Base URL",
+                Input(s.base_url or "", id="base_url", placeholder="http://localhost:8000/v1"),
+            )
             yield from self._field(
                 "API key",
-                Static(f"{mask(s.api_key)} — set OPENAI_API_KEY or DISTILL_API_KEY in the "
-                       "environment or .env; keys are never saved", id="api_key"),
+                Static(
+                    f"{mask(s.api_key)} — set OPENAI_API_KEY or DISTILL_API_KEY in the "
+                    "environment or .env; keys are never saved",
+                    id="api_key",
+                ),
             )
-            yield from self._field("Teacher model", Input(s.teacher_model or "", id="teacher_model",
-                                                          placeholder=s.teacher))
-            yield from self._field("Student model", Input(s.student_model or "", id="student_model",
-                                                          placeholder=s.student))
-            yield from self._field("Judge model", Input(s.judge_model or "", id="judge_model",
-                                                        placeholder=s.judge))
-            yield from self._field("Concurrency (1–256)", Input(str(s.concurrency),
-                                                                id="concurrency", type="integer"))
-            yield from self._field("Request timeout (s)", Input(str(s.request_timeout),
-                                                                id="request_timeout",
-                                                                type="number"))
-            yield from self._field("Retries", Input(str(s.max_retries), id="max_retries",
-                                                    type="integer"))
+            yield from self._field(
+                "Teacher model",
+                Input(s.teacher_model or "", id="teacher_model", placeholder=s.teacher),
+            )
+            yield from self._field(
+                "Student model",
+                Input(s.student_model or "", id="student_model", placeholder=s.student),
+            )
+            yield from self._field(
+                "Judge model", Input(s.judge_model or "", id="judge_model", placeholder=s.judge)
+            )
+            yield from self._field(
+                "Concurrency (1–256)", Input(str(s.concurrency), id="concurrency", type="integer")
+            )
+            yield from self._field(
+                "Request timeout (s)",
+                Input(str(s.request_timeout), id="request_timeout", type="number"),
+            )
+            yield from self._field(
+                "Retries", Input(str(s.max_retries), id="max_retries", type="integer")
+            )
             yield from self._field("Workspace", Input(str(s.workspace), id="workspace"))
             yield from self._field(
                 "Local models",
-                Input(", ".join(str(p) for p in s.local_models), id="local_models",
-                      placeholder="paths to .gguf files or transformers folders, comma-separated"),
+                Input(
+                    ", ".join(str(p) for p in s.local_models),
+                    id="local_models",
+                    placeholder="paths to .gguf files or transformers folders, comma-separated",
+                ),
             )
             yield from self._field(
                 "Prices ($ per 1M tokens)",
@@ -125,8 +142,12 @@ class SettingsScreen(DistillScreen):
             values = self.collect()
             # Validate through the same model as the environment; secrets stay as they are.
             merged = Settings.model_validate(
-                {**current.model_dump(exclude={"api_key", "local_api_key"}), **values,
-                 "api_key": current.api_key, "local_api_key": current.local_api_key}
+                {
+                    **current.model_dump(exclude={"api_key", "local_api_key"}),
+                    **values,
+                    "api_key": current.api_key,
+                    "local_api_key": current.local_api_key,
+                }
             )
         except ValueError as exc:
             if isinstance(exc, ValidationError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import on, work
 from textual.app import App, SystemCommand
@@ -16,6 +17,9 @@ from textual.worker import Worker, WorkerState
 from screens.base import SCREENS_IN_ORDER, ScreenSpec
 from tui.engine.settings import Settings
 from tui.engine.store import Store
+
+if TYPE_CHECKING:
+    from tui.engine.backend import Backend
 
 
 class DistillApp(App[int]):
@@ -40,7 +44,7 @@ class DistillApp(App[int]):
         self.settings = settings
         self.store = store
         self.start_backend = start_backend
-        self.backend: object | None = None  # a tui.engine.backend handle once started
+        self.backend: Backend | None = None
         self._mode_history: list[str] = []
         self.backend_label = f"{settings.backend_kind()} (not started)"
 
@@ -97,13 +101,14 @@ class DistillApp(App[int]):
         def progress(message: str) -> None:
             self.backend_label = message
 
-        self.backend = await open_backend(self.settings, on_progress=progress)
-        self.backend_label = self.backend.label  # type: ignore[attr-defined]
+        backend = await open_backend(self.settings, on_progress=progress)
+        self.backend = backend
+        self.backend_label = backend.label
 
     async def on_unmount(self) -> None:
         backend = self.backend
         if backend is not None:
-            await backend.aclose()  # type: ignore[attr-defined]
+            await backend.aclose()
 
     @on(Worker.StateChanged)
     def _report_worker_error(self, event: Worker.StateChanged) -> None:

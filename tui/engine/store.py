@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 T = TypeVar("T")
 
@@ -150,8 +150,9 @@ def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
+    """One item of a dataset. A tuple, because a dataset screen holds 100,000 of them."""
+
     id: int
     position: int
     input: str
@@ -178,7 +179,9 @@ def _check_existing_db(path: Path) -> None:
         with path.open("rb") as fh:
             header = fh.read(16)
     except OSError as exc:
-        raise WorkspaceError(f"{path}: cannot read the workspace database ({exc.strerror})") from exc
+        raise WorkspaceError(
+            f"{path}: cannot read the workspace database ({exc.strerror})"
+        ) from exc
     if header and header != b"SQLite format 3\x00":
         raise WorkspaceError(
             f"{path}: not a distill-tui workspace database (not SQLite). Move it aside or "
@@ -206,14 +209,14 @@ def _check_existing_db(path: Path) -> None:
 
 
 def _check_writable(directory: Path) -> None:
+    if directory.exists() and not directory.is_dir():
+        raise WorkspaceError(f"{directory}: the workspace path exists and is not a directory")
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise WorkspaceError(
             f"{directory}: cannot create the workspace directory ({exc.strerror})"
         ) from exc
-    if not directory.is_dir():
-        raise WorkspaceError(f"{directory}: the workspace path exists and is not a directory")
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
@@ -297,30 +300,28 @@ class Store:
 
     # -- datasets ------------------------------------------------------------------------
 
+    _DATASETS_SQL = """
+        SELECT d.*, COUNT(i.id) AS n_items,
+               COALESCE(SUM(i.split = 'train'), 0) AS n_train,
+               COALESCE(SUM(i.split = 'eval'), 0) AS n_eval
+        FROM datasets d LEFT JOIN items i ON i.dataset_id = d.id AND i.deleted = 0
+        {where} GROUP BY d.id ORDER BY d.name COLLATE NOCASE
+    """
+
     def list_datasets(self) -> list[DatasetInfo]:
-        rows = self.query(
-            """
-            SELECT d.*, COUNT(i.id) AS n_items,
-                   COALESCE(SUM(i.split = 'train'), 0) AS n_train,
-                   COALESCE(SUM(i.split = 'eval'), 0) AS n_eval
-            FROM datasets d LEFT JOIN items i ON i.dataset_id = d.id AND i.deleted = 0
-            GROUP BY d.id ORDER BY d.name COLLATE NOCASE
-            """
-        )
+        rows = self.query(self._DATASETS_SQL.format(where=""))
         return [_dataset_info(row) for row in rows]
 
     def get_dataset(self, dataset_id: int) -> DatasetInfo:
-        for info in self.list_datasets():
-            if info.id == dataset_id:
-                return info
-        raise StoreError(f"no dataset with id {dataset_id}")
+        rows = self.query(self._DATASETS_SQL.format(where="WHERE d.id = ?"), (dataset_id,))
+        if not rows:
+            raise StoreError(f"no dataset with id {dataset_id}")
+        return _dataset_info(rows[0])
 
     def dataset_by_name(self, name: str) -> DatasetInfo | None:
         return next((d for d in self.list_datasets() if d.name == name), None)
 
-    def create_dataset(
-        self, name: str, system_prompt: str = "", items: Iterable[Any] = ()
-    ) -> int:
+    def create_dataset(self, name: str, system_prompt: str = "", items: Iterable[Any] = ()) -> int:
         """Create a dataset, optionally with items (ItemDraft-like: input, reference, split).
 
         All or nothing: a bad item leaves no dataset behind."""
@@ -399,7 +400,8 @@ class Store:
         sql += " ORDER BY position"
         with self._lock:
             rows = self._conn.execute(sql, args).fetchall()
-        return [Item(*row) for row in rows]
+        make = Item._make
+        return [make(row) for row in rows]
 
     def add_items(self, dataset_id: int, items: Iterable[Any]) -> list[int]:
         """Append items (all or nothing). Returns the new ids."""
@@ -504,7 +506,13 @@ class Store:
             if not draft.input or not draft.input.strip():
                 raise StoreError(f"item {offset}: the request is empty")
             rows.append(
-                (dataset_id, start + offset, draft.input, draft.reference, _check_split(draft.split))
+                (
+                    dataset_id,
+                    start + offset,
+                    draft.input,
+                    draft.reference,
+                    _check_split(draft.split),
+                )
             )
         first = conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0] + 1
         conn.executemany(

@@ -17,7 +17,10 @@ class StatusLine(Widget):
     """
 
     def on_mount(self) -> None:
-        self.watch(self.app, "backend_label", lambda _: self.refresh(), init=False)
+        self.watch(self.app, "backend_label", self._changed, init=False)
+
+    def _changed(self) -> None:
+        self.refresh()
 
     def render(self) -> RenderResult:
         app = self.app
