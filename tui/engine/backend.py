@@ -1,0 +1,305 @@
+"""Which backend the app talks to, the one factory of its OpenAI clients, and the embedded
+local server's life (started on a free loopback port, stopped with the app).
+
+Rule (settings.backend == "auto"): a base URL set -> that URL; else an API key set -> OpenAI;
+else the local backend, `distill-tui serve`, started as a child process. No textual here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, Literal
+from urllib.parse import urlparse
+
+import openai
+from pydantic import SecretStr
+
+BackendKind = Literal["local", "openai", "url"]
+
+# The local server reads its key from this variable: an argument would be visible to every
+# user of the machine in `ps`, the environment only to us.
+LOCAL_KEY_ENV = "DISTILL_LOCAL_API_KEY"
+LOCAL_LOG_NAME = "server.log"
+START_TIMEOUT = 180.0  # the first start may build the GGUF model's caches
+STOP_TIMEOUT = 10.0
+
+
+class BackendError(RuntimeError):
+    """The backend cannot be used as configured (a missing key, a server that won't start)."""
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    kind: BackendKind
+    base_url: str | None  # None for OpenAI's default URL, or a local server not started yet
+    api_key: SecretStr | None
+    label: str  # what the status line shows: "local", "openai", or the URL's host
+
+
+def resolve_backend(settings: Any) -> BackendSpec:
+    """Decide the backend from settings (see the module docstring for the rule)."""
+    kind: str = settings.backend
+    base_url: str | None = settings.base_url or None
+    api_key: SecretStr | None = settings.api_key
+    if api_key is not None and not api_key.get_secret_value():
+        api_key = None
+    if kind == "auto":
+        kind = "url" if base_url else "openai" if api_key is not None else "local"
+    if kind == "url":
+        if not base_url:
+            raise BackendError(
+                "backend 'url' needs a base URL: set DISTILL_BASE_URL (or OPENAI_BASE_URL)."
+            )
+        host = urlparse(base_url).netloc or base_url
+        return BackendSpec("url", base_url, api_key, host)
+    if kind == "openai":
+        if api_key is None:
+            raise BackendError(
+                "backend 'openai' needs an API key: set OPENAI_API_KEY (or DISTILL_API_KEY)."
+            )
+        return BackendSpec("openai", base_url, api_key, "openai")
+    if kind == "local":
+        return BackendSpec("local", None, settings.local_api_key, "local")
+    raise BackendError(f"unknown backend {kind!r}: use auto, local, openai or url")
+
+
+def make_client(
+    spec: BackendSpec, timeout: float = 60.0, max_retries: int = 2
+) -> openai.AsyncOpenAI:
+    """The app's only way to build an OpenAI client, whatever the backend."""
+    if spec.kind == "local" and not spec.base_url:
+        raise BackendError("the local server is not started yet (LocalServer.start)")
+    # OpenAI-compatible servers without auth still need some key for the SDK to send.
+    key = spec.api_key.get_secret_value() if spec.api_key is not None else "not-needed"
+    return openai.AsyncOpenAI(
+        api_key=key, base_url=spec.base_url, timeout=timeout, max_retries=max_retries
+    )
+
+
+class LocalServer:
+    """The embedded backend as a child process: `python -m tui.local.serve`.
+
+    It listens on a free loopback port with a random key made for this launch, and its life
+    is tied to ours: it watches our pid and, on Linux, the kernel signals it if we die (even
+    by SIGKILL). Its output goes to `<workspace>/local/server.log`.
+    """
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.python = python
+        self.proc: asyncio.subprocess.Process | None = None
+        self.spec: BackendSpec | None = None
+        self.log_path: Path | None = None
+        self._log: IO[bytes] | None = None
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def start(
+        self,
+        workspace: Path,
+        models: list[Path] | None = None,
+        on_progress: Callable[[str], None] | None = None,
+        *,
+        timeout: float = START_TIMEOUT,
+        extra_args: list[str] | None = None,
+        api_key: SecretStr | None = None,
+    ) -> BackendSpec:
+        if self.proc is not None and self.proc.returncode is None:
+            raise BackendError("the local server is already running")
+        progress = on_progress or (lambda _msg: None)
+        workspace = Path(workspace)
+        local_dir = workspace / "local"
+        local_dir.mkdir(parents=True, exist_ok=True)
+        self.log_path = local_dir / LOCAL_LOG_NAME
+        self._tmp = tempfile.TemporaryDirectory(prefix="distill-serve-")
+        port_file = Path(self._tmp.name) / "port"
+        # A fresh key per launch unless the user fixed one (settings.local_api_key).
+        key = api_key.get_secret_value() if api_key else "sk-local-" + secrets.token_urlsafe(32)
+
+        args = [
+            self.python,
+            "-m",
+            "tui.local.serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+            "--parent-pid",
+            str(os.getpid()),
+            "--workspace",
+            str(workspace),
+        ]
+        for model in models or []:
+            args += ["--model", str(model)]
+        args += extra_args or []
+        env = dict(os.environ)
+        env[LOCAL_KEY_ENV] = key
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env["PYTHONUNBUFFERED"] = "1"
+
+        progress("local: starting server…")
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log.write(f"\n--- distill-tui serve started {time.ctime()} ---\n".encode())
+        self._log.flush()
+        # Spawned from the event loop's thread, which lives as long as the app: the kernel's
+        # parent-death signal is tied to the thread that forked.
+        self.proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=self._log,
+            env=env,
+        )
+        try:
+            port = await self._wait_port(port_file, timeout, progress)
+            base_url = f"http://127.0.0.1:{port}/v1"
+            spec = BackendSpec("local", base_url, SecretStr(key), "local")
+            progress(f"local: server on 127.0.0.1:{port}, checking /v1/models…")
+            n_models = await self._wait_models(spec, timeout)
+        except BaseException:
+            await self.stop()
+            raise
+        progress(f"local: ready ({n_models} model{'s' if n_models != 1 else ''})")
+        self.spec = spec
+        return spec
+
+    async def _wait_port(
+        self, port_file: Path, timeout: float, progress: Callable[[str], None]
+    ) -> int:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        said_loading = False
+        started = time.monotonic()
+        while True:
+            if port_file.exists():
+                text = port_file.read_text(encoding="utf-8").strip()
+                if text.isdigit():
+                    return int(text)
+            if self.proc.returncode is not None:
+                raise BackendError(
+                    f"the local server exited with code {self.proc.returncode} while starting"
+                    + self._log_tail()
+                )
+            if time.monotonic() > deadline:
+                raise BackendError(
+                    f"the local server did not start within {timeout:.0f} s" + self._log_tail()
+                )
+            if not said_loading and time.monotonic() - started > 1.0:
+                progress("local: loading model…")
+                said_loading = True
+            await asyncio.sleep(0.05)
+
+    async def _wait_models(self, spec: BackendSpec, timeout: float) -> int:
+        assert self.proc is not None
+        client = make_client(spec, timeout=10.0, max_retries=0)
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                try:
+                    page = await client.models.list()
+                    return len(page.data)
+                except openai.APIConnectionError:
+                    if self.proc.returncode is not None or time.monotonic() > deadline:
+                        raise BackendError(
+                            "the local server does not answer /v1/models" + self._log_tail()
+                        ) from None
+                    await asyncio.sleep(0.1)
+        finally:
+            await client.close()
+
+    def _log_tail(self, n: int = 8) -> str:
+        if self.log_path is None:
+            return ""
+        try:
+            lines = self.log_path.read_text("utf-8", "replace").strip().splitlines()
+        except OSError:
+            return ""
+        tail = "\n".join(lines[-n:])
+        return f" (see {self.log_path}):\n{tail}" if tail else ""
+
+    async def stop(self) -> None:
+        """Stop the server: SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT s."""
+        proc, self.proc = self.proc, None
+        try:
+            if proc is not None and proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+        finally:
+            if self._log is not None:
+                self._log.close()
+                self._log = None
+            if self._tmp is not None:
+                self._tmp.cleanup()
+                self._tmp = None
+            self.spec = None
+
+    async def __aenter__(self) -> LocalServer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+@dataclass
+class Backend:
+    """An open backend: the client the app uses, and the local server if we started one."""
+
+    spec: BackendSpec
+    client: openai.AsyncOpenAI
+    label: str  # for the status line: "local · 127.0.0.1:51234", "openai", "url · <base url>"
+    server: LocalServer | None = None
+
+    async def aclose(self) -> None:
+        try:
+            await self.client.close()
+        finally:
+            if self.server is not None:
+                await self.server.stop()
+
+
+async def open_backend(settings: Any, on_progress: Callable[[str], None] | None = None) -> Backend:
+    """Resolve the backend from settings, start the local server if that is the one, and
+    return a ready client."""
+    spec = resolve_backend(settings)
+    timeout = float(getattr(settings, "request_timeout", 60.0))
+    max_retries = int(getattr(settings, "max_retries", 2))
+    if spec.kind != "local":
+        label = "openai" if spec.kind == "openai" else f"url · {spec.base_url}"
+        if spec.kind == "openai" and spec.base_url:
+            label = f"openai · {spec.base_url}"
+        return Backend(spec, make_client(spec, timeout, max_retries), label)
+    server = LocalServer()
+    spec = await server.start(
+        Path(settings.workspace),
+        list(getattr(settings, "local_models", []) or []),
+        on_progress,
+        api_key=getattr(settings, "local_api_key", None),
+    )
+    assert spec.base_url is not None
+    label = "local · " + (urlparse(spec.base_url).netloc or spec.base_url)
+    try:
+        client = make_client(spec, timeout, max_retries)
+    except BaseException:
+        await server.stop()
+        raise
+    return Backend(spec, client, label, server)
