@@ -530,6 +530,121 @@ class Store:
             (now(), item_id),
         )
 
+    # -- runs and completions ------------------------------------------------------------
+
+    def create_run(
+        self,
+        *,
+        dataset_id: int,
+        model: str,
+        role: str = "",
+        source: str = "generated",
+        split: str = "",
+        system_prompt: str = "",
+        params: dict[str, Any] | None = None,
+        metadata: dict[str, str] | None = None,
+        name: str = "",
+    ) -> int:
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO runs(dataset_id, name, model, role, source, split, system_prompt,"
+                " params, metadata, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    dataset_id,
+                    name,
+                    model,
+                    role,
+                    source,
+                    split,
+                    system_prompt,
+                    dumps(params or {}),
+                    dumps(metadata or {}),
+                    "created",
+                    now(),
+                ),
+            )
+            return int(cur.lastrowid or 0)
+
+    _RUNS_SQL = """
+        SELECT r.*, d.name AS dataset_name,
+               COUNT(c.id) AS n_completions,
+               COALESCE(SUM(c.status = 'done'), 0) AS n_done,
+               COALESCE(SUM(c.status = 'failed'), 0) AS n_failed,
+               COALESCE(SUM(c.prompt_tokens), 0) AS prompt_tokens,
+               COALESCE(SUM(c.completion_tokens), 0) AS completion_tokens,
+               AVG(CASE WHEN c.status = 'done' THEN c.latency_ms END) AS mean_latency_ms
+        FROM runs r LEFT JOIN datasets d ON d.id = r.dataset_id
+        LEFT JOIN completions c ON c.run_id = r.id
+        {where} GROUP BY r.id ORDER BY r.id DESC
+    """
+
+    def get_run(self, run_id: int) -> RunInfo:
+        rows = self.query(self._RUNS_SQL.format(where="WHERE r.id = ?"), (run_id,))
+        if not rows:
+            raise StoreError(f"no run with id {run_id}")
+        return _run_info(rows[0])
+
+    def list_runs(self, dataset_id: int | None = None) -> list[RunInfo]:
+        if dataset_id is None:
+            rows = self.query(self._RUNS_SQL.format(where=""))
+        else:
+            rows = self.query(self._RUNS_SQL.format(where="WHERE r.dataset_id = ?"), (dataset_id,))
+        return [_run_info(row) for row in rows]
+
+    def set_run_status(self, run_id: int, status: str, *, finished: bool = False) -> None:
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE runs SET status = ?, finished_at = ? WHERE id = ?",
+                (status, now() if finished else None, run_id),
+            )
+
+    def delete_run(self, run_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
+
+    def run_items(self, run_id: int) -> list[Item]:
+        """The items a run covers: its dataset's split, or its explicit selection."""
+        run = self.get_run(run_id)
+        if run.dataset_id is None:
+            return []
+        selection = run.params.get("item_ids")
+        if selection:
+            wanted = set(selection)
+            return [i for i in self.items(run.dataset_id) if i.id in wanted]
+        return self.items(run.dataset_id, split=run.split or None)
+
+    def pending_items(self, run_id: int) -> list[Item]:
+        """Items of the run with no finished completion: what a (re)start must generate."""
+        done = {
+            row[0]
+            for row in self.query(
+                "SELECT item_id FROM completions WHERE run_id = ? AND status = 'done'", (run_id,)
+            )
+        }
+        return [item for item in self.run_items(run_id) if item.id not in done]
+
+    def save_completion(self, run_id: int, item_id: int, **fields: Any) -> None:
+        """Insert or replace the run's completion of an item: never two for the same item."""
+        columns = ["run_id", "item_id", "created_at", *fields]
+        values = [run_id, item_id, now(), *fields.values()]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in ["created_at", *fields])
+        with self.transaction() as conn:
+            conn.execute(
+                f"INSERT INTO completions({', '.join(columns)})"
+                f" VALUES ({', '.join('?' for _ in columns)})"
+                f" ON CONFLICT(run_id, item_id) DO UPDATE SET {updates},"
+                " attempts = completions.attempts + 1",
+                values,
+            )
+
+    def completions(self, run_id: int) -> list[CompletionRow]:
+        rows = self.query(
+            "SELECT c.*, i.input, i.reference, i.position FROM completions c"
+            " JOIN items i ON i.id = c.item_id WHERE c.run_id = ? ORDER BY i.position",
+            (run_id,),
+        )
+        return [_completion_row(row) for row in rows]
+
 
 class _Transaction:
     """`with store.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error."""
@@ -588,6 +703,86 @@ def _dataset_info(row: sqlite3.Row) -> DatasetInfo:
         eval_fraction=row["eval_fraction"],
         created_at=row["created_at"],
     )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    id: int
+    dataset_id: int | None
+    dataset_name: str | None
+    name: str
+    model: str
+    role: str
+    source: str
+    split: str
+    system_prompt: str
+    params: dict[str, Any]
+    metadata: dict[str, str]
+    status: str
+    created_at: str
+    finished_at: str | None
+    n_completions: int
+    n_done: int
+    n_failed: int
+    prompt_tokens: int
+    completion_tokens: int
+    mean_latency_ms: float | None
+
+    @property
+    def label(self) -> str:
+        return self.name or f"run {self.id} · {self.model}" + (
+            f" ({self.role})" if self.role else ""
+        )
+
+
+def _run_info(row: sqlite3.Row) -> RunInfo:
+    return RunInfo(
+        id=row["id"],
+        dataset_id=row["dataset_id"],
+        dataset_name=row["dataset_name"],
+        name=row["name"],
+        model=row["model"],
+        role=row["role"],
+        source=row["source"],
+        split=row["split"],
+        system_prompt=row["system_prompt"],
+        params=json.loads(row["params"]),
+        metadata=json.loads(row["metadata"]),
+        status=row["status"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        n_completions=row["n_completions"],
+        n_done=row["n_done"],
+        n_failed=row["n_failed"],
+        prompt_tokens=row["prompt_tokens"],
+        completion_tokens=row["completion_tokens"],
+        mean_latency_ms=row["mean_latency_ms"],
+    )
+
+
+@dataclass(frozen=True)
+class CompletionRow:
+    id: int
+    run_id: int
+    item_id: int
+    position: int
+    input: str
+    reference: str
+    output: str
+    status: str
+    error: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float | None
+    first_token_ms: float | None
+    finish_reason: str | None
+    remote_id: str | None
+    attempts: int
+    created_at: str
+
+
+def _completion_row(row: sqlite3.Row) -> CompletionRow:
+    return CompletionRow(**{f: row[f] for f in CompletionRow.__dataclass_fields__})
 
 
 def dumps(value: Any) -> str:

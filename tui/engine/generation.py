@@ -1,0 +1,634 @@
+"""Run a model over a dataset: concurrent streaming chat completions, each committed to the
+workspace as it finishes, resumable, cancellable, with retries and a live cost.
+
+One engine serves the Generate screen, `distill-tui run` and the tests. It reports progress
+as plain dataclass events through a callback, and keeps running totals in `RunStats`, which
+a screen can read at its own pace instead of repainting per token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import openai
+
+from tui.engine.retrieval import SimilarExamples
+from tui.engine.settings import Price
+from tui.engine.store import Item, RunInfo, Store
+
+# -- what a run is -----------------------------------------------------------------------
+
+
+@dataclass
+class SamplingParams:
+    temperature: float | None = None
+    top_p: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+    def request_args(self) -> dict[str, Any]:
+        args: dict[str, Any] = {}
+        if self.temperature is not None:
+            args["temperature"] = self.temperature
+        if self.top_p is not None:
+            args["top_p"] = self.top_p
+        if self.max_tokens is not None:
+            args["max_tokens"] = self.max_tokens
+        if self.seed is not None:
+            args["seed"] = self.seed
+        if self.stop:
+            args["stop"] = list(self.stop)
+        return args
+
+
+@dataclass
+class RunSpec:
+    """A run = dataset (or a split, or a selection) × model × prompt × params × metadata."""
+
+    dataset_id: int
+    model: str
+    role: str = ""  # "student" | "teacher" | "fine-tuned" | anything
+    system_prompt: str = ""
+    split: str | None = None  # "train" | "eval" | None for every item
+    item_ids: list[int] | None = None
+    params: SamplingParams = field(default_factory=SamplingParams)
+    metadata: dict[str, str] = field(default_factory=dict)
+    # Fixed example turns (request, answer) sent before each request, and/or the k most
+    # similar train-split examples retrieved per request: context distillation for a teacher.
+    few_shot: list[tuple[str, str]] = field(default_factory=list)
+    retrieve_k: int = 0
+    name: str = ""
+
+
+def create_run(store: Store, spec: RunSpec) -> int:
+    params = {
+        "sampling": asdict(spec.params),
+        "few_shot": [list(pair) for pair in spec.few_shot],
+        "retrieve_k": spec.retrieve_k,
+    }
+    if spec.item_ids is not None:
+        params["item_ids"] = list(spec.item_ids)
+    return store.create_run(
+        dataset_id=spec.dataset_id,
+        model=spec.model,
+        role=spec.role,
+        split=spec.split or "",
+        system_prompt=spec.system_prompt,
+        params=params,
+        metadata=spec.metadata,
+        name=spec.name,
+    )
+
+
+def sampling_of(run: RunInfo) -> SamplingParams:
+    return SamplingParams(**run.params.get("sampling", {}))
+
+
+# -- events ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunStarted:
+    run_id: int
+    total: int  # items the run covers
+    todo: int  # items this start will generate (the rest were done before)
+
+
+@dataclass(frozen=True)
+class ItemStarted:
+    item_id: int
+    attempt: int
+
+
+@dataclass(frozen=True)
+class ItemDelta:
+    item_id: int
+    text: str
+
+
+@dataclass(frozen=True)
+class ItemRetry:
+    item_id: int
+    attempt: int
+    error: str
+    delay: float
+
+
+@dataclass(frozen=True)
+class ItemFinished:
+    item_id: int
+    status: Literal["done", "failed", "cancelled"]
+    output: str
+    error: str | None
+    finish_reason: str | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float | None
+    first_token_ms: float | None
+    cost: float
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    run_id: int
+    status: str  # "done" | "cancelled" | "failed" | "budget"
+    message: str
+
+
+Event = RunStarted | ItemStarted | ItemDelta | ItemRetry | ItemFinished | RunFinished
+
+
+@dataclass
+class RunStats:
+    """Running totals, updated in place; safe to read from the UI loop at any time."""
+
+    total: int = 0
+    todo: int = 0
+    done_before: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    in_flight: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+
+    @property
+    def finished_items(self) -> int:
+        return self.done + self.failed + self.cancelled
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+    @property
+    def eta(self) -> float | None:
+        """Seconds left at the rate so far; None until something finished."""
+        left = self.todo - self.finished_items
+        if self.finished_items == 0 or left <= 0:
+            return None if left > 0 else 0.0
+        return self.elapsed / self.finished_items * left
+
+
+class RunStopped(Exception):
+    """The run cannot go on (bad key, unknown model): every item would fail the same way."""
+
+
+# -- cost ----------------------------------------------------------------------------------
+
+
+def cost_of(price: Price, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+    return ((prompt_tokens or 0) * price.input + (completion_tokens or 0) * price.output) / 1e6
+
+
+@dataclass(frozen=True)
+class Estimate:
+    items: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    priced: bool  # False when the model has no price (local, unknown URL)
+
+
+def estimate_run(store: Store, run_id: int, price: Price) -> Estimate:
+    """Before starting: tokens ≈ characters / 4; replies as long as the references (× 1.5),
+    or max_tokens, or 256 when there are neither."""
+    run = store.get_run(run_id)
+    items = store.pending_items(run_id)
+    builder = PromptBuilder.for_run(store, run)
+    prompt_chars = sum(
+        sum(len(m["content"]) for m in builder.messages(item)) + 16 for item in items
+    )
+    sampling = sampling_of(run)
+    refs = [len(item.reference) for item in items if item.reference]
+    if refs:
+        per_reply = int(sum(refs) / len(refs) / 4 * 1.5) + 4
+        if sampling.max_tokens:
+            per_reply = min(per_reply, sampling.max_tokens)
+    else:
+        per_reply = sampling.max_tokens or 256
+    prompt_tokens = prompt_chars // 4
+    completion_tokens = per_reply * len(items)
+    return Estimate(
+        items=len(items),
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        cost=cost_of(price, prompt_tokens, completion_tokens),
+        priced=bool(price.input or price.output),
+    )
+
+
+# -- prompts -------------------------------------------------------------------------------
+
+
+class PromptBuilder:
+    """The chat messages sent for an item: system, example turns, then the request."""
+
+    def __init__(
+        self,
+        system_prompt: str,
+        few_shot: Sequence[tuple[str, str]] = (),
+        retriever: SimilarExamples | None = None,
+        retrieve_k: int = 0,
+    ) -> None:
+        self.system_prompt = system_prompt
+        self.few_shot = list(few_shot)
+        self.retriever = retriever
+        self.retrieve_k = retrieve_k
+
+    @classmethod
+    def for_run(cls, store: Store, run: RunInfo) -> PromptBuilder:
+        few_shot = [(a, b) for a, b in run.params.get("few_shot", [])]
+        k = int(run.params.get("retrieve_k", 0))
+        retriever = None
+        if k > 0 and run.dataset_id is not None:
+            train = [(i.input, i.reference) for i in store.items(run.dataset_id, "train")]
+            retriever = SimilarExamples([pair for pair in train if pair[1]])
+        return cls(run.system_prompt, few_shot, retriever, k)
+
+    def messages(self, item: Item) -> list[dict[str, str]]:
+        messages: list[dict[str, str]] = []
+        if self.system_prompt:
+            messages.append({"role": "system", "content": self.system_prompt})
+        examples = list(self.few_shot)
+        if self.retriever is not None:
+            # Most similar last, nearest the request; never the item's own answer.
+            examples += reversed(
+                self.retriever.top(item.input, self.retrieve_k, exclude=item.input)
+            )
+        for request, answer in examples:
+            messages.append({"role": "user", "content": request})
+            messages.append({"role": "assistant", "content": answer})
+        messages.append({"role": "user", "content": item.input})
+        return messages
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+RETRYABLE = (
+    openai.RateLimitError,
+    openai.InternalServerError,
+    openai.APIConnectionError,  # includes APITimeoutError
+)
+FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+
+
+class _StreamBroken(Exception):
+    """The stream ended without a finish_reason: the reply is incomplete."""
+
+
+def _retry_after(error: Exception) -> float | None:
+    response = getattr(error, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after-ms")
+    if value:
+        with contextlib.suppress(ValueError):
+            return float(value) / 1000
+    value = response.headers.get("retry-after")
+    if value:
+        with contextlib.suppress(ValueError):
+            return float(value)
+    return None
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, openai.APIStatusError):
+        message = error.message
+        return f"HTTP {error.status_code}: {message}"
+    if isinstance(error, openai.APITimeoutError):
+        return "timed out waiting for the backend"
+    if isinstance(error, openai.APIConnectionError):
+        return f"connection error: {error.__cause__ or error}"
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class _Attempt:
+    output: str = ""
+    finish_reason: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    first_token_ms: float | None = None
+    remote_id: str | None = None
+
+
+class Generator:
+    """Generates a run's missing completions. `run()` returns when every item has finished,
+    the run was cancelled, the budget was reached, or the backend refused the run."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: openai.AsyncOpenAI,
+        *,
+        concurrency: int = 8,
+        max_retries: int = 5,
+        price: Price | None = None,
+        budget: float | None = None,
+        store_completions: bool = False,
+        backoff_base: float = 0.5,
+        backoff_cap: float = 30.0,
+    ) -> None:
+        if not 1 <= concurrency <= 256:
+            raise ValueError("concurrency must be between 1 and 256")
+        self.store = store
+        # Retries are ours (with Retry-After, jitter and a per-item record), not the SDK's.
+        self.client = client.with_options(max_retries=0)
+        self.concurrency = concurrency
+        self.max_retries = max_retries
+        self.price = price or Price()
+        self.budget = budget
+        self.store_completions = store_completions
+        self.backoff_base = backoff_base
+        self.backoff_cap = backoff_cap
+        self.stats = RunStats()
+        self._cancel = asyncio.Event()
+        self._stop_reason: tuple[str, str] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._recorded: set[int] = set()
+
+    def cancel(self) -> None:
+        """Stop promptly: nothing new starts, in-flight items are recorded as cancelled."""
+        self._stop("cancelled", "cancelled by the user")
+
+    def _stop(self, status: str, message: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = (status, message)
+        self._cancel.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+
+    async def run(
+        self, run_id: int, on_event: Callable[[Event], None] | None = None
+    ) -> RunFinished:
+        emit = on_event or (lambda event: None)
+        store = self.store
+        run = await store.run(store.get_run, run_id)
+        total = len(await store.run(store.run_items, run_id))
+        pending = await store.run(store.pending_items, run_id)
+        builder = await store.run(PromptBuilder.for_run, store, run)
+        self.stats = RunStats(total=total, todo=len(pending), done_before=total - len(pending))
+        await store.run(store.set_run_status, run_id, "running")
+        emit(RunStarted(run_id, total, len(pending)))
+
+        queue: asyncio.Queue[Item] = asyncio.Queue()
+        for item in pending:
+            queue.put_nowait(item)
+        sampling = sampling_of(run)
+        workers = [
+            asyncio.create_task(self._worker(run, queue, builder, sampling, emit))
+            for _ in range(min(self.concurrency, len(pending)) or 0)
+        ]
+        try:
+            await asyncio.gather(*workers, return_exceptions=True)
+        except asyncio.CancelledError:
+            self._stop("cancelled", "cancelled")
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
+        finally:
+            self.stats.finished = time.monotonic()
+            status, message = self._final_status()
+            await store.run(store.set_run_status, run_id, status, finished=True)
+            finished = RunFinished(run_id, status, message)
+            emit(finished)
+        return finished
+
+    def _final_status(self) -> tuple[str, str]:
+        s = self.stats
+        if self._stop_reason is not None:
+            return self._stop_reason
+        if s.failed:
+            return "done", f"{s.done} done, {s.failed} failed"
+        return "done", f"{s.done + s.done_before} done"
+
+    async def _worker(
+        self,
+        run: RunInfo,
+        queue: asyncio.Queue[Item],
+        builder: PromptBuilder,
+        sampling: SamplingParams,
+        emit: Callable[[Event], None],
+    ) -> None:
+        while not self._cancel.is_set():
+            try:
+                item = queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            task = asyncio.create_task(self._item(run, item, builder, sampling, emit))
+            self._tasks.add(task)
+            try:
+                await task
+            except asyncio.CancelledError:
+                if not task.cancelled():
+                    raise
+            finally:
+                self._tasks.discard(task)
+
+    async def _item(
+        self,
+        run: RunInfo,
+        item: Item,
+        builder: PromptBuilder,
+        sampling: SamplingParams,
+        emit: Callable[[Event], None],
+    ) -> None:
+        stats = self.stats
+        stats.in_flight += 1
+        messages = builder.messages(item)
+        started = time.monotonic()
+        attempt_no = 0
+        last_error = ""
+        self._recorded.discard(item.id)
+        try:
+            while True:
+                attempt_no += 1
+                emit(ItemStarted(item.id, attempt_no))
+                attempt = _Attempt()
+                started = time.monotonic()
+                try:
+                    await self._stream(run, messages, sampling, attempt, item.id, started, emit)
+                except FATAL as error:
+                    message = _describe(error)
+                    if isinstance(error, openai.NotFoundError):
+                        message = f"model {run.model!r} not found at the backend ({message})"
+                    await self._record(run, item, "failed", attempt, started, message, emit)
+                    self._stop("failed", message)
+                    return
+                except (*RETRYABLE, _StreamBroken) as error:
+                    last_error = _describe(error)
+                    if attempt_no > self.max_retries:
+                        await self._record(
+                            run,
+                            item,
+                            "failed",
+                            attempt,
+                            started,
+                            f"{last_error} (gave up after {attempt_no} attempts)",
+                            emit,
+                        )
+                        return
+                    delay = _retry_after(error)
+                    if delay is None:
+                        # Exponential backoff with full jitter, so retries don't stampede.
+                        delay = random.uniform(
+                            0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt_no - 1))
+                        )
+                    delay = min(delay, self.backoff_cap)
+                    stats.retries += 1
+                    emit(ItemRetry(item.id, attempt_no, last_error, delay))
+                    await asyncio.sleep(delay)
+                    continue
+                except openai.APIStatusError as error:
+                    # 400/413/422…: this request is wrong; retrying it would fail the same way.
+                    await self._record(
+                        run, item, "failed", attempt, started, _describe(error), emit
+                    )
+                    return
+                await self._record(run, item, "done", attempt, started, None, emit)
+                return
+        except asyncio.CancelledError:
+            if item.id not in self._recorded:
+                # Written synchronously: the task is being torn down and must not await.
+                fields, finished = self._finish(item, "cancelled", _Attempt(), started, "cancelled")
+                self._recorded.add(item.id)
+                self._count(finished)
+                emit(finished)
+                self.store.save_completion(run.id, item.id, **fields)
+            raise
+        finally:
+            stats.in_flight -= 1
+
+    async def _stream(
+        self,
+        run: RunInfo,
+        messages: list[dict[str, str]],
+        sampling: SamplingParams,
+        attempt: _Attempt,
+        item_id: int,
+        started: float,
+        emit: Callable[[Event], None],
+    ) -> None:
+        extra: dict[str, Any] = {}
+        if self.store_completions:
+            extra["store"] = True
+            if run.metadata:
+                extra["metadata"] = run.metadata
+        request: dict[str, Any] = {
+            "model": run.model,
+            "messages": messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **sampling.request_args(),
+            **extra,
+        }
+        completions: Any = self.client.chat.completions  # the overloads can't see **request
+        stream = await completions.create(**request)
+        parts: list[str] = []
+        try:
+            async for chunk in stream:
+                attempt.remote_id = attempt.remote_id or chunk.id
+                if chunk.usage is not None:
+                    attempt.prompt_tokens = chunk.usage.prompt_tokens
+                    attempt.completion_tokens = chunk.usage.completion_tokens
+                for choice in chunk.choices:
+                    text = choice.delta.content if choice.delta else None
+                    if text:
+                        if attempt.first_token_ms is None:
+                            attempt.first_token_ms = (time.monotonic() - started) * 1000
+                        parts.append(text)
+                        emit(ItemDelta(item_id, text))
+                    if choice.finish_reason:
+                        attempt.finish_reason = choice.finish_reason
+        except (openai.APIError, asyncio.CancelledError):
+            raise
+        except Exception as error:  # the transport broke mid-stream (httpx2 errors and kin)
+            raise _StreamBroken(f"the stream broke mid-way: {error}") from error
+        finally:
+            attempt.output = "".join(parts)
+            with contextlib.suppress(Exception):
+                await stream.close()
+        if attempt.finish_reason is None:
+            raise _StreamBroken("the stream ended before the reply was complete")
+
+    async def _record(
+        self,
+        run: RunInfo,
+        item: Item,
+        status: Literal["done", "failed", "cancelled"],
+        attempt: _Attempt,
+        started: float,
+        error: str | None,
+        emit: Callable[[Event], None],
+    ) -> None:
+        fields, finished = self._finish(item, status, attempt, started, error)
+        # The outcome is decided here: a cancel arriving during the write must not turn a
+        # finished item into a cancelled one, nor lose the write.
+        self._recorded.add(item.id)
+        self._count(finished)
+        emit(finished)
+        await asyncio.shield(self.store.run(self.store.save_completion, run.id, item.id, **fields))
+
+    def _finish(
+        self,
+        item: Item,
+        status: Literal["done", "failed", "cancelled"],
+        attempt: _Attempt,
+        started: float,
+        error: str | None,
+    ) -> tuple[dict[str, Any], ItemFinished]:
+        latency = (time.monotonic() - started) * 1000
+        cost = cost_of(self.price, attempt.prompt_tokens, attempt.completion_tokens)
+        fields = {
+            "output": attempt.output,
+            "status": status,
+            "error": error,
+            "prompt_tokens": attempt.prompt_tokens,
+            "completion_tokens": attempt.completion_tokens,
+            "latency_ms": latency,
+            "first_token_ms": attempt.first_token_ms,
+            "finish_reason": attempt.finish_reason,
+            "remote_id": attempt.remote_id,
+        }
+        finished = ItemFinished(
+            item_id=item.id,
+            status=status,
+            output=attempt.output,
+            error=error,
+            finish_reason=attempt.finish_reason,
+            prompt_tokens=attempt.prompt_tokens,
+            completion_tokens=attempt.completion_tokens,
+            latency_ms=latency,
+            first_token_ms=attempt.first_token_ms,
+            cost=cost,
+        )
+        return fields, finished
+
+    def _count(self, finished: ItemFinished) -> None:
+        stats = self.stats
+        if finished.status == "done":
+            stats.done += 1
+        elif finished.status == "failed":
+            stats.failed += 1
+        else:
+            stats.cancelled += 1
+        stats.prompt_tokens += finished.prompt_tokens or 0
+        stats.completion_tokens += finished.completion_tokens or 0
+        stats.cost += finished.cost
+        if self.budget is not None and stats.cost >= self.budget:
+            self._stop("budget", f"stopped: the budget of ${self.budget:.2f} was reached")
