@@ -532,8 +532,31 @@ class Store:
 
     # -- runs and completions ------------------------------------------------------------
 
-    def create_run(
+    def create_run(self, **fields: Any) -> int:
+        """A new run (see `_insert_run` for the fields)."""
+        with self.transaction() as conn:
+            return self._insert_run(conn, **fields)
+
+    def add_finished_run(self, completions: list[tuple[int, dict[str, Any]]], **fields: Any) -> int:
+        """A run whose outputs already exist (imported, or references), in one transaction."""
+        with self.transaction() as conn:
+            run_id = self._insert_run(conn, **fields)
+            stamp = now()
+            for item_id, values in completions:
+                columns = ["run_id", "item_id", "created_at", *values]
+                conn.execute(
+                    f"INSERT INTO completions({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' for _ in columns)})",
+                    [run_id, item_id, stamp, *values.values()],
+                )
+            conn.execute(
+                "UPDATE runs SET status = 'done', finished_at = ? WHERE id = ?", (stamp, run_id)
+            )
+        return run_id
+
+    def _insert_run(
         self,
+        conn: sqlite3.Connection,
         *,
         dataset_id: int,
         model: str,
@@ -545,25 +568,24 @@ class Store:
         metadata: dict[str, str] | None = None,
         name: str = "",
     ) -> int:
-        with self.transaction() as conn:
-            cur = conn.execute(
-                "INSERT INTO runs(dataset_id, name, model, role, source, split, system_prompt,"
-                " params, metadata, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    dataset_id,
-                    name,
-                    model,
-                    role,
-                    source,
-                    split,
-                    system_prompt,
-                    dumps(params or {}),
-                    dumps(metadata or {}),
-                    "created",
-                    now(),
-                ),
-            )
-            return int(cur.lastrowid or 0)
+        cur = conn.execute(
+            "INSERT INTO runs(dataset_id, name, model, role, source, split, system_prompt,"
+            " params, metadata, status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                dataset_id,
+                name,
+                model,
+                role,
+                source,
+                split,
+                system_prompt,
+                dumps(params or {}),
+                dumps(metadata or {}),
+                "created",
+                now(),
+            ),
+        )
+        return int(cur.lastrowid or 0)
 
     _RUNS_SQL = """
         SELECT r.*, d.name AS dataset_name,
