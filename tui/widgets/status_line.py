@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from textual.app import RenderResult
 from textual.widget import Widget
 
@@ -29,7 +32,9 @@ class StatusLine(Widget):
             return ""
         backend = getattr(app, "backend_label", "")
         workspace = getattr(app, "workspace", "")
+        with contextlib.suppress(ValueError, TypeError):
+            workspace = Path(workspace).resolve().relative_to(Path.cwd())
         return (
-            f"backend [b]{backend}[/b]  ·  teacher [b]{settings.teacher}[/b]  ·  "
-            f"student [b]{settings.student}[/b]  ·  workspace {workspace}"
+            f"[b]{backend}[/b] │ teacher [b]{settings.teacher}[/b] │ "
+            f"student [b]{settings.student}[/b] │ {workspace}"
         )
