@@ -667,6 +667,108 @@ class Store:
         )
         return [_completion_row(row) for row in rows]
 
+    # -- fine-tuning jobs ----------------------------------------------------------------
+
+    def save_job(
+        self,
+        *,
+        remote_id: str,
+        base_url: str,
+        base_model: str,
+        status: str,
+        training_file: str | None = None,
+        validation_file: str | None = None,
+        hyperparameters: dict[str, Any] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> int:
+        """Record a job the moment the backend returns its id (or update it)."""
+        stamp = now()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO jobs(remote_id, base_url, base_model, training_file,"
+                " validation_file, hyperparameters, status, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(base_url, remote_id) DO UPDATE SET status = excluded.status,"
+                " updated_at = excluded.updated_at",
+                (
+                    remote_id,
+                    base_url,
+                    base_model,
+                    training_file,
+                    validation_file,
+                    dumps(
+                        {**(hyperparameters or {}), **({"_details": details} if details else {})}
+                    ),
+                    status,
+                    stamp,
+                    stamp,
+                ),
+            )
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE base_url = ? AND remote_id = ?", (base_url, remote_id)
+            ).fetchone()
+        return int(row[0])
+
+    def update_job(self, job_id: int, **fields: Any) -> None:
+        allowed = {"status", "fine_tuned_model", "error", "hyperparameters"}
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"unknown job fields: {', '.join(sorted(unknown))}")
+        values = {k: dumps(v) if k == "hyperparameters" else v for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE jobs SET {sets}, updated_at = ? WHERE id = ?",
+                (*values.values(), now(), job_id),
+            )
+
+    def get_job(self, job_id: int) -> JobInfo:
+        rows = self.query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        if not rows:
+            raise StoreError(f"no job with id {job_id}")
+        return _job_info(rows[0])
+
+    def list_jobs(self) -> list[JobInfo]:
+        return [_job_info(row) for row in self.query("SELECT * FROM jobs ORDER BY id DESC")]
+
+    def add_job_events(self, job_id: int, events: list[JobEvent]) -> int:
+        """Add events not seen before (by their remote id). Returns how many were new."""
+        with self.transaction() as conn:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO job_events(job_id, remote_id, created_at, level, message,"
+                " metrics) VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        job_id,
+                        e.remote_id,
+                        e.created_at,
+                        e.level,
+                        e.message,
+                        dumps(e.metrics) if e.metrics is not None else None,
+                    )
+                    for e in events
+                ],
+            )
+            return conn.total_changes - before
+
+    def job_events(self, job_id: int) -> list[JobEvent]:
+        rows = self.query(
+            "SELECT remote_id, created_at, level, message, metrics FROM job_events"
+            " WHERE job_id = ? ORDER BY created_at, rowid",
+            (job_id,),
+        )
+        return [
+            JobEvent(
+                remote_id=r["remote_id"],
+                created_at=r["created_at"],
+                level=r["level"],
+                message=r["message"],
+                metrics=json.loads(r["metrics"]) if r["metrics"] else None,
+            )
+            for r in rows
+        ]
+
 
 class _Transaction:
     """`with store.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error."""
@@ -805,6 +907,45 @@ class CompletionRow:
 
 def _completion_row(row: sqlite3.Row) -> CompletionRow:
     return CompletionRow(**{f: row[f] for f in CompletionRow.__dataclass_fields__})
+
+
+TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobInfo:
+    id: int
+    remote_id: str
+    base_url: str
+    base_model: str
+    training_file: str | None
+    validation_file: str | None
+    hyperparameters: dict[str, Any]
+    status: str
+    fine_tuned_model: str | None
+    error: str | None
+    created_at: str
+    updated_at: str
+
+    @property
+    def finished(self) -> bool:
+        return self.status in TERMINAL_JOB_STATUSES
+
+
+def _job_info(row: sqlite3.Row) -> JobInfo:
+    return JobInfo(
+        **{f: row[f] for f in JobInfo.__dataclass_fields__ if f != "hyperparameters"},
+        hyperparameters=json.loads(row["hyperparameters"]),
+    )
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    remote_id: str
+    created_at: str  # ISO time, or the backend's unix seconds as a string
+    level: str
+    message: str
+    metrics: dict[str, Any] | None = None
 
 
 def dumps(value: Any) -> str:

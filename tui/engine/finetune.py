@@ -1,0 +1,492 @@
+"""Fine-tuning, step 6 of the recipe: the training file built from a teacher's outputs,
+validated as OpenAI's data-preparation cookbook does, uploaded, the job created and recorded
+the moment its id is known, and watched until it ends (events fetched once each).
+
+Works against OpenAI and the embedded local backend alike, through the same AsyncOpenAI
+client; a backend without fine-tuning endpoints gets a clear message, not a traceback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+
+from tui.engine.datasets import normalise_request
+from tui.engine.settings import Price
+from tui.engine.store import TERMINAL_JOB_STATUSES, JobEvent, JobInfo, Store, StoreError
+from tui.engine.training_data import (
+    FormatReport,
+    TokenCounter,
+    TokenStats,
+    check_chat_jsonl,
+    token_stats,
+)
+
+DEFAULT_VALIDATION_FRACTION = 0.1
+
+
+class FineTuneError(RuntimeError):
+    """Fine-tuning cannot go ahead; the message says why and what to do."""
+
+
+class FineTuneUnsupported(FineTuneError):
+    """The backend has no files / fine-tuning endpoints (e.g. a plain vLLM server)."""
+
+
+# -- the training set ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the assistant turns come from: a run's done completions (optionally only those
+    that passed every grader of an eval run, or an explicit selection), or a dataset's
+    references."""
+
+    run_id: int | None = None
+    completion_ids: list[int] | None = None
+    passing_eval_run_id: int | None = None
+    dataset_id: int | None = None  # references of this dataset, when no run is given
+
+
+@dataclass
+class TrainingSet:
+    train: list[dict[str, Any]]
+    validation: list[dict[str, Any]]
+    warnings: list[str] = field(default_factory=list)
+    dataset_id: int | None = None
+
+    def jsonl(self, which: str = "train") -> bytes:
+        examples = self.train if which == "train" else self.validation
+        return "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in examples).encode()
+
+
+@dataclass(frozen=True)
+class _Pair:
+    item_id: int
+    input: str
+    output: str
+    split: str
+
+
+def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
+    if source.run_id is not None:
+        run = store.get_run(source.run_id)
+        rows = [r for r in store.completions(source.run_id) if r.status == "done"]
+        if source.completion_ids is not None:
+            wanted = set(source.completion_ids)
+            rows = [r for r in rows if r.id in wanted]
+        if source.passing_eval_run_id is not None:
+            passing = _passing_completions(store, source.passing_eval_run_id)
+            rows = [r for r in rows if r.id in passing]
+        splits = {i.id: i.split for i in store.items(run.dataset_id)} if run.dataset_id else {}
+        pairs = [
+            _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))
+            for r in rows
+            if r.output.strip()
+        ]
+        return pairs, run.dataset_id
+    if source.dataset_id is not None:
+        items = store.items(source.dataset_id)
+        pairs = [_Pair(i.id, i.input, i.reference, i.split) for i in items if i.reference.strip()]
+        return pairs, source.dataset_id
+    raise FineTuneError("choose a run (the teacher's outputs) or a dataset's references")
+
+
+def _passing_completions(store: Store, eval_run_id: int) -> set[int]:
+    """Completions that passed every grader of the eval run (none errored or failed)."""
+    rows = store.query(
+        "SELECT completion_id, MIN(COALESCE(passed, 0)) AS ok FROM grades"
+        " WHERE eval_run_id = ? GROUP BY completion_id",
+        (eval_run_id,),
+    )
+    return {r["completion_id"] for r in rows if r["ok"]}
+
+
+def build_training_set(
+    store: Store,
+    source: Source,
+    *,
+    system_prompt: str,
+    validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
+    seed: int = 0,
+) -> TrainingSet:
+    """Each example: the STUDENT's system prompt, the request, the teacher's output. Example
+    turns the teacher was given are not copied in: the student must learn to answer without
+    them (that is the point of context distillation)."""
+    if not 0 <= validation_fraction < 0.5:
+        raise FineTuneError("the validation fraction must be between 0 and 0.5 (e.g. 0.1)")
+    pairs, dataset_id = _pairs(store, source)
+    if not pairs:
+        raise FineTuneError(
+            "the selection has no teacher outputs: generate the teacher's run first, or pick "
+            "a run with finished completions"
+        )
+    warnings: list[str] = []
+    leaked = sum(1 for p in pairs if p.split == "eval")
+    if leaked:
+        warnings.append(
+            f"{leaked} example(s) come from the dataset's eval split: the fine-tuned model will "
+            "have seen them, so its eval scores will be flattering (leakage)"
+        )
+    # Group by normalised request so the same request never lands in both files.
+    groups: dict[str, list[_Pair]] = {}
+    for pair in pairs:
+        groups.setdefault(normalise_request(pair.input), []).append(pair)
+    repeated = sum(len(g) - 1 for g in groups.values())
+    if repeated:
+        warnings.append(f"{repeated} example(s) repeat a request already in the training set")
+    keys = sorted(groups)
+    random.Random(seed).shuffle(keys)
+    n_validation = round(len(keys) * validation_fraction)
+    if validation_fraction > 0 and n_validation == 0 and len(keys) >= 20:
+        n_validation = 1
+    validation_keys = set(keys[:n_validation])
+
+    def example(pair: _Pair) -> dict[str, Any]:
+        messages = []
+        if system_prompt.strip():
+            messages.append({"role": "system", "content": system_prompt})
+        messages.append({"role": "user", "content": pair.input})
+        messages.append({"role": "assistant", "content": pair.output})
+        return {"messages": messages}
+
+    train = [example(p) for k in keys if k not in validation_keys for p in groups[k]]
+    validation = [example(p) for k in keys if k in validation_keys for p in groups[k]]
+    return TrainingSet(train, validation, warnings, dataset_id)
+
+
+# -- validation and cost --------------------------------------------------------------------
+
+
+@dataclass
+class Validation:
+    report: FormatReport
+    validation_report: FormatReport | None
+    stats: TokenStats | None
+    tokens_are_estimates: bool
+    cost: float | None  # None when the model has no training price
+    warnings: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return self.report.ok() and (self.validation_report is None or self.validation_report.ok())
+
+    def errors(self) -> str:
+        parts = []
+        if not self.report.ok():
+            parts.append(f"training file: {self.report.summary()}")
+        if self.validation_report is not None and not self.validation_report.ok():
+            parts.append(f"validation file: {self.validation_report.summary()}")
+        return "; ".join(parts)
+
+
+def estimate_tokens(text: str) -> int:
+    """≈ 4 characters a token; used, and labelled as an estimate, where the model's own
+    tokenizer is not at hand (nothing is downloaded at run time)."""
+    return max(1, (len(text) + 3) // 4)
+
+
+def validate_training_set(
+    training: TrainingSet,
+    *,
+    count: TokenCounter | None = None,
+    price: Price | None = None,
+    n_epochs: int | None = None,
+    context_limit: int = 16385,
+) -> Validation:
+    report = check_chat_jsonl(training.jsonl("train").decode())
+    validation_report = (
+        check_chat_jsonl(training.jsonl("validation").decode(), min_examples=1)
+        if training.validation
+        else None
+    )
+    warnings = list(training.warnings) + list(report.warnings)
+    stats = None
+    cost = None
+    if report.ok():
+        stats = token_stats(
+            training.train,
+            count or estimate_tokens,
+            max_tokens_per_example=context_limit,
+            n_epochs=n_epochs,
+        )
+        if stats.n_too_long:
+            warnings.append(
+                f"{stats.n_too_long} example(s) are over the model's {context_limit:,}-token "
+                "context and will be truncated"
+            )
+        if price is not None and price.training:
+            cost = stats.trained_tokens * price.training / 1e6
+    return Validation(report, validation_report, stats, count is None, cost, warnings)
+
+
+def local_token_counter(model_path: Path) -> TokenCounter | None:
+    """The local model's own tokenizer (vocabulary only, a few MB), or None if unavailable."""
+    try:
+        from llama_cpp import Llama
+
+        vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    except Exception:
+        return None
+
+    def count(text: str) -> int:
+        return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
+
+    return count
+
+
+# -- launching ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    n_epochs: int | str = "auto"
+    batch_size: int | str = "auto"
+    learning_rate_multiplier: float | str = "auto"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "n_epochs": self.n_epochs,
+            "batch_size": self.batch_size,
+            "learning_rate_multiplier": self.learning_rate_multiplier,
+        }
+
+
+def _unsupported(base_url: str, error: Exception) -> FineTuneUnsupported:
+    return FineTuneUnsupported(
+        f"the backend at {base_url} has no fine-tuning endpoint ({error}); fine-tune on OpenAI "
+        "or the local backend, or import a fine-tuned model's outputs as a run"
+    )
+
+
+async def launch_job(
+    store: Store,
+    client: openai.AsyncOpenAI,
+    training: TrainingSet,
+    *,
+    base_model: str,
+    hyperparameters: Hyperparameters = Hyperparameters(),
+    suffix: str | None = None,
+    seed: int | None = None,
+    validation: Validation | None = None,
+) -> JobInfo:
+    """Upload the files and create the job; the job is in the workspace the moment the
+    backend returns its id. Refuses, before uploading anything, a file with format errors."""
+    validation = validation or validate_training_set(training)
+    if not validation.ok:
+        raise FineTuneError(f"not uploaded: {validation.errors()}")
+    base_url = str(client.base_url).rstrip("/")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    exports = store.exports_dir
+    train_path = exports / f"train-{stamp}.jsonl"
+    train_path.write_bytes(training.jsonl("train"))
+    try:
+        train_file = await client.files.create(
+            file=(train_path.name, training.jsonl("train")), purpose="fine-tune"
+        )
+        validation_file = None
+        if training.validation:
+            valid_path = exports / f"validation-{stamp}.jsonl"
+            valid_path.write_bytes(training.jsonl("validation"))
+            validation_file = await client.files.create(
+                file=(valid_path.name, training.jsonl("validation")), purpose="fine-tune"
+            )
+    except openai.NotFoundError as error:
+        raise _unsupported(base_url, error) from error
+    request: dict[str, Any] = {
+        "model": base_model,
+        "training_file": train_file.id,
+        "method": {
+            "type": "supervised",
+            "supervised": {"hyperparameters": hyperparameters.as_dict()},
+        },
+    }
+    if validation_file is not None:
+        request["validation_file"] = validation_file.id
+    if suffix:
+        request["suffix"] = suffix
+    if seed is not None:
+        request["seed"] = seed
+    jobs: Any = client.fine_tuning.jobs
+    try:
+        job = await jobs.create(**request)
+    except openai.NotFoundError as error:
+        if "model" in str(error).lower() and "fine_tuning" not in str(error.request.url):
+            raise
+        raise _unsupported(base_url, error) from error
+    job_id = await store.run(
+        store.save_job,
+        remote_id=job.id,
+        base_url=base_url,
+        base_model=base_model,
+        status=job.status,
+        training_file=train_file.id,
+        validation_file=validation_file.id if validation_file else None,
+        hyperparameters=hyperparameters.as_dict(),
+    )
+    return await store.run(store.get_job, job_id)
+
+
+# -- watching -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobUpdate:
+    job: JobInfo
+    new_events: list[JobEvent]
+    trained_tokens: int | None
+    estimated_finish: int | None
+    checkpoints: list[dict[str, Any]]
+
+
+def _event(raw: Any) -> JobEvent:
+    created = getattr(raw, "created_at", None)
+    created_at = (
+        datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+        if isinstance(created, int | float)
+        else str(created)
+    )
+    data = getattr(raw, "data", None)
+    metrics = dict(data) if isinstance(data, dict) and data else None
+    return JobEvent(
+        remote_id=raw.id,
+        created_at=created_at,
+        level=getattr(raw, "level", "info") or "info",
+        message=getattr(raw, "message", "") or "",
+        metrics=metrics,
+    )
+
+
+class JobWatcher:
+    """Polls a job: status, new events (newest-first pages, stopping at the first event
+    already stored, so none is fetched twice in steady state), checkpoints. Network errors
+    back off and retry; the job id is never lost because it is in the workspace."""
+
+    def __init__(
+        self,
+        store: Store,
+        client: openai.AsyncOpenAI,
+        *,
+        interval: float = 2.0,
+        max_interval: float = 60.0,
+    ) -> None:
+        self.store = store
+        self.client = client.with_options(max_retries=0)
+        self.interval = interval
+        self.max_interval = max_interval
+        self._known: dict[int, set[str]] = {}
+
+    async def poll_once(self, job_id: int) -> JobUpdate:
+        job = await self.store.run(self.store.get_job, job_id)
+        known = self._known.get(job_id)
+        if known is None:
+            stored = await self.store.run(self.store.job_events, job_id)
+            known = self._known[job_id] = {e.remote_id for e in stored}
+        remote = await self.client.fine_tuning.jobs.retrieve(job.remote_id)
+        fresh: list[Any] = []
+        after: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"limit": 100}
+            if after:
+                kwargs["after"] = after
+            page = await self.client.fine_tuning.jobs.list_events(job.remote_id, **kwargs)
+            data = list(page.data)
+            stop = False
+            for raw in data:
+                if raw.id in known:
+                    stop = True
+                    break
+                fresh.append(raw)
+            if stop or not data or not getattr(page, "has_more", False):
+                break
+            after = data[-1].id
+        events = [_event(raw) for raw in reversed(fresh)]  # oldest first
+        if events:
+            await self.store.run(self.store.add_job_events, job_id, events)
+            known.update(e.remote_id for e in events)
+        checkpoints: list[dict[str, Any]] = []
+        with contextlib.suppress(openai.NotFoundError):
+            cps = await self.client.fine_tuning.jobs.checkpoints.list(job.remote_id)
+            checkpoints = [c.model_dump() for c in cps.data]
+        error = None
+        if remote.error is not None and remote.error.message:
+            error = f"{remote.error.code}: {remote.error.message}"
+        await self.store.run(
+            self.store.update_job,
+            job_id,
+            status=remote.status,
+            fine_tuned_model=remote.fine_tuned_model,
+            error=error,
+        )
+        job = await self.store.run(self.store.get_job, job_id)
+        return JobUpdate(
+            job=job,
+            new_events=events,
+            trained_tokens=remote.trained_tokens,
+            estimated_finish=getattr(remote, "estimated_finish", None),
+            checkpoints=checkpoints,
+        )
+
+    async def watch(
+        self, job_id: int, on_update: Callable[[JobUpdate], None] | None = None
+    ) -> JobInfo:
+        """Poll until the job ends. Transient errors back off (up to max_interval)."""
+        delay = self.interval
+        while True:
+            try:
+                update = await self.poll_once(job_id)
+            except (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError):
+                delay = min(self.max_interval, delay * 2)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.0))
+                continue
+            delay = self.interval
+            if on_update is not None:
+                on_update(update)
+            if update.job.status in TERMINAL_JOB_STATUSES:
+                return update.job
+            await asyncio.sleep(self.interval)
+
+
+def unfinished_jobs(store: Store, base_url: str | None = None) -> list[JobInfo]:
+    """Jobs to resume polling when the app starts (optionally only this backend's)."""
+    return [
+        j
+        for j in store.list_jobs()
+        if not j.finished and (base_url is None or j.base_url == base_url.rstrip("/"))
+    ]
+
+
+def metrics_series(events: Iterable[JobEvent]) -> dict[str, list[tuple[int, float]]]:
+    """Loss/accuracy per step from "metrics" events, for the chart: name -> [(step, value)]."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    for event in events:
+        m = event.metrics or {}
+        step = m.get("step")
+        if not isinstance(step, int):
+            continue
+        for name in (
+            "train_loss",
+            "valid_loss",
+            "train_mean_token_accuracy",
+            "valid_mean_token_accuracy",
+            "full_valid_loss",
+        ):
+            value = m.get(name)
+            if isinstance(value, int | float):
+                series.setdefault(name, []).append((step, float(value)))
+    return series
+
+
+def require_job(store: Store, job_id: int) -> JobInfo:
+    try:
+        return store.get_job(job_id)
+    except StoreError as error:
+        raise FineTuneError(str(error)) from error
