@@ -597,11 +597,13 @@ def create_app(config: ServerConfig) -> FastAPI:
     app = FastAPI(
         title="distill-tui local backend",
         lifespan=lifespan,
-        max_body_size=config.max_body_bytes,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
+    # Size limits are per route (FastAPI's max_body_size), not app-wide: an app-wide limiter
+    # sits outside Guard and would replace its JSON 413 with a plain-text one.
+    body_limit = config.max_body_bytes
     app.add_middleware(
         Guard,
         api_key=config.api_key,
@@ -609,6 +611,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         max_upload=config.max_upload_bytes,
     )
     _install_error_handlers(app, config)
+    app.state.local = state  # tests and benchmarks look at the registry through this
 
     def db() -> LocalDB:
         return state["db"]  # type: ignore[no-any-return]
@@ -649,7 +652,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     # ---- chat completions ---------------------------------------------------------------------
 
-    @app.post("/v1/chat/completions", response_model=None)
+    @app.post("/v1/chat/completions", response_model=None, max_body_size=body_limit)
     async def create_chat_completion(
         body: ChatRequest, request: Request
     ) -> dict[str, Any] | SSEResponse:
@@ -736,6 +739,11 @@ def create_app(config: ServerConfig) -> FastAPI:
                 code="rate_limit_exceeded",
                 headers={"retry-after": "1"},
             ) from None
+        except ValueError as exc:
+            # The engine's own checks (context length, max_tokens) after ours: still a 400.
+            await _close(gen)
+            code = "context_length_exceeded" if "context length" in str(exc) else None
+            raise bad_request(str(exc), "messages" if code else None, code) from None
         except BaseException:
             await _close(gen)
             raise
@@ -881,7 +889,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     def retrieve_chat_completion(completion_id: str) -> dict[str, Any]:
         return stored_completion(completion_id)["body"]  # type: ignore[no-any-return]
 
-    @app.post("/v1/chat/completions/{completion_id}")
+    @app.post("/v1/chat/completions/{completion_id}", max_body_size=body_limit)
     def update_chat_completion(completion_id: str, body: MetadataUpdate) -> dict[str, Any]:
         stored_completion(completion_id)
         metadata = validate_metadata(body.metadata)
@@ -1019,7 +1027,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             )
         return row
 
-    @app.post("/v1/fine_tuning/jobs")
+    @app.post("/v1/fine_tuning/jobs", max_body_size=body_limit)
     async def create_job(body: JobRequest) -> dict[str, Any]:
         try:
             info = registry().info(body.model)
@@ -1435,6 +1443,7 @@ def serve_in_thread(config: ServerConfig, host: str = "127.0.0.1", port: int = 0
         time.sleep(0.02)
 
     class Running:
+        app = server.config.app
         port = sock.getsockname()[1]
         url = f"http://{host}:{sock.getsockname()[1]}/v1"
 
