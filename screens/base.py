@@ -59,6 +59,12 @@ def _settings() -> Screen[None]:
     return SettingsScreen()
 
 
+def _finetune() -> Screen[None]:
+    from screens.finetune import FineTuneScreen
+
+    return FineTuneScreen()
+
+
 def _placeholder(title: str, what: str, issue: int) -> Callable[[], Screen[None]]:
     def make() -> Screen[None]:
         from screens.placeholder import PlaceholderScreen
@@ -100,11 +106,7 @@ SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
         "Fine-tune",
         "5",
         "Fine-tune the student on the teacher's outputs",
-        _placeholder(
-            "Fine-tune",
-            "Build the training file from teacher outputs, launch and watch the job.",
-            6,
-        ),
+        _finetune,
     ),
     ScreenSpec(
         "compare",

@@ -20,6 +20,7 @@ from tui.engine.store import Store
 
 if TYPE_CHECKING:
     from tui.engine.backend import Backend
+    from tui.engine.finetune import JobUpdate
 
 
 class DistillApp(App[int]):
@@ -46,6 +47,8 @@ class DistillApp(App[int]):
         self.start_backend = start_backend
         self.backend: Backend | None = None
         self._mode_history: list[str] = []
+        self.job_updates: dict[int, JobUpdate] = {}
+        self._watching: set[int] = set()
         self.backend_label = f"{settings.backend_kind()} (not started)"
 
     @property
@@ -104,6 +107,41 @@ class DistillApp(App[int]):
         backend = await open_backend(self.settings, on_progress=progress)
         self.backend = backend
         self.backend_label = backend.label
+        # Jobs started in an earlier session are polled again (their ids are in the store).
+        from tui.engine.finetune import unfinished_jobs
+
+        for job in unfinished_jobs(self.store, str(backend.client.base_url)):
+            self.watch_job(job.id)
+
+    def watch_job(self, job_id: int) -> None:
+        """Poll a fine-tuning job in the background until it ends (app-wide, so it goes on
+        whichever screen is shown)."""
+        if job_id not in self._watching:
+            self._watching.add(job_id)
+            self._watch_job(job_id)
+
+    @work(group="jobs")
+    async def _watch_job(self, job_id: int) -> None:
+        from tui.engine.finetune import JobWatcher
+
+        backend = self.backend
+        if backend is None:
+            return
+
+        def updated(update: JobUpdate) -> None:
+            self.job_updates[job_id] = update
+
+        try:
+            job = await JobWatcher(self.store, backend.client).watch(job_id, updated)
+        finally:
+            self._watching.discard(job_id)
+        if job.status == "succeeded":
+            self.notify(f"{job.fine_tuned_model} is ready (Fine-tune screen: g generates).")
+        else:
+            self.notify(
+                f"Fine-tuning job {job.remote_id} {job.status}. {job.error or ''}",
+                severity="warning",
+            )
 
     async def on_unmount(self) -> None:
         backend = self.backend

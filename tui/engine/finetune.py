@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import json
 import random
 from collections.abc import Callable, Iterable
@@ -233,7 +234,9 @@ def local_token_counter(model_path: Path) -> TokenCounter | None:
     try:
         from llama_cpp import Llama
 
-        vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+        # llama.cpp reports on its context through Python's stderr: keep that off the screen.
+        with contextlib.redirect_stderr(io.StringIO()):
+            vocab = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
     except Exception:
         return None
 
@@ -241,6 +244,28 @@ def local_token_counter(model_path: Path) -> TokenCounter | None:
         return len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=True))
 
     return count
+
+
+def token_counter_for(
+    backend_kind: str, model: str, local_models: Iterable[Path] = ()
+) -> TokenCounter | None:
+    """The model's own tokenizer where the backend is local and the model is a GGUF we can
+    find (the default model, or one added by path); None means "estimate"."""
+    if backend_kind != "local":
+        return None
+    from tui.engine.settings import LOCAL_DEFAULT_MODEL
+    from tui.local.models import default_gguf_path
+
+    candidates: list[Path] = []
+    if model == LOCAL_DEFAULT_MODEL:
+        with contextlib.suppress(FileNotFoundError):
+            candidates.append(default_gguf_path())
+    candidates += [p for p in local_models if p.suffix == ".gguf" and p.stem.lower() == model]
+    for path in candidates:
+        counter = local_token_counter(path)
+        if counter is not None:
+            return counter
+    return None
 
 
 # -- launching ------------------------------------------------------------------------------

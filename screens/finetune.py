@@ -1,0 +1,412 @@
+"""The Fine-tune screen: step 6 of the recipe (the dashboard's "Distill").
+
+Left: where the examples come from, the student's prompt, the base model and
+hyperparameters, and the validation report (the cookbook's checks, token figures, cost).
+Right: the workspace's jobs, and for the selected one its status, live events, a loss chart,
+its checkpoints; `g` starts step 7 with the fine-tuned model."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Button, Input, Label, ListItem, ListView, RichLog, Select, Static
+
+from screens.base import DistillScreen
+from tui.engine.finetune import (
+    FineTuneError,
+    Hyperparameters,
+    Source,
+    TrainingSet,
+    Validation,
+    build_training_set,
+    launch_job,
+    metrics_series,
+    token_counter_for,
+    validate_training_set,
+)
+from tui.engine.store import JobInfo, StoreError
+from tui.engine.training_data import TokenCounter
+from tui.widgets.loss_chart import LossChart
+
+AUTO = "auto"
+
+
+def _auto_or(value: str, kind: type) -> Any:
+    value = value.strip()
+    if not value or value == AUTO:
+        return AUTO
+    try:
+        number = kind(value)
+    except ValueError as error:
+        raise FineTuneError(f"{value!r} is not a {kind.__name__} or 'auto'") from error
+    if number <= 0:
+        raise FineTuneError(f"{value!r} must be greater than 0")
+    return number
+
+
+class FineTuneScreen(DistillScreen):
+    CSS_PATH = "finetune.tcss"
+    BINDINGS = [
+        Binding("v", "validate", "Validate", id="finetune.validate"),
+        Binding("L", "launch", "Launch", id="finetune.launch"),
+        Binding("c", "cancel_job", "Cancel job", id="finetune.cancel"),
+        Binding("g", "generate", "Generate with it", id="finetune.generate"),
+        Binding("r", "refresh_sources", "Refresh", id="finetune.refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.training: TrainingSet | None = None
+        self.validation: Validation | None = None
+        self.selected_job: int | None = None
+        self._last_status: dict[int, str] = {}
+        self._counters: dict[tuple[str, str], TokenCounter | None] = {}
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="finetune"):
+            with VerticalScroll(id="finetune-form"):
+                yield Label("Teacher outputs (a run)")
+                yield Select[int]([], id="source-run", prompt="choose a run")
+                yield Label("Student system prompt (goes into every example)")
+                yield Input(id="student-prompt")
+                with Horizontal(classes="row"):
+                    with Vertical():
+                        yield Label("Base model (the student)")
+                        yield Input(id="base-model")
+                    with Vertical():
+                        yield Label("Validation share")
+                        yield Input("0.1", id="validation-fraction")
+                with Horizontal(classes="row"):
+                    with Vertical():
+                        yield Label("Epochs")
+                        yield Input(AUTO, id="n-epochs")
+                    with Vertical():
+                        yield Label("Batch size")
+                        yield Input(AUTO, id="batch-size")
+                    with Vertical():
+                        yield Label("LR multiplier")
+                        yield Input(AUTO, id="lr")
+                with Horizontal(classes="row"):
+                    with Vertical():
+                        yield Label("Suffix")
+                        yield Input("distill", id="suffix")
+                    with Vertical():
+                        yield Label("Seed")
+                        yield Input("0", id="seed", type="integer")
+                with Horizontal(classes="row buttons"):
+                    yield Button("Validate (v)", id="validate")
+                    yield Button("Launch (L)", id="launch", variant="primary")
+                yield Static("Validate to see the report.", id="report")
+            with Vertical(id="jobs-pane"):
+                yield Label("Jobs", classes="section")
+                yield ListView(id="jobs")
+                yield Static("", id="job-detail")
+                yield LossChart(id="loss")
+                yield RichLog(id="events", wrap=True, markup=False, max_lines=2000)
+
+    def on_mount(self) -> None:
+        self.sub_title = "Fine-tune"
+        self.query_one("#base-model", Input).value = self.distill.settings.student
+        self.action_refresh_sources()
+        self._load_jobs()
+        self.set_interval(1.0, self._tick)
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding):
+                yield SystemCommand(
+                    f"Fine-tune: {binding.description}",
+                    f"key {binding.key}",
+                    lambda action=binding.action: self.run_action(action),
+                )
+
+    # -- the form ------------------------------------------------------------------------
+
+    def action_refresh_sources(self) -> None:
+        store = self.distill.store
+        runs = [r for r in store.list_runs() if r.n_done > 0]
+        options = [(f"{r.label} · {r.dataset_name or '?'} · {r.n_done} done", r.id) for r in runs]
+        select = self.query_one("#source-run", Select)
+        current = select.value
+        select.set_options(options)
+        teacher = next((r for r in runs if r.role == "teacher"), runs[0] if runs else None)
+        if isinstance(current, int) and any(r.id == current for r in runs):
+            select.value = current
+        elif teacher is not None:
+            select.value = teacher.id
+
+    @on(Select.Changed, "#source-run")
+    def _source_changed(self, event: Select.Changed) -> None:
+        if not isinstance(event.value, int):
+            return
+        run = self.distill.store.get_run(event.value)
+        prompt = self.query_one("#student-prompt", Input)
+        if run.dataset_id is not None and not prompt.value:
+            prompt.value = self.distill.store.get_dataset(run.dataset_id).system_prompt
+        self.training = self.validation = None
+
+    def _build(self) -> tuple[TrainingSet, Validation]:
+        run_id = self.query_one("#source-run", Select).value
+        if not isinstance(run_id, int):
+            raise FineTuneError("choose the run whose outputs the student should learn")
+        try:
+            fraction = float(self.query_one("#validation-fraction", Input).value or 0)
+        except ValueError as error:
+            raise FineTuneError("the validation share must be a number such as 0.1") from error
+        store = self.distill.store
+        training = build_training_set(
+            store,
+            Source(run_id=run_id),
+            system_prompt=self.query_one("#student-prompt", Input).value,
+            validation_fraction=fraction,
+        )
+        epochs = _auto_or(self.query_one("#n-epochs", Input).value, int)
+        base = self.query_one("#base-model", Input).value.strip()
+        kind = self.distill.backend.spec.kind if self.distill.backend else ""
+        if (kind, base) not in self._counters:
+            self._counters[(kind, base)] = token_counter_for(
+                kind, base, self.distill.settings.local_models
+            )
+        validation = validate_training_set(
+            training,
+            count=self._counters[(kind, base)],
+            price=self.distill.settings.price(base),
+            n_epochs=None if epochs == AUTO else epochs,
+        )
+        return training, validation
+
+    def action_validate(self) -> None:
+        report = self.query_one("#report", Static)
+        try:
+            self.training, self.validation = self._build()
+        except (FineTuneError, StoreError) as error:
+            report.update(f"[red]{error}[/red]")
+            self.training = self.validation = None
+            return
+        report.update(_report_text(self.training, self.validation))
+
+    @on(Button.Pressed, "#validate")
+    def _validate_pressed(self) -> None:
+        self.action_validate()
+
+    @on(Button.Pressed, "#launch")
+    def _launch_pressed(self) -> None:
+        self.action_launch()
+
+    def action_launch(self) -> None:
+        self.action_validate()
+        if self.training is None or self.validation is None:
+            return
+        if not self.validation.ok:
+            self.notify(
+                self.validation.errors(),
+                title="Not uploaded: fix the training file",
+                severity="error",
+            )
+            return
+        backend = self.distill.backend
+        if backend is None:
+            self.notify("The backend is not connected yet.", severity="warning")
+            return
+        try:
+            hyper = Hyperparameters(
+                n_epochs=_auto_or(self.query_one("#n-epochs", Input).value, int),
+                batch_size=_auto_or(self.query_one("#batch-size", Input).value, int),
+                learning_rate_multiplier=_auto_or(self.query_one("#lr", Input).value, float),
+            )
+            seed_text = self.query_one("#seed", Input).value.strip()
+            seed = int(seed_text) if seed_text else None
+        except (FineTuneError, ValueError) as error:
+            self.notify(str(error), severity="error")
+            return
+        self._launch(
+            self.training,
+            self.validation,
+            self.query_one("#base-model", Input).value.strip(),
+            hyper,
+            self.query_one("#suffix", Input).value.strip() or None,
+            seed,
+        )
+
+    @work(exclusive=True, group="finetune-launch")
+    async def _launch(
+        self,
+        training: TrainingSet,
+        validation: Validation,
+        base: str,
+        hyper: Hyperparameters,
+        suffix: str | None,
+        seed: int | None,
+    ) -> None:
+        backend = self.distill.backend
+        assert backend is not None
+        try:
+            job = await launch_job(
+                self.distill.store,
+                backend.client,
+                training,
+                base_model=base,
+                hyperparameters=hyper,
+                suffix=suffix,
+                seed=seed,
+                validation=validation,
+            )
+        except FineTuneError as error:
+            self.notify(str(error), title="Fine-tuning not started", severity="error")
+            return
+        self.notify(f"Job {job.remote_id} created ({job.status}).")
+        self.selected_job = job.id
+        self._load_jobs()
+        self.distill.watch_job(job.id)
+
+    # -- jobs ----------------------------------------------------------------------------
+
+    def _load_jobs(self) -> None:
+        jobs = self.distill.store.list_jobs()
+        view = self.query_one("#jobs", ListView)
+        view.clear()
+        for job in jobs:
+            name = job.fine_tuned_model or job.base_model
+            view.append(
+                ListItem(Label(f"{job.remote_id}  {job.status:<16} {name}"), id=f"job-{job.id}")
+            )
+        if jobs and self.selected_job is None:
+            self.selected_job = jobs[0].id
+        if self.selected_job is not None:
+            ids = [j.id for j in jobs]
+            if self.selected_job in ids:
+                view.index = ids.index(self.selected_job)
+        self._show_job()
+
+    @on(ListView.Highlighted, "#jobs")
+    def _job_highlighted(self, event: ListView.Highlighted) -> None:
+        if event.item is not None and event.item.id:
+            job_id = int(event.item.id.removeprefix("job-"))
+            if job_id != self.selected_job:
+                self.selected_job = job_id
+                self.query_one("#events", RichLog).clear()
+                self._shown_events = 0
+                self._show_job()
+
+    _shown_events = 0
+
+    def _show_job(self) -> None:
+        detail = self.query_one("#job-detail", Static)
+        if self.selected_job is None:
+            detail.update("No jobs yet: validate, then launch (L).")
+            return
+        store = self.distill.store
+        job = store.get_job(self.selected_job)
+        update = self.distill.job_updates.get(job.id)
+        lines = [f"[b]{job.remote_id}[/b]  {job.status}  base {job.base_model}"]
+        if update is not None and update.trained_tokens:
+            lines.append(f"trained tokens {update.trained_tokens:,}")
+        lines.append(f"created {job.created_at[:19].replace('T', ' ')}  {_elapsed(job)}")
+        if update is not None and update.estimated_finish and not job.finished:
+            left = max(0, int(update.estimated_finish - time.time()))
+            lines.append(f"ETA {left // 60} min {left % 60} s")
+        if job.fine_tuned_model:
+            lines.append(f"[green]fine-tuned model {job.fine_tuned_model}[/green] — g generates")
+        if job.error:
+            lines.append(f"[red]{job.error}[/red]")
+        if update is not None and update.checkpoints:
+            cps = ", ".join(
+                f"step {c.get('step_number')}: {_fmt(c.get('metrics', {}))}"
+                for c in update.checkpoints[:5]
+            )
+            lines.append(f"checkpoints {cps}")
+        detail.update("\n".join(lines))
+        events = store.job_events(job.id)
+        log = self.query_one("#events", RichLog)
+        for event in events[self._shown_events :]:
+            log.write(f"{event.created_at[11:19]} {event.level:<5} {event.message}")
+        self._shown_events = len(events)
+        self.query_one(LossChart).show(metrics_series(events))
+
+    def _tick(self) -> None:
+        """Once a second: redraw from what the app's job watchers stored."""
+        updates = self.distill.job_updates
+        statuses = {job_id: u.job.status for job_id, u in updates.items()}
+        if statuses != self._last_status:
+            self._last_status = statuses
+            self._load_jobs()
+        elif self.selected_job in updates:
+            self._show_job()
+
+    @work(group="finetune-cancel")
+    async def action_cancel_job(self) -> None:
+        backend = self.distill.backend
+        if self.selected_job is None or backend is None:
+            return
+        job = self.distill.store.get_job(self.selected_job)
+        if job.finished:
+            self.notify(f"Job {job.remote_id} already {job.status}.")
+            return
+        await backend.client.fine_tuning.jobs.cancel(job.remote_id)
+        self.notify(f"Cancelling {job.remote_id}…")
+
+    def action_generate(self) -> None:
+        if self.selected_job is None:
+            return
+        job = self.distill.store.get_job(self.selected_job)
+        if not job.fine_tuned_model:
+            self.notify("The selected job has no fine-tuned model yet.", severity="warning")
+            return
+        starter = getattr(self.distill, "start_generation_with", None)
+        if starter is None:
+            self.notify(f"Fine-tuned model: {job.fine_tuned_model}")
+            return
+        starter(job.fine_tuned_model, self.query_one("#student-prompt", Input).value)
+
+
+def _fmt(metrics: dict[str, Any]) -> str:
+    return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def _elapsed(job: JobInfo) -> str:
+    try:
+        start = datetime.fromisoformat(job.created_at)
+        end = datetime.fromisoformat(job.updated_at) if job.finished else None
+    except ValueError:
+        return ""
+    seconds = int(((end or datetime.now(start.tzinfo)) - start).total_seconds())
+    return f"elapsed {seconds // 60} min {seconds % 60} s"
+
+
+def _report_text(training: TrainingSet, validation: Validation) -> str:
+    lines = [
+        f"[b]{len(training.train)}[/b] training and [b]{len(training.validation)}[/b] "
+        "validation examples"
+    ]
+    if not validation.ok:
+        lines.append(f"[red]Format errors — will not upload:[/red] {validation.errors()}")
+    else:
+        lines.append("[green]No format errors.[/green]")
+    for warning in validation.warnings:
+        lines.append(f"[yellow]warning:[/yellow] {warning}")
+    stats = validation.stats
+    if stats is not None:
+        label = " (estimated: ≈4 characters a token)" if validation.tokens_are_estimates else ""
+        d = stats.total_tokens
+        a = stats.assistant_tokens
+        m = stats.n_messages
+        lines += [
+            f"messages per example: min {m.min:.0f} · mean {m.mean:.1f} · max {m.max:.0f}",
+            f"tokens per example{label}: min {d.min:.0f} · median {d.median:.0f} · "
+            f"p90 {d.p90:.0f} · max {d.max:.0f}",
+            f"assistant tokens: mean {a.mean:.1f} · max {a.max:.0f}",
+            f"billed tokens ≈ {stats.billing_tokens:,} × {stats.n_epochs} epochs = "
+            f"{stats.trained_tokens:,}",
+        ]
+        if validation.cost is not None:
+            lines.append(f"estimated training cost ${validation.cost:,.2f}")
+        else:
+            lines.append("training cost: no price for this model (free locally)")
+    return "\n".join(lines)
