@@ -269,6 +269,36 @@ async def test_queue_full_is_429_and_disconnect_frees_slots(
     assert all(r.choices[0].message.content is not None for r in after)
 
 
+async def test_abandoned_requests_free_their_slots(server: Any) -> None:
+    """A client that gives up (timeout, closed stream) stops its generation at once. The real
+    default model, asked for a long story, is slow enough to give up on."""
+    model = "smollm2-135m-instruct"
+    story = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
+    long = {"model": model, "messages": story, "max_tokens": 400, "temperature": 0}
+    async with client(server.url) as c:
+        await c.chat.completions.create(model=model, messages=story, max_tokens=1)
+        engine = server.app.state.local["registry"]._engines[model]  # white-box: no HTTP for it
+
+        async def wait_idle() -> float:
+            started = time.monotonic()
+            while engine.stats()["active"] or engine.stats()["waiting"]:
+                assert time.monotonic() - started < 5, engine.stats()
+                await asyncio.sleep(0.01)
+            return time.monotonic() - started
+
+        async with client(server.url, timeout=1.0) as impatient:
+            with pytest.raises(openai.APITimeoutError):
+                await impatient.chat.completions.create(**long)
+        assert await wait_idle() < 2
+
+        stream = await c.chat.completions.create(**long, stream=True)
+        async for _chunk in stream:
+            break
+        assert engine.stats()["active"] == 1
+        await stream.close()
+        assert await wait_idle() < 2
+
+
 @pytest.mark.slow
 async def test_real_smollm2_answers(tmp_path: Path) -> None:
     """The shipped default model, loaded for real, generates a few tokens over HTTP."""
