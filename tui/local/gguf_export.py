@@ -1,0 +1,232 @@
+"""Fine-tuned weights back into a GGUF, so llama.cpp serves a fine-tuned model as fast as its
+base.
+
+A fine-tune of a GGUF base is trained on an fp32 transformers copy of that GGUF. The result
+is written here as a new GGUF: every metadata field of the base (tokenizer, merges, chat
+template, hyperparameters) and every untouched tensor is copied byte for byte; each trained
+tensor becomes ``dequantize(base tensor) + delta``, stored as Q8_0.
+
+Why merged Q8_0 (measured on SmolLM2-135M-Instruct Q4_1, 2 cores, see bench/finetune.py and
+the figures in the module's tests):
+
+- Requantising a trained tensor to the base's Q4_1 erases most of a LoRA delta: Q4_1's step
+  within a block is ~1/15 of the block's range, far larger than a typical update, so most
+  weights round back to the very value they had (the fine-tuned model's gain on held-out git
+  requests mostly disappears).
+- F16 keeps the delta, but llama.cpp's F16 matmuls on AVX2 are slower than its 8-bit ones
+  and the file doubles.
+- A LoRA adapter GGUF (``Llama(lora_path=...)``) keeps the delta exactly, but every
+  projection then runs two extra small matmuls per token and the adapter must travel with
+  its base file.
+- Q8_0's error is ~1/127 of a 32-weight block's range: small against the delta, and
+  llama.cpp's Q8_0 dot product is its fastest kernel on this CPU.
+
+llama.cpp's converter permutes the rows of the q and k projections (``permute_qk``: HF rotates
+the two halves of each head, llama.cpp adjacent pairs) and transformers undoes it on load, so
+a delta computed in HF layout is permuted the same way before it is added.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+# HF Llama parameter names -> GGUF tensor names (llama.cpp's "llama" architecture).
+_LAYER_NAMES = {
+    "self_attn.q_proj": "attn_q",
+    "self_attn.k_proj": "attn_k",
+    "self_attn.v_proj": "attn_v",
+    "self_attn.o_proj": "attn_output",
+    "mlp.gate_proj": "ffn_gate",
+    "mlp.up_proj": "ffn_up",
+    "mlp.down_proj": "ffn_down",
+    "input_layernorm": "attn_norm",
+    "post_attention_layernorm": "ffn_norm",
+}
+_GLOBAL_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+}
+_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+
+# Types llama.cpp computes with directly; a trained tensor whose base is one of these keeps it.
+_FLOAT_TYPES = ("F32", "F16", "BF16")
+
+
+def permute_qk(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
+    """llama.cpp's converter permutation of q/k projection rows (HF layout -> GGUF layout).
+
+    HF's Llama rotates the two halves of each head; llama.cpp rotates adjacent pairs, so
+    convert_hf_to_gguf.py interleaves the halves of every head's rows. transformers undoes it
+    when it loads a GGUF, so anything computed in HF layout must be permuted back."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
+
+
+def gguf_tensor_name(hf_name: str) -> str:
+    """The GGUF name of an HF Llama parameter (KeyError for one llama.cpp does not have)."""
+    if hf_name in _GLOBAL_NAMES:
+        return _GLOBAL_NAMES[hf_name]
+    m = _LAYER_RE.match(hf_name)
+    if m is None or m.group(2) not in _LAYER_NAMES:
+        raise KeyError(hf_name)
+    return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+
+
+def _heads(reader: object) -> tuple[int, int]:
+    fields = reader.fields  # type: ignore[attr-defined]
+    arch = fields["general.architecture"].contents()
+    n_head = int(fields[f"{arch}.attention.head_count"].contents())
+    kv = fields.get(f"{arch}.attention.head_count_kv")
+    return n_head, int(kv.contents()) if kv is not None else n_head
+
+
+def _to_gguf_layout(gg_name: str, w: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+    if gg_name.endswith(".attn_q.weight"):
+        return permute_qk(w, n_head, n_head)
+    if gg_name.endswith(".attn_k.weight"):
+        return permute_qk(w, n_head, n_kv)
+    return w
+
+
+def _copy_metadata(reader: object, writer: object, name: str | None, skip: tuple[str, ...]) -> None:
+    import gguf
+
+    for field in reader.fields.values():  # type: ignore[attr-defined]
+        if field.name == gguf.Keys.General.ARCHITECTURE or field.name.startswith("GGUF."):
+            continue  # written by GGUFWriter itself
+        if field.name in skip or (name is not None and field.name == gguf.Keys.General.NAME):
+            continue
+        val_type = field.types[0]
+        sub_type = field.types[-1] if val_type == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), val_type, sub_type=sub_type)  # type: ignore[attr-defined]
+    if name is not None:
+        writer.add_name(name)  # type: ignore[attr-defined]
+
+
+def export_merged_gguf(
+    base: Path,
+    out: Path,
+    deltas: Mapping[str, np.ndarray],
+    *,
+    trained_type: str = "Q8_0",
+    name: str | None = None,
+) -> Path:
+    """Write ``base`` with ``deltas`` (HF parameter name -> weight change, HF layout) added.
+
+    Changed tensors that were quantized in the base are stored as ``trained_type`` ("Q8_0",
+    "F16", "F32", or "same" to requantize to the base's own type where gguf can); float
+    tensors (norms, F16 weights) keep their type. Written to a temporary name and renamed,
+    so a reader never sees half a file."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(base))
+    n_head, n_kv = _heads(reader)
+    arch = reader.fields["general.architecture"].contents()
+    by_gguf: dict[str, np.ndarray] = {}
+    for hf_name, delta in deltas.items():
+        gg = gguf_tensor_name(hf_name)
+        by_gguf[gg] = _to_gguf_layout(gg, np.asarray(delta, dtype=np.float32), n_head, n_kv)
+    names = {t.name for t in reader.tensors}
+    if "output.weight" in by_gguf and "output.weight" not in names:
+        # Tied embeddings: the output layer is token_embd, whose delta is already there.
+        del by_gguf["output.weight"]
+    missing = set(by_gguf) - names
+    if missing:
+        raise KeyError(f"not in {base.name}: {sorted(missing)[:5]}")
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    _copy_metadata(reader, writer, name, skip=())
+    for t in reader.tensors:
+        if t.name not in by_gguf:
+            writer.add_tensor(t.name, t.data, raw_shape=t.data.shape, raw_dtype=t.tensor_type)
+            continue
+        weight = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        weight = weight + by_gguf[t.name].reshape(weight.shape)
+        kind = _output_type(t.tensor_type, trained_type)
+        _add_float_tensor(writer, t.name, weight, kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return out
+
+
+def _output_type(base_type: object, trained_type: str) -> object:
+    import gguf
+
+    if base_type.name in _FLOAT_TYPES:  # type: ignore[attr-defined]
+        return base_type
+    if trained_type == "same":
+        try:
+            gguf.quants.quantize(np.zeros((1, 256), np.float32), base_type)  # type: ignore[arg-type]
+            return base_type
+        except NotImplementedError:
+            return gguf.GGMLQuantizationType.Q8_0
+    return getattr(gguf.GGMLQuantizationType, trained_type)
+
+
+def _add_float_tensor(writer: object, name: str, weight: np.ndarray, kind: object) -> None:
+    import gguf
+
+    q = gguf.GGMLQuantizationType
+    if kind == q.F32:
+        writer.add_tensor(name, weight)  # type: ignore[attr-defined]
+    elif kind == q.F16:
+        writer.add_tensor(name, weight.astype(np.float16))  # type: ignore[attr-defined]
+    else:
+        data = gguf.quants.quantize(weight, kind)  # type: ignore[arg-type]
+        writer.add_tensor(name, data, raw_shape=data.shape, raw_dtype=kind)  # type: ignore[attr-defined]
+
+
+def export_lora_gguf(
+    base: Path,
+    out: Path,
+    lora: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    alpha: float,
+    *,
+    dtype: str = "F32",
+) -> Path:
+    """Write a llama.cpp LoRA adapter (``Llama(model_path=base, lora_path=out)``).
+
+    ``lora`` maps an HF parameter name to its (A, B) matrices, A (r, in) and B (out, r), as
+    peft stores them; llama.cpp scales B @ A by alpha / r like peft does. Only B's rows are
+    permuted for q/k (A acts on the input side, which the permutation leaves alone)."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(base))
+    n_head, n_kv = _heads(reader)
+    arch = reader.fields["general.architecture"].contents()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
+    kind = getattr(gguf.GGMLQuantizationType, dtype)
+    for hf_name, (a, b) in lora.items():
+        gg = gguf_tensor_name(hf_name)
+        b_gguf = _to_gguf_layout(gg, np.asarray(b, dtype=np.float32), n_head, n_kv)
+        _add_float_tensor(writer, gg + ".lora_a", np.asarray(a, dtype=np.float32), kind)
+        _add_float_tensor(writer, gg + ".lora_b", b_gguf, kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,837 @@
+"""The fine-tuning worker: ``python -m tui.local.trainer SPEC.json``.
+
+It runs in its own process so the server stays responsive, prints one JSON object per line on
+stdout (the protocol in tui/local/PLAN.md: message, hyperparameters, metrics, checkpoint,
+result, error) and nothing else there; libraries' chatter goes to stderr. Exit code 0 on
+success; SIGTERM cancels promptly.
+
+Supervised training on a chat JSONL: LoRA through peft (default: r 16, alpha 32 on
+q/k/v/o/gate/up/down) or a full fine-tune, with the loss on assistant tokens only. Labels are
+built explicitly: for SmolLM2 eos == pad == <|im_end|>, so masking by pad would also mask the
+<|im_end|> that ends each answer, and the model would never learn to stop.
+
+Where the time goes, and what this does about it (SmolLM2-135M on a 2-core CPU; the figures
+are in bench/finetune.py's output):
+
+- The output layer. 49,152 vocabulary rows x 576 is a fifth of the model's per-token work,
+  and only the ~10 answer tokens of a ~60-token example have a label. The decoder runs to
+  hidden states, the label positions are gathered, and the output layer runs on those only.
+- Padding. Batches are cut from length-sorted runs of examples, so a batch pads to a length
+  its examples nearly share (the order of the batches is still shuffled every epoch).
+- Which layers train. With LoRA only the top ``lora_layers`` decoder layers get adapters;
+  the layers below are frozen, so no gradient flows through them, and since their output for
+  an example never changes it is computed once, before the first step, and reused in every
+  epoch (and for the validation loss). Each step then runs only the trained layers.
+- Threads: torch uses every core (the process is alone in doing work while a job runs).
+  Gradient checkpointing stays off: memory is not the limit here, time is.
+- fp32 throughout: bf16 autocast was measured slower on this CPU (AVX2, no native bf16).
+
+A GGUF base is trained through an fp32 transformers copy of the GGUF, converted once per
+base file into ``cache_dir`` (transformers parses the GGUF's vocabulary in Python, 40-65 s;
+reloading the copy takes under a second). The result goes back into a GGUF
+(tui/local/gguf_export.py) that llama.cpp serves as fast as the base. An HF base yields a
+merged HF directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from tui.engine.training_data import check_chat_jsonl, default_n_epochs, load_chat_jsonl
+
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_R = 16
+LORA_ALPHA = 32
+BASE_LR = {"lora": 2e-4, "full": 2e-5}
+MAX_AUTO_BATCH = 8
+# The fraction of decoder layers (from the top) that get LoRA adapters by default.
+DEFAULT_LORA_LAYER_FRACTION = 0.5
+# Frozen-layer outputs are kept in memory up to this many bytes; above it they are
+# recomputed (without gradients) at every step.
+CACHE_BUDGET_BYTES = 2 << 30
+# Architectures whose decoder forward is plain enough (embeddings in, layers in order, a final
+# norm, a linear output layer) for the frozen-layer cache and the label-only output layer.
+FAST_PATH_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
+CHECKPOINTS_KEPT = 3  # OpenAI keeps the last three epochs' checkpoints
+
+
+class Cancelled(Exception):
+    """SIGTERM: the job was cancelled."""
+
+
+class TrainingError(Exception):
+    def __init__(self, code: str, message: str, param: str | None = None):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.param = param
+
+
+_stdout_lock = threading.Lock()
+# Where protocol lines go: the real stdout, kept by main() before it sends sys.stdout (and so
+# any library's print) to stderr.
+_protocol = sys.stdout
+
+
+def emit(obj: dict[str, Any]) -> None:
+    with _stdout_lock:
+        _protocol.write(json.dumps(obj) + "\n")
+        _protocol.flush()
+
+
+def message(text: str, level: str = "info") -> None:
+    emit({"type": "message", "level": level, "message": text})
+
+
+# ---- spec ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Spec:
+    base_model_id: str
+    base_kind: str
+    base_path: Path
+    training_file: Path
+    validation_file: Path | None
+    output_dir: Path
+    cache_dir: Path
+    method: str = "lora"
+    n_epochs: int | str = "auto"
+    batch_size: int | str = "auto"
+    learning_rate_multiplier: float | str = "auto"
+    seed: int = 0
+    suffix: str | None = None
+    # Not in OpenAI's API; for benchmarks and tests.
+    lora_layers: int | str = "auto"  # how many top decoder layers get adapters, or "all"
+    max_steps: int | None = None
+    export_type: str = "Q8_0"  # type of trained tensors in an exported GGUF
+
+    @classmethod
+    def load(cls, path: Path) -> Spec:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+
+        def opt_path(key: str) -> Path | None:
+            return Path(raw[key]) if raw.get(key) else None
+
+        method = raw.get("method") or "lora"
+        if method not in ("lora", "full"):
+            raise TrainingError("invalid_method", f"unknown method {method!r}", "method")
+        return cls(
+            base_model_id=raw["base_model_id"],
+            base_kind=raw.get("base_kind", "hf"),
+            base_path=Path(raw["base_path"]),
+            training_file=Path(raw["training_file"]),
+            validation_file=opt_path("validation_file"),
+            output_dir=Path(raw["output_dir"]),
+            cache_dir=Path(raw.get("cache_dir") or Path(raw["output_dir"]) / "cache"),
+            method=method,
+            n_epochs=_auto(raw.get("n_epochs")),
+            batch_size=_auto(raw.get("batch_size")),
+            learning_rate_multiplier=_auto(raw.get("learning_rate_multiplier")),
+            seed=int(raw.get("seed") or 0),
+            suffix=raw.get("suffix"),
+            lora_layers=_auto(raw.get("lora_layers")),
+            max_steps=raw.get("max_steps"),
+            export_type=raw.get("export_type") or "Q8_0",
+        )
+
+
+def _auto(value: Any) -> Any:
+    return "auto" if value is None else value
+
+
+@dataclass
+class Hyperparameters:
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+
+    @classmethod
+    def resolve(cls, spec: Spec, n_examples: int) -> Hyperparameters:
+        n_epochs = default_n_epochs(n_examples) if spec.n_epochs == "auto" else int(spec.n_epochs)
+        if spec.batch_size == "auto":
+            # OpenAI's auto batch is ~0.2% of the examples; on a CPU with hundreds of
+            # examples that is 1, which wastes the matmuls' width. 8 keeps the step efficient;
+            # small sets get smaller batches so an epoch still has ~8 steps.
+            batch_size = max(1, min(MAX_AUTO_BATCH, n_examples // 8))
+        else:
+            batch_size = int(spec.batch_size)
+        lrm = (
+            1.0 if spec.learning_rate_multiplier == "auto" else float(spec.learning_rate_multiplier)
+        )
+        for name, value in (("n_epochs", n_epochs), ("batch_size", batch_size)):
+            if value < 1:
+                raise TrainingError("invalid_hyperparameters", f"{name} must be >= 1", name)
+        if not lrm > 0:
+            raise TrainingError(
+                "invalid_hyperparameters",
+                "learning_rate_multiplier must be > 0",
+                "learning_rate_multiplier",
+            )
+        return cls(n_epochs, batch_size, lrm)
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]  # -100 where no loss is taken
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for t in self.labels if t != -100)
+
+
+def read_examples(path: Path, param: str, min_examples: int) -> list[dict[str, Any]]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise TrainingError(
+            f"invalid_{param}", f"The {param.replace('_', ' ')} is not UTF-8 text.", param
+        ) from exc
+    except OSError as exc:
+        raise TrainingError(f"invalid_{param}", f"Cannot read {path}: {exc}", param) from exc
+    report = check_chat_jsonl(text, min_examples=min_examples)
+    if not report.ok():
+        raise TrainingError(f"invalid_{param}", report.summary(), param)
+    for warning in report.warnings:
+        message(f"{param}: {warning}", "warn")
+    return load_chat_jsonl(text)
+
+
+class ChatEncoder:
+    """Messages -> (input ids, labels), the labels on every trained assistant turn: its
+    content and the end-of-turn token that closes it (that token teaches the model to stop);
+    not the template's header before it nor the newline after it."""
+
+    def __init__(self, tokenizer: Any, model_dir: Path, max_length: int):
+        from tui.local.chat import hf_chat_template
+
+        self.tokenizer = tokenizer
+        self.template = hf_chat_template(model_dir)
+        self.max_length = max_length
+        ends = {tokenizer.eos_token_id}
+        im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+            ends.add(im_end)
+        self.end_ids = {i for i in ends if isinstance(i, int)}
+        self.n_truncated = 0
+
+    def render(self, messages: Sequence[dict[str, Any]], gen: bool) -> str:
+        clean = [{"role": m["role"], "content": m["content"]} for m in messages]
+        return self.template.render(clean, add_generation_prompt=gen)
+
+    def encode(self, messages: Sequence[dict[str, Any]]) -> Example:
+        text = self.render(messages, gen=False)
+        spans: list[tuple[int, int]] = []
+        for i, m in enumerate(messages):
+            if m["role"] != "assistant" or m.get("weight", 1) == 0:
+                continue
+            before = self.render(messages[:i], gen=True)
+            upto = self.render(messages[: i + 1], gen=False)
+            if text.startswith(upto) and upto.startswith(before):
+                spans.append((len(before), len(upto)))
+            else:  # a template that rewrites earlier turns: find the answer in the text
+                start = text.find(m["content"], len(self.render(messages[:i], gen=False)))
+                if start >= 0:
+                    spans.append((start, start + len(m["content"]) + 1))
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = list(enc["input_ids"])
+        offsets = enc["offset_mapping"]
+        labels = [-100] * len(ids)
+        for start, end in spans:
+            for t, (a, _b) in enumerate(offsets):
+                if start <= a < end:
+                    labels[t] = ids[t]
+                    if ids[t] in self.end_ids:
+                        break  # the turn's end token is trained; what follows it is not
+        if len(ids) > self.max_length:
+            self.n_truncated += 1
+            ids, labels = ids[: self.max_length], labels[: self.max_length]
+        return Example(ids, labels)
+
+
+def make_batches(
+    examples: Sequence[Example], batch_size: int, rng: random.Random
+) -> list[list[int]]:
+    """Shuffled batches of examples of similar length: runs of 16 batches' worth of shuffled
+    examples are sorted by length and cut into batches, then the batches are shuffled."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    run = batch_size * 16
+    batches: list[list[int]] = []
+    for i in range(0, len(order), run):
+        chunk = sorted(order[i : i + run], key=lambda j: len(examples[j].input_ids))
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+def gguf_cache_dir(base: Path, cache_dir: Path) -> Path:
+    st = base.stat()
+    key = hashlib.sha256(f"{base.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()
+    return cache_dir / f"hf-{base.stem}-{key[:12]}"
+
+
+def convert_gguf(base: Path, cache_dir: Path) -> Path:
+    """The fp32 transformers copy of a GGUF, made once and reused."""
+    target = gguf_cache_dir(base, cache_dir)
+    if (target / "config.json").is_file() and (target / "model.safetensors").is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    message(f"Converting {base.name} for training (once per model; about a minute)")
+    started = time.monotonic()
+    tokenizer = AutoTokenizer.from_pretrained(base.parent, gguf_file=base.name)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        base.parent, gguf_file=base.name, dtype=torch.float32
+    )
+    # transformers marks a GGUF-loaded model as quantized and then refuses to save it; the
+    # weights are already dequantized to fp32, so the flag is dropped.
+    model.hf_quantizer = None
+    with contextlib.suppress(AttributeError):
+        del model.config.quantization_config
+    tmp = target.with_name(target.name + f".partial-{os.getpid()}")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    with contextlib.suppress(OSError):
+        os.replace(tmp, target)  # another job may have won the race; its copy is the same
+    message(f"Converted in {time.monotonic() - started:.0f} s")
+    return target
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    input_ids: Any  # LongTensor (B, L)
+    attention_mask: Any  # LongTensor (B, L)
+    label_pos: Any  # (rows, cols) of positions whose next token is a label
+    targets: Any  # LongTensor (n,)
+    n_tokens: int  # non-pad tokens
+
+
+def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
+    import torch
+
+    length = max(len(examples[i].input_ids) for i in indices)
+    ids = torch.full((len(indices), length), pad_id, dtype=torch.long)
+    att = torch.zeros((len(indices), length), dtype=torch.long)
+    rows: list[int] = []
+    cols: list[int] = []
+    targets: list[int] = []
+    n_tokens = 0
+    for r, i in enumerate(indices):
+        ex = examples[i]
+        n = len(ex.input_ids)
+        ids[r, :n] = torch.tensor(ex.input_ids)
+        att[r, :n] = 1
+        n_tokens += n
+        # The hidden state at position p predicts the token at p + 1.
+        for p in range(n - 1):
+            if ex.labels[p + 1] != -100:
+                rows.append(r)
+                cols.append(p)
+                targets.append(ex.labels[p + 1])
+    return Batch(
+        indices=list(indices),
+        input_ids=ids,
+        attention_mask=att,
+        label_pos=(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)),
+        targets=torch.tensor(targets, dtype=torch.long),
+        n_tokens=n_tokens,
+    )
+
+
+class Runner:
+    """Forward passes for training and evaluation, with the frozen-layer cache."""
+
+    def __init__(self, causal_lm: Any, first_trained_layer: int, fast: bool):
+        self.lm = causal_lm
+        self.fast = fast
+        decoder: Any = causal_lm.get_decoder() if fast else None
+        self.decoder = decoder
+        self.head: Any = causal_lm.get_output_embeddings() if fast else None
+        self.split = first_trained_layer if fast else 0
+        self.all_layers: Any = decoder.layers if fast else None
+        self.cache: dict[int, Any] | None = None  # example key -> frozen-layer output
+
+    # The decoder's layer list is swapped for a slice of itself while the frozen part runs
+    # (or is skipped); restore() puts the full list back before saving or merging.
+    def _use_layers(self, start: int, stop: int | None) -> None:
+        import torch
+
+        assert self.decoder is not None
+        self.decoder.layers = torch.nn.ModuleList(list(self.all_layers)[start:stop])
+
+    def restore(self) -> None:
+        if self.decoder is not None:
+            self.decoder.layers = self.all_layers
+
+    def precompute(self, examples: Sequence[Example], keys: Sequence[int], pad_id: int) -> None:
+        """Run the frozen layers once for every example and keep their outputs."""
+        import torch
+
+        if not self.fast or self.split == 0:
+            return
+        need = sum(len(examples[k].input_ids) for k in keys) * self.lm.config.hidden_size * 4
+        if need > CACHE_BUDGET_BYTES:
+            message(
+                f"Frozen-layer cache would need {need >> 20} MB; recomputing it at each step",
+                "warn",
+            )
+            return
+        self.cache = {}
+        norm = self.decoder.norm
+        self.decoder.norm = torch.nn.Identity()
+        self._use_layers(0, self.split)
+        try:
+            order = sorted(keys, key=lambda k: len(examples[k].input_ids))
+            with torch.no_grad():
+                for i in range(0, len(order), 16):
+                    chunk = order[i : i + 16]
+                    b = collate(examples, chunk, pad_id)
+                    h = self.decoder(
+                        input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
+                    ).last_hidden_state
+                    for r, k in enumerate(chunk):
+                        self.cache[k] = h[r, : len(examples[k].input_ids)].clone()
+                    check_cancelled()
+        finally:
+            self.decoder.norm = norm
+            self.restore()
+
+    def _frozen_output(self, batch: Batch, keys: Sequence[int]) -> Any:
+        import torch
+
+        if self.cache is not None:
+            h = torch.zeros(
+                (*batch.input_ids.shape, self.lm.config.hidden_size), dtype=torch.float32
+            )
+            for r, k in enumerate(keys):
+                cached = self.cache[k]
+                h[r, : cached.shape[0]] = cached
+            return h
+        norm = self.decoder.norm
+        self.decoder.norm = torch.nn.Identity()
+        self._use_layers(0, self.split)
+        try:
+            with torch.no_grad():
+                return self.decoder(
+                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+                ).last_hidden_state
+        finally:
+            self.decoder.norm = norm
+            self.restore()
+
+    def label_logits(self, batch: Batch, keys: Sequence[int]) -> Any:
+        """Logits at the label positions only, (n_labels, vocab)."""
+        if not self.fast:
+            logits = self.lm(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).logits
+            return logits[batch.label_pos]
+        if self.split == 0:
+            hidden = self.decoder(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+            ).last_hidden_state
+        else:
+            frozen = self._frozen_output(batch, keys)
+            self._use_layers(self.split, None)
+            try:
+                hidden = self.decoder(
+                    inputs_embeds=frozen, attention_mask=batch.attention_mask, use_cache=False
+                ).last_hidden_state
+            finally:
+                self.restore()
+        return self.head(hidden[batch.label_pos])
+
+
+def loss_and_accuracy(logits: Any, targets: Any) -> tuple[Any, float]:
+    import torch
+
+    loss = torch.nn.functional.cross_entropy(logits.float(), targets)
+    accuracy = float((logits.argmax(-1) == targets).float().mean().item())
+    return loss, accuracy
+
+
+# ---- cancellation ---------------------------------------------------------------------------
+
+_cancelled = threading.Event()
+
+
+def check_cancelled() -> None:
+    if _cancelled.is_set():
+        raise Cancelled()
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    _cancelled.set()
+    # A step in progress finishes its current torch op first; if that or the cleanup takes
+    # long, exit anyway.
+    timer = threading.Timer(5.0, lambda: os._exit(143))
+    timer.daemon = True
+    timer.start()
+    raise Cancelled()
+
+
+# ---- training -------------------------------------------------------------------------------
+
+
+@dataclass
+class Progress:
+    started: float = field(default_factory=time.time)
+    step_times: list[float] = field(default_factory=list)
+    trained_tokens: int = 0
+
+
+def train(spec: Spec) -> dict[str, Any]:
+    import torch
+
+    torch.manual_seed(spec.seed)
+    random.seed(spec.seed)
+    threads = int(os.environ.get("DISTILL_TRAIN_THREADS") or os.cpu_count() or 1)
+    torch.set_num_threads(threads)
+
+    raw_train = read_examples(spec.training_file, "training_file", 10)
+    raw_valid = (
+        read_examples(spec.validation_file, "validation_file", 1) if spec.validation_file else []
+    )
+    hp = Hyperparameters.resolve(spec, len(raw_train))
+    emit(
+        {
+            "type": "hyperparameters",
+            "n_epochs": hp.n_epochs,
+            "batch_size": hp.batch_size,
+            "learning_rate_multiplier": hp.learning_rate_multiplier,
+        }
+    )
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+    if spec.base_kind == "gguf":
+        model_dir = convert_gguf(spec.base_path, spec.cache_dir)
+    else:
+        model_dir = spec.base_path
+    check_cancelled()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model.config.use_cache = False
+    n_layers = int(model.config.num_hidden_layers)
+    fast = model.config.model_type in FAST_PATH_MODEL_TYPES
+    if not fast:
+        message(f"{model.config.model_type}: generic training path (slower)", "warn")
+
+    max_length = min(int(getattr(model.config, "max_position_embeddings", 2048)), 2048)
+    encoder = ChatEncoder(tokenizer, model_dir, max_length)
+    train_set = [encoder.encode(ex["messages"]) for ex in raw_train]
+    valid_set = [encoder.encode(ex["messages"]) for ex in raw_valid]
+    if encoder.n_truncated:
+        message(f"{encoder.n_truncated} example(s) truncated to {max_length} tokens", "warn")
+    if not any(ex.n_labels for ex in train_set):
+        raise TrainingError(
+            "invalid_training_file", "No example has an assistant token to train on.",
+            "training_file",
+        )  # fmt: skip
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    if spec.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        if spec.lora_layers == "all":
+            n_trained = n_layers
+        elif spec.lora_layers == "auto":
+            n_trained = max(1, math.ceil(n_layers * DEFAULT_LORA_LAYER_FRACTION))
+        else:
+            n_trained = max(1, min(n_layers, int(spec.lora_layers)))
+        first = n_layers - n_trained
+        config = LoraConfig(
+            r=LORA_R,
+            lora_alpha=LORA_ALPHA,
+            lora_dropout=0.0,  # short runs on small sets; dropout only slows them down
+            target_modules=list(LORA_TARGETS),
+            layers_to_transform=list(range(first, n_layers)),
+            bias="none",
+        )
+        peft_model: Any = get_peft_model(model, config)
+        causal_lm: Any = peft_model.base_model.model
+    else:
+        peft_model = None
+        causal_lm = model
+        first = 0
+        n_trained = n_layers
+    causal_lm.train()
+    params = [p for p in causal_lm.parameters() if p.requires_grad]
+    n_params = sum(p.numel() for p in params)
+    message(
+        f"{spec.method} fine-tune of {spec.base_model_id}: {n_params / 1e6:.1f} M trainable "
+        f"parameters in the top {n_trained} of {n_layers} layers; {len(train_set)} training "
+        f"examples, {len(valid_set)} validation examples"
+    )
+
+    runner = Runner(causal_lm, first, fast)
+    # Validation examples follow the training ones, so they share the frozen-layer cache.
+    everything = train_set + valid_set
+    if first > 0 and fast:
+        started = time.monotonic()
+        runner.precompute(everything, list(range(len(everything))), pad_id)
+        if runner.cache is not None:
+            message(f"Frozen layers 1-{first} computed once in {time.monotonic() - started:.1f} s")
+
+    rng = random.Random(spec.seed)
+    epochs = [make_batches(train_set, hp.batch_size, rng) for _ in range(hp.n_epochs)]
+    total_steps = sum(len(e) for e in epochs)
+    if spec.max_steps:
+        total_steps = min(total_steps, int(spec.max_steps))
+    lr = BASE_LR[spec.method] * hp.learning_rate_multiplier
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    warmup = max(1, round(total_steps * 0.03))
+
+    def lr_at(step: int) -> float:  # linear warm-up, then linear decay to a tenth
+        if step < warmup:
+            return lr * (step + 1) / warmup
+        frac = (step - warmup) / max(1, total_steps - warmup)
+        return lr * (1.0 - 0.9 * frac)
+
+    valid_batches = [
+        list(range(len(train_set) + i, min(len(everything), len(train_set) + i + hp.batch_size)))
+        for i in range(0, len(valid_set), hp.batch_size)
+    ]
+    eval_every = max(1, total_steps // 20)
+
+    def evaluate(batches: Sequence[list[int]]) -> tuple[float, float]:
+        total_loss = 0.0
+        total_correct = 0.0
+        n = 0
+        causal_lm.eval()
+        with torch.no_grad():
+            for idx in batches:
+                b = collate(everything, idx, pad_id)
+                if len(b.targets) == 0:
+                    continue
+                logits = runner.label_logits(b, idx)
+                loss, acc = loss_and_accuracy(logits, b.targets)
+                total_loss += float(loss.item()) * len(b.targets)
+                total_correct += acc * len(b.targets)
+                n += len(b.targets)
+                check_cancelled()
+        causal_lm.train()
+        return (total_loss / n, total_correct / n) if n else (math.nan, math.nan)
+
+    progress = Progress()
+    step = 0
+    last_metrics: dict[str, Any] = {}
+    checkpoints: list[Path] = []
+    ckpt_root = spec.output_dir / "checkpoints"
+    for epoch, batches in enumerate(epochs, start=1):
+        for idx in batches:
+            if step >= total_steps:
+                break
+            check_cancelled()
+            t0 = time.monotonic()
+            b = collate(train_set, idx, pad_id)
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+            if len(b.targets):
+                logits = runner.label_logits(b, idx)
+                loss, acc = loss_and_accuracy(logits, b.targets)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                train_loss = float(loss.item())
+            else:  # every answer in this batch was excluded (weight 0)
+                train_loss, acc = math.nan, math.nan
+            step += 1
+            progress.trained_tokens += b.n_tokens
+            progress.step_times.append(time.monotonic() - t0)
+            valid_loss = valid_acc = None
+            if valid_batches and (step % eval_every == 0 or step == total_steps):
+                vb = valid_batches[(step // eval_every) % len(valid_batches)]
+                valid_loss, valid_acc = evaluate([vb])
+            recent = progress.step_times[-20:]
+            remaining = (total_steps - step) * (sum(recent) / len(recent))
+            last_metrics = {
+                "train_loss": _finite(train_loss),
+                "train_mean_token_accuracy": _finite(acc),
+                "valid_loss": _finite(valid_loss),
+                "valid_mean_token_accuracy": _finite(valid_acc),
+            }
+            emit(
+                {
+                    "type": "metrics",
+                    "step": step,
+                    "total_steps": total_steps,
+                    "epoch": epoch,
+                    **last_metrics,
+                    "trained_tokens": progress.trained_tokens,
+                    "estimated_finish": int(time.time() + remaining),
+                    "step_seconds": round(progress.step_times[-1], 3),
+                }
+            )
+        # The end of an epoch (or of a max_steps run): full validation loss and a checkpoint.
+        ckpt_metrics = {"step": step, **last_metrics}
+        if valid_batches:
+            full_loss, full_acc = evaluate(valid_batches)
+            ckpt_metrics["full_valid_loss"] = _finite(full_loss)
+            ckpt_metrics["full_valid_mean_token_accuracy"] = _finite(full_acc)
+        ckpt = ckpt_root / f"step-{step}"
+        runner.restore()
+        if peft_model is not None:
+            peft_model.save_pretrained(str(ckpt))
+            checkpoints.append(ckpt)
+            while len(checkpoints) > CHECKPOINTS_KEPT:
+                _rmtree(checkpoints.pop(0))
+        emit(
+            {
+                "type": "checkpoint",
+                "step": step,
+                "epoch": epoch,
+                "metrics": ckpt_metrics,
+                "path": str(ckpt) if peft_model is not None else None,
+            }
+        )
+        if step >= total_steps:
+            break
+
+    check_cancelled()
+    runner.restore()
+    message("Training finished; writing the model")
+    result = save_result(spec, model_dir, tokenizer, causal_lm, peft_model)
+    result["trained_tokens"] = progress.trained_tokens
+    return result
+
+
+def _finite(x: float | None) -> float | None:
+    return None if x is None or not math.isfinite(x) else round(float(x), 6)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def save_result(
+    spec: Spec, model_dir: Path, tokenizer: Any, causal_lm: Any, peft_model: Any
+) -> dict[str, Any]:
+    import torch
+
+    spec.output_dir.mkdir(parents=True, exist_ok=True)
+    if spec.base_kind == "gguf":
+        from tui.local.gguf_export import export_merged_gguf
+
+        deltas = weight_deltas(model_dir, causal_lm, peft_model)
+        out = spec.output_dir / "model.gguf"
+        export_merged_gguf(
+            spec.base_path,
+            out,
+            deltas,
+            trained_type=spec.export_type,
+            name=f"{spec.base_model_id} fine-tuned" + (f" ({spec.suffix})" if spec.suffix else ""),
+        )
+        return {"type": "result", "kind": "gguf", "path": str(out)}
+    merged = peft_model.merge_and_unload() if peft_model is not None else causal_lm
+    merged.config.use_cache = True
+    out = spec.output_dir / "model"
+    with torch.no_grad():
+        merged.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return {"type": "result", "kind": "hf", "path": str(out)}
+
+
+def weight_deltas(model_dir: Path, causal_lm: Any, peft_model: Any) -> dict[str, Any]:
+    """HF parameter name -> (trained - base) weight, as numpy float32."""
+    import torch
+
+    deltas: dict[str, Any] = {}
+    if peft_model is not None:
+        from peft.tuners.lora import LoraLayer
+
+        for name, module in causal_lm.named_modules():
+            if isinstance(module, LoraLayer) and "default" in module.lora_A:
+                with torch.no_grad():
+                    delta = module.get_delta_weight("default").float().numpy()  # type: ignore[attr-defined]
+                deltas[name.replace("base_model.model.", "") + ".weight"] = delta
+        return deltas
+    from safetensors.torch import load_file
+
+    base = load_file(str(model_dir / "model.safetensors"))
+    tied = bool(getattr(causal_lm.config, "tie_word_embeddings", False))
+    for name, p in causal_lm.state_dict().items():
+        if tied and name == "lm_head.weight":
+            continue
+        if name in base:
+            diff = (p.detach().float() - base[name].float()).numpy()
+            if diff.any():
+                deltas[name] = diff
+    return deltas
+
+
+# ---- entry point ----------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m tui.local.trainer SPEC.json", file=sys.stderr)
+        return 2
+    global _protocol
+    # Only the protocol goes to stdout; a library that prints goes to stderr instead.
+    _protocol = sys.stdout
+    sys.stdout = sys.stderr
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        spec = Spec.load(Path(args[0]))
+        result = train(spec)
+        result["trained_tokens"] = int(result.get("trained_tokens", 0))
+        emit(result)
+        return 0
+    except Cancelled:
+        message("Cancelled", "warn")
+        return 143
+    except TrainingError as exc:
+        emit({"type": "error", "code": exc.code, "message": exc.message, "param": exc.param})
+        return 1
+    except Exception as exc:
+        traceback.print_exc(file=sys.stderr)
+        emit(
+            {
+                "type": "error",
+                "code": "training_failed",
+                "message": f"{type(exc).__name__}: {exc}",
+                "param": None,
+            }
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
