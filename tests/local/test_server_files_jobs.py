@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from tests.local.server_harness import (
     start_thread_server,
     wait_job,
 )
+from tui.local.db import LocalDB
 
 SYSTEM = "Reply with the git command only."
 
@@ -373,6 +375,15 @@ def _trainer_pids(parent: int) -> list[int]:
 async def test_restart_with_a_running_job_marks_it_failed(tmp_path: Path, tiny_gguf: Path) -> None:
     ws = tmp_path / "ws"
     ws.mkdir()
+    # A fine-tuned model from an earlier life of this workspace (its weights: a copy of the
+    # tiny model) and one whose weights have since been deleted.
+    db = LocalDB(ws)
+    kept_model = "ft:tiny-ft:local:old:abcdefgh"
+    kept_path = ws / "local" / "models" / "old.gguf"
+    shutil.copy(tiny_gguf, kept_path)
+    db.add_ft_model(kept_model, "tiny-ft", "gguf", kept_path, "ftjob-old")
+    db.add_ft_model("ft:tiny-ft:local:gone:zzzzzzzz", "tiny-ft", "gguf", ws / "nope.gguf", "j")
+    db.close()
     srv = start_process_server(ws, [tiny_gguf])
     try:
         async with client(srv.url) as cl:
@@ -411,5 +422,12 @@ async def test_restart_with_a_running_job_marks_it_failed(tmp_path: Path, tiny_g
             assert (await cl.files.retrieve(train.id)).bytes == len(good_file(40))
             kept = await cl.chat.completions.list(metadata={"kept": "yes"})
             assert [x.id for x in kept.data] == [r.id]
+            ids = [m.id for m in (await cl.models.list()).data]
+            assert kept_model in ids
+            assert "ft:tiny-ft:local:gone:zzzzzzzz" not in ids
+            answer = await cl.chat.completions.create(
+                model=kept_model, messages=[{"role": "user", "content": "x"}], max_tokens=1
+            )
+            assert answer.model == kept_model
     finally:
         srv.stop()

@@ -47,6 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="serve_workspace",
         type=Path,
         default=None,
+        metavar="DIR",
         help="workspace directory; the server keeps its data in <workspace>/local "
         "(default: $DISTILL_WORKSPACE or ./distill-workspace)",
     )
