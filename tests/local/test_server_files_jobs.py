@@ -242,7 +242,11 @@ async def test_complete_fine_tune_then_chat_with_the_model(
         method={
             "type": "supervised",
             "supervised": {
-                "hyperparameters": {"n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 2}
+                "hyperparameters": {
+                    "n_epochs": 2,
+                    "batch_size": 8,
+                    "learning_rate_multiplier": "auto",
+                }
             },
         },
     )
@@ -270,6 +274,11 @@ async def test_complete_fine_tune_then_chat_with_the_model(
     assert len(job.fine_tuned_model) == len(prefix) + 8
     assert job.hyperparameters.n_epochs == 2
     assert job.hyperparameters.batch_size == 8
+    # "auto" is resolved once training starts, as OpenAI reports it.
+    assert isinstance(job.hyperparameters.learning_rate_multiplier, float)
+    assert job.method is not None and job.method.supervised is not None
+    assert job.method.supervised.hyperparameters is not None
+    assert job.method.supervised.hyperparameters.n_epochs == 2
     assert job.result_files and len(job.result_files) == 1
     csv_text = (await c.files.content(job.result_files[0])).read().decode()
     assert csv_text.startswith("step,train_loss")
