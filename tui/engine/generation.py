@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,6 +17,8 @@ from typing import Any, Literal
 import openai
 
 from tui.engine.retrieval import SimilarExamples
+from tui.engine.retry import FATAL, RETRYABLE, backoff_delay
+from tui.engine.retry import describe as _describe
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
 
@@ -278,42 +279,9 @@ class PromptBuilder:
 
 # -- the engine ----------------------------------------------------------------------------
 
-RETRYABLE = (
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIConnectionError,  # includes APITimeoutError
-)
-FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
-
 
 class _StreamBroken(Exception):
     """The stream ended without a finish_reason: the reply is incomplete."""
-
-
-def _retry_after(error: Exception) -> float | None:
-    response = getattr(error, "response", None)
-    if response is None:
-        return None
-    value = response.headers.get("retry-after-ms")
-    if value:
-        with contextlib.suppress(ValueError):
-            return float(value) / 1000
-    value = response.headers.get("retry-after")
-    if value:
-        with contextlib.suppress(ValueError):
-            return float(value)
-    return None
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, openai.APIStatusError):
-        message = error.message
-        return f"HTTP {error.status_code}: {message}"
-    if isinstance(error, openai.APITimeoutError):
-        return "timed out waiting for the backend"
-    if isinstance(error, openai.APIConnectionError):
-        return f"connection error: {error.__cause__ or error}"
-    return f"{type(error).__name__}: {error}"
 
 
 @dataclass
@@ -483,13 +451,7 @@ class Generator:
                             emit,
                         )
                         return
-                    delay = _retry_after(error)
-                    if delay is None:
-                        # Exponential backoff with full jitter, so retries don't stampede.
-                        delay = random.uniform(
-                            0, min(self.backoff_cap, self.backoff_base * 2 ** (attempt_no - 1))
-                        )
-                    delay = min(delay, self.backoff_cap)
+                    delay = backoff_delay(error, attempt_no, self.backoff_base, self.backoff_cap)
                     stats.retries += 1
                     emit(ItemRetry(item.id, attempt_no, last_error, delay))
                     await asyncio.sleep(delay)

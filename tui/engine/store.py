@@ -769,6 +769,217 @@ class Store:
             for r in rows
         ]
 
+    # -- evals, eval runs and grades -----------------------------------------------------
+    # An eval is a named list of grader configs (OpenAI testing_criteria JSON). An eval run
+    # grades one run's completions (all done ones, or a selection) and keeps, in its summary,
+    # the graders it was started with, so editing the eval never changes a run's meaning.
+
+    def create_eval(self, name: str, graders: Sequence[dict[str, Any]] = ()) -> int:
+        name = _clean_eval_name(name)
+        with self.transaction() as conn:
+            if conn.execute("SELECT 1 FROM evals WHERE name = ?", (name,)).fetchone():
+                raise StoreError(f"an eval named {name!r} already exists")
+            cur = conn.execute(
+                "INSERT INTO evals(name, graders, created_at) VALUES (?, ?, ?)",
+                (name, json.dumps(list(graders), ensure_ascii=False), now()),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update_eval(
+        self,
+        eval_id: int,
+        *,
+        name: str | None = None,
+        graders: Sequence[dict[str, Any]] | None = None,
+    ) -> None:
+        with self.transaction() as conn:
+            if not conn.execute("SELECT 1 FROM evals WHERE id = ?", (eval_id,)).fetchone():
+                raise StoreError(f"no eval with id {eval_id}")
+            if name is not None:
+                name = _clean_eval_name(name)
+                clash = conn.execute(
+                    "SELECT 1 FROM evals WHERE name = ? AND id != ?", (name, eval_id)
+                ).fetchone()
+                if clash:
+                    raise StoreError(f"an eval named {name!r} already exists")
+                conn.execute("UPDATE evals SET name = ? WHERE id = ?", (name, eval_id))
+            if graders is not None:
+                conn.execute(
+                    "UPDATE evals SET graders = ? WHERE id = ?",
+                    (json.dumps(list(graders), ensure_ascii=False), eval_id),
+                )
+
+    def get_eval(self, eval_id: int) -> EvalInfo:
+        rows = self.query("SELECT * FROM evals WHERE id = ?", (eval_id,))
+        if not rows:
+            raise StoreError(f"no eval with id {eval_id}")
+        return _eval_info(rows[0])
+
+    def list_evals(self) -> list[EvalInfo]:
+        return [
+            _eval_info(r) for r in self.query("SELECT * FROM evals ORDER BY name COLLATE NOCASE")
+        ]
+
+    def eval_by_name(self, name: str) -> EvalInfo | None:
+        rows = self.query("SELECT * FROM evals WHERE name = ?", (" ".join(name.split()),))
+        return _eval_info(rows[0]) if rows else None
+
+    def delete_eval(self, eval_id: int) -> None:
+        """Delete an eval with its runs and their grades."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM evals WHERE id = ?", (eval_id,))
+
+    def create_eval_run(
+        self,
+        eval_id: int,
+        run_id: int,
+        graders: Sequence[dict[str, Any]],
+        completion_ids: Sequence[int] | None = None,
+    ) -> int:
+        """A new eval run of `graders` (a snapshot of the eval's) over a run's done
+        completions, or over `completion_ids` (which must all belong to that run)."""
+        summary: dict[str, Any] = {"graders": list(graders), "completion_ids": None}
+        with self.transaction() as conn:
+            if completion_ids is not None:
+                ids = sorted(set(completion_ids))
+                outside = conn.execute(
+                    "SELECT COUNT(*) FROM json_each(?) j LEFT JOIN completions c"
+                    " ON c.id = j.value AND c.run_id = ? WHERE c.id IS NULL",
+                    (json.dumps(ids), run_id),
+                ).fetchone()[0]
+                if outside:
+                    raise StoreError(
+                        f"{outside} of the selected completions are not completions of run {run_id}"
+                    )
+                summary["completion_ids"] = ids
+            cur = conn.execute(
+                "INSERT INTO eval_runs(eval_id, run_id, status, summary, created_at)"
+                " VALUES (?, ?, 'created', ?, ?)",
+                (eval_id, run_id, json.dumps(summary, ensure_ascii=False), now()),
+            )
+            return int(cur.lastrowid or 0)
+
+    _EVAL_RUNS_SQL = """
+        SELECT er.*, e.name AS eval_name FROM eval_runs er JOIN evals e ON e.id = er.eval_id
+        {where} ORDER BY er.id DESC
+    """
+
+    def get_eval_run(self, eval_run_id: int) -> EvalRunInfo:
+        rows = self.query(self._EVAL_RUNS_SQL.format(where="WHERE er.id = ?"), (eval_run_id,))
+        if not rows:
+            raise StoreError(f"no eval run with id {eval_run_id}")
+        return _eval_run_info(rows[0])
+
+    def list_eval_runs(
+        self, eval_id: int | None = None, run_id: int | None = None
+    ) -> list[EvalRunInfo]:
+        where, args = [], []
+        if eval_id is not None:
+            where.append("er.eval_id = ?")
+            args.append(eval_id)
+        if run_id is not None:
+            where.append("er.run_id = ?")
+            args.append(run_id)
+        sql = self._EVAL_RUNS_SQL.format(where=("WHERE " + " AND ".join(where)) if where else "")
+        return [_eval_run_info(r) for r in self.query(sql, args)]
+
+    def latest_eval_run(self, eval_id: int, run_id: int) -> EvalRunInfo | None:
+        """The newest eval run of this eval over this run (what a comparison shows)."""
+        runs = self.list_eval_runs(eval_id, run_id)
+        return runs[0] if runs else None
+
+    def delete_eval_run(self, eval_run_id: int) -> None:
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM eval_runs WHERE id = ?", (eval_run_id,))
+
+    def set_eval_run_status(
+        self,
+        eval_run_id: int,
+        status: str,
+        *,
+        results: dict[str, Any] | None = None,
+        finished: bool = False,
+    ) -> None:
+        """Set the status, and with `results` the per-grader figures kept in the summary."""
+        with self.transaction() as conn:
+            if results is not None:
+                conn.execute(
+                    "UPDATE eval_runs SET summary = json_set(summary, '$.results', json(?))"
+                    " WHERE id = ?",
+                    (json.dumps(results, ensure_ascii=False), eval_run_id),
+                )
+            conn.execute(
+                "UPDATE eval_runs SET status = ?, finished_at = ? WHERE id = ?",
+                (status, now() if finished else None, eval_run_id),
+            )
+
+    def eval_run_completions(self, eval_run_id: int) -> list[GradeInput]:
+        """What an eval run grades: the done completions of its run (or of its selection)
+        whose items still exist, in item order."""
+        info = self.get_eval_run(eval_run_id)
+        sql = (
+            "SELECT c.id, c.item_id, i.input, i.reference, c.output FROM completions c"
+            " JOIN items i ON i.id = c.item_id"
+            " WHERE c.run_id = ? AND c.status = 'done' AND i.deleted = 0"
+        )
+        args: list[Any] = [info.run_id]
+        if info.completion_ids is not None:
+            sql += " AND c.id IN (SELECT value FROM json_each(?))"
+            args.append(json.dumps(info.completion_ids))
+        sql += " ORDER BY i.position"
+        with self._lock:
+            rows = self._conn.execute(sql, args).fetchall()
+        make = GradeInput._make
+        return [make(row) for row in rows]
+
+    def graded_keys(
+        self, eval_run_id: int, *, redo_detail_prefix: str | None = None
+    ) -> set[tuple[int, str]]:
+        """(completion id, grader) of the grades already stored, less the errored ones whose
+        detail starts with `redo_detail_prefix` (failures to redo on a resume)."""
+        sql = "SELECT completion_id, grader FROM grades WHERE eval_run_id = ?"
+        args: list[Any] = [eval_run_id]
+        if redo_detail_prefix:
+            sql += " AND NOT (passed IS NULL AND substr(detail, 1, ?) = ?)"
+            args += [len(redo_detail_prefix), redo_detail_prefix]
+        with self._lock:
+            return set(self._conn.execute(sql, args).fetchall())
+
+    def save_grades(
+        self,
+        eval_run_id: int,
+        grades: Iterable[tuple[int, str, float | None, bool | None, str]],
+    ) -> None:
+        """Store (completion id, grader, score, passed, detail) rows in one transaction;
+        passed None means the grader errored. A grade given again replaces the old one."""
+        rows = [(eval_run_id, c, g, s, p, d) for c, g, s, p, d in grades]
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR REPLACE INTO grades(eval_run_id, completion_id, grader, score, passed,"
+                " detail) VALUES (?, ?, ?, ?, ?, ?)",
+                rows,
+            )
+
+    def grades(self, eval_run_id: int) -> list[GradeRow]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT completion_id, grader, score, passed, detail FROM grades"
+                " WHERE eval_run_id = ?",
+                (eval_run_id,),
+            ).fetchall()
+        return [GradeRow(c, g, s, None if p is None else bool(p), d) for c, g, s, p, d in rows]
+
+    def grade_counts(self, eval_run_id: int) -> dict[str, GraderSummary]:
+        """Per grader: passed, failed and errored counts and the mean score (of the grades
+        that did not error)."""
+        rows = self.query(
+            "SELECT grader, COALESCE(SUM(passed = 1), 0), COALESCE(SUM(passed = 0), 0),"
+            " COALESCE(SUM(passed IS NULL), 0), AVG(CASE WHEN passed IS NOT NULL THEN score END)"
+            " FROM grades WHERE eval_run_id = ? GROUP BY grader",
+            (eval_run_id,),
+        )
+        return {r[0]: GraderSummary(r[1], r[2], r[3], r[4]) for r in rows}
+
 
 class _Transaction:
     """`with store.transaction() as conn:` — BEGIN IMMEDIATE … COMMIT, or ROLLBACK on error."""
@@ -950,3 +1161,104 @@ class JobEvent:
 
 def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+def _clean_eval_name(name: str) -> str:
+    name = " ".join(name.split())
+    if not name:
+        raise StoreError("an eval name cannot be empty")
+    if len(name) > 200:
+        raise StoreError("an eval name is limited to 200 characters")
+    return name
+
+
+@dataclass(frozen=True)
+class EvalInfo:
+    id: int
+    name: str
+    graders: list[dict[str, Any]]  # grader configs, OpenAI testing_criteria JSON
+    created_at: str
+
+
+def _eval_info(row: sqlite3.Row) -> EvalInfo:
+    return EvalInfo(
+        id=row["id"],
+        name=row["name"],
+        graders=json.loads(row["graders"]),
+        created_at=row["created_at"],
+    )
+
+
+@dataclass(frozen=True)
+class GraderSummary:
+    passed: int
+    failed: int
+    errored: int
+    mean_score: float | None
+
+    @property
+    def total(self) -> int:
+        return self.passed + self.failed + self.errored
+
+    @property
+    def pass_rate(self) -> float | None:
+        """passed / (passed + failed): an errored grade says nothing about the output."""
+        graded = self.passed + self.failed
+        return self.passed / graded if graded else None
+
+
+@dataclass(frozen=True)
+class EvalRunInfo:
+    id: int
+    eval_id: int
+    eval_name: str
+    run_id: int
+    status: str
+    created_at: str
+    finished_at: str | None
+    graders: list[dict[str, Any]]  # the configs it was started with
+    completion_ids: list[int] | None  # a selection, or None for every done completion
+    results: dict[str, GraderSummary]  # per grader, in grader order (set when it stops)
+
+
+def _eval_run_info(row: sqlite3.Row) -> EvalRunInfo:
+    summary = json.loads(row["summary"])
+    results = {
+        name: GraderSummary(
+            passed=r.get("passed", 0),
+            failed=r.get("failed", 0),
+            errored=r.get("errored", 0),
+            mean_score=r.get("mean_score"),
+        )
+        for name, r in (summary.get("results") or {}).items()
+    }
+    return EvalRunInfo(
+        id=row["id"],
+        eval_id=row["eval_id"],
+        eval_name=row["eval_name"],
+        run_id=row["run_id"],
+        status=row["status"],
+        created_at=row["created_at"],
+        finished_at=row["finished_at"],
+        graders=summary.get("graders") or [],
+        completion_ids=summary.get("completion_ids"),
+        results=results,
+    )
+
+
+class GradeInput(NamedTuple):
+    """One completion to grade, with what templates can refer to."""
+
+    completion_id: int
+    item_id: int
+    input: str
+    reference: str
+    output: str
+
+
+class GradeRow(NamedTuple):
+    completion_id: int
+    grader: str
+    score: float | None
+    passed: bool | None  # None: the grader errored (see detail)
+    detail: str
