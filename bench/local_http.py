@@ -206,10 +206,11 @@ def main() -> None:
     print(f"cpus={os.cpu_count()} load average={os.getloadavg()[0]:.2f}", flush=True)
     rows = http_rows(args)
     print(f"load average at the end={os.getloadavg()[0]:.2f}\n")
-    width = max(len(r.figure) for r in rows)
+    sw = max(len(r.section) for r in rows)
+    fw = max(len(r.figure) for r in rows)
     for r in rows:
         value = f"{r.value:.3g}" if isinstance(r.value, float) else str(r.value)
-        print(f"{r.section:<32} {r.figure:<{width}} {value:>8} {r.unit:<6} {r.note}")
+        print(f"{r.section:<{sw}}  {r.figure:<{fw}}  {value:>8} {r.unit:<6} {r.note}".rstrip())
 
 
 if __name__ == "__main__":
