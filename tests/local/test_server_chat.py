@@ -234,7 +234,7 @@ async def test_queue_full_is_429_and_disconnect_frees_slots(
     async def one() -> str:
         try:
             await c.chat.completions.create(
-                model=tiny, messages=USER, max_tokens=200, temperature=0
+                model=tiny, messages=USER, max_tokens=400, temperature=0
             )
             return "ok"
         except openai.RateLimitError as exc:
