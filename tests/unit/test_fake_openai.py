@@ -1,0 +1,231 @@
+"""The fault-injecting fake OpenAI server behaves like OpenAI through the real openai SDK: reply
+shapes, usage, errors with their headers, cut streams, markers and what it records."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import openai
+import pytest
+
+from tests.helpers.fake_openai import (
+    FakeOpenAI,
+    FakeOpenAIProcess,
+    cut,
+    fail_first,
+    first_of,
+    rate_limited,
+    server_error,
+    stall,
+    truncated,
+    when,
+)
+
+ASK = "Create a new branch called 'feature-login'."
+
+
+@pytest.fixture
+def server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(hang_seconds=5) as s:
+        yield s
+
+
+@pytest.fixture
+async def client(server: FakeOpenAI) -> AsyncIterator[openai.AsyncOpenAI]:
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=10
+    ) as c:
+        yield c
+
+
+def chat(text: str, system: str = "Reply with a git command.") -> list[Any]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": text}]
+
+
+async def stream_text(client: openai.AsyncOpenAI, text: str, **kw: Any) -> tuple[str, list[Any]]:
+    stream = await client.chat.completions.create(
+        model="fake-model", messages=chat(text), stream=True, **kw
+    )
+    chunks = [chunk async for chunk in stream]
+    out = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return out, chunks
+
+
+async def test_streaming_with_usage_is_deterministic(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    opts = {"stream_options": {"include_usage": True}}
+    first, chunks = await stream_text(client, ASK, **opts)
+    again, _ = await stream_text(client, ASK, **opts)
+    assert first == again == "echo: " + ASK
+    assert all(c.id.startswith("chatcmpl-") and c.id == chunks[0].id for c in chunks)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finish == ["stop"]
+    # include_usage: a last chunk with the usage and no choices; usage null before it.
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == len(first.split())
+    assert chunks[-1].usage.prompt_tokens > 0
+    assert all(c.usage is None for c in chunks[:-1])
+    # Without include_usage: no usage chunk.
+    _, plain = await stream_text(client, ASK)
+    assert all(c.usage is None and c.choices for c in plain)
+    assert server.count(ASK) == 3 and len(server.chat_requests) == 3
+
+
+async def test_non_streaming_reply_usage_and_recorded_store_metadata(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    reply = await client.chat.completions.create(
+        model="gpt-4o-mini", messages=chat(ASK), store=True, metadata={"task": "git"}
+    )
+    assert reply.id.startswith("chatcmpl-") and reply.object == "chat.completion"
+    assert reply.choices[0].message.content == "echo: " + ASK
+    assert reply.choices[0].finish_reason == "stop"
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == len(("echo: " + ASK).split())
+    (request,) = server.requests
+    assert request.store is True and request.metadata == {"task": "git"}
+    assert request.body["model"] == "gpt-4o-mini" and request.key == ASK
+    assert request.outcome == "ok" and request.status == 200 and request.ended is not None
+
+
+async def test_tokens_per_reply_token_delay_and_max_tokens(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    server.app.tokens_per_reply = 50
+    server.token_delay = 0.005
+    started = time.monotonic()
+    text, chunks = await stream_text(client, ASK, stream_options={"include_usage": True})
+    assert time.monotonic() - started >= 49 * 0.005
+    assert len(text.split()) == 50 and chunks[-1].usage.completion_tokens == 50
+    # max_tokens below the reply's length cuts it: finish_reason "length".
+    cut_reply = await client.chat.completions.create(
+        model="fake-model", messages=chat(ASK), max_tokens=7
+    )
+    assert cut_reply.choices[0].finish_reason == "length"
+    assert len((cut_reply.choices[0].message.content or "").split()) == 7
+    server.policy = when("short", truncated(3))
+    short, _ = await stream_text(client, "a short one please, with many words in it")
+    assert len(short.split()) == 3
+
+
+async def test_429_carries_retry_after_then_succeeds(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    server.policy = fail_first(2, rate_limited(retry_after=0.25))
+    for _ in range(2):
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(model="fake-model", messages=chat(ASK))
+        assert caught.value.response.headers["retry-after"] == "0.25"
+        assert caught.value.status_code == 429
+        assert caught.value.code == "rate_limit_exceeded"
+    ok, _ = await stream_text(client, ASK)
+    assert ok == "echo: " + ASK
+    attempts = server.for_key(ASK)
+    assert [r.status for r in attempts] == [429, 429, 200]
+    assert [r.attempt for r in attempts] == [1, 2, 3]
+    assert attempts[0].ended is not None and attempts[1].time >= attempts[0].ended
+    assert server.duplicates() == []
+    # Another message has its own count: its first attempt is refused too.
+    with pytest.raises(openai.RateLimitError):
+        await client.chat.completions.create(model="fake-model", messages=chat("other"))
+
+
+async def test_a_cut_stream_raises_while_iterating(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    server.policy = when("cut me", cut(after=2))
+    stream = await client.chat.completions.create(
+        model="fake-model", messages=chat("cut me off please now"), stream=True
+    )
+    received: list[str] = []
+    with pytest.raises(Exception) as caught:
+        async for chunk in stream:
+            received.append(chunk.choices[0].delta.content or "")
+    assert "".join(received) == "echo: cut"
+    assert "peer closed" in str(caught.value) or isinstance(caught.value, openai.APIError)
+    assert server.chat_requests[0].outcome == "cut"
+    # Not streaming: the JSON body is cut half-way, which the SDK reports as a connection error.
+    with pytest.raises(openai.APIConnectionError):
+        await client.chat.completions.create(model="fake-model", messages=chat("cut me"))
+
+
+async def test_markers_in_the_request_text(server: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    with pytest.raises(openai.InternalServerError) as caught:
+        await client.chat.completions.create(model="fake-model", messages=chat("FAIL500 x"))
+    assert caught.value.status_code == 500
+    for _ in range(2):
+        with pytest.raises(openai.InternalServerError):
+            await client.chat.completions.create(model="fake-model", messages=chat("FLAKY y"))
+    flaky, _ = await stream_text(client, "FLAKY y")
+    assert flaky == "echo: FLAKY y" and server.count("FLAKY y") == 3
+    empty, chunks = await stream_text(client, "EMPTY z", stream_options={"include_usage": True})
+    assert empty == "" and chunks[-1].usage.completion_tokens == 0
+    with pytest.raises(openai.PermissionDeniedError):
+        await client.chat.completions.create(model="fake-model", messages=chat("DENIED"))
+    with pytest.raises(openai.RateLimitError) as limited:
+        await client.chat.completions.create(model="fake-model", messages=chat("FAIL429"))
+    assert float(limited.value.response.headers["retry-after"]) > 0
+    # Markers are whole upper-case words: a real request about CHANGELOG.md doesn't hang.
+    text, _ = await stream_text(client, "Stage CHANGELOG.md, not EMPTYING.")
+    assert text.startswith("echo: Stage CHANGELOG.md")
+
+
+async def test_hangs_and_stalls_hit_the_client_timeout(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    quick = client.with_options(timeout=0.3)
+    with pytest.raises(openai.APITimeoutError):
+        await quick.chat.completions.create(model="fake-model", messages=chat("HANG"))
+    server.policy = first_of(when("stall", stall(after=2, seconds=3)), when("boom", server_error()))
+    stream = await quick.chat.completions.create(
+        model="fake-model", messages=chat("stall here and there"), stream=True
+    )
+    with pytest.raises(Exception):  # noqa: B017 — a read timeout mid-stream
+        async for _ in stream:
+            pass
+
+
+async def test_auth_models_and_absent_endpoints(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    models = await client.models.list()
+    assert [m.id for m in models.data] == ["fake-model", "gpt-4o", "gpt-4o-mini"]
+    with pytest.raises(openai.NotFoundError) as unknown:
+        await client.chat.completions.create(model="no-such-model", messages=chat(ASK))
+    assert unknown.value.code == "model_not_found"
+    # Like a plain vLLM server: no files, no fine-tuning.
+    with pytest.raises(openai.NotFoundError):
+        await client.files.list()
+    with pytest.raises(openai.NotFoundError):
+        await client.fine_tuning.jobs.list()
+    async with openai.AsyncOpenAI(
+        base_url=server.base_url, api_key="sk-wrong", max_retries=0
+    ) as wrong:
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.chat.completions.create(model="fake-model", messages=chat(ASK))
+        with pytest.raises(openai.AuthenticationError):
+            await wrong.models.list()
+
+
+async def test_duplicates_are_reported(server: FakeOpenAI, client: openai.AsyncOpenAI) -> None:
+    await client.chat.completions.create(model="fake-model", messages=chat(ASK))
+    assert server.duplicates() == []
+    await client.chat.completions.create(model="fake-model", messages=chat(ASK))
+    assert server.duplicates() == [ASK]
+    server.reset()
+    assert server.requests == [] and server.count(ASK) == 0
+
+
+async def test_the_server_as_a_child_process() -> None:
+    with FakeOpenAIProcess(tokens_per_reply=5) as proc:
+        async with openai.AsyncOpenAI(
+            base_url=proc.base_url, api_key=proc.api_key, max_retries=0
+        ) as c:
+            reply = await c.chat.completions.create(model="fake-model", messages=chat(ASK))
+    assert reply.choices[0].message.content == "echo: Create a new branch"
