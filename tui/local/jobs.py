@@ -24,7 +24,6 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -108,13 +107,11 @@ class JobManager:
         *,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
-        on_change: Callable[[str], None] | None = None,
     ) -> None:
         self.db = db
         self.registry = registry
         self.python = python
         self.env = env
-        self.on_change = on_change
         self.cache_dir = db.root / "cache"
         self._queue: asyncio.Queue[str] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -256,8 +253,6 @@ class JobManager:
             self.db.add_event(job_id, "Fine-tuning job cancelled")
         elif status == "succeeded":
             self.db.add_event(job_id, "The job has successfully completed")
-        if self.on_change is not None:
-            self.on_change(job_id)
 
     async def _validate(self, job_id: str) -> None:
         job = await asyncio.to_thread(self.db.get_job, job_id)
@@ -331,7 +326,7 @@ class JobManager:
                 self._running_id = None
                 self._proc = None
 
-    def _spec(self, job: dict[str, Any], job_dir: Path) -> dict[str, Any]:
+    def _spec(self, job: dict[str, Any]) -> dict[str, Any]:
         info = self.registry.info(job["model"])
         hp = job["hyperparameters"]
         return {
@@ -357,7 +352,7 @@ class JobManager:
         job_dir = self.db.jobs_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True)
         try:
-            spec = self._spec(job, job_dir)
+            spec = self._spec(job)
         except KeyError:
             await asyncio.to_thread(
                 self._finish,
