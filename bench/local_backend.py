@@ -1,0 +1,397 @@
+"""Figures for the local backend's engine, next to plain llama-cpp-python on the same GGUF.
+
+    .venv/bin/python bench/local_backend.py [--model ID_OR_PATH ...] [--tokens 64] [--repeats 3]
+
+Prints a table; asserts nothing. Measured on the default model (SmolLM2-135M-Instruct Q4_1):
+  - single stream: time to first token and tokens/s (end to end, and decode only);
+  - 8 concurrent streams: aggregate tokens/s;
+  - the same for each --model (a fine-tuned GGUF, an id known to the registry, or a path);
+  - peak RSS of this process (our engine) and of the anchor's process;
+  - the anchor: llama_cpp.Llama(...).create_chat_completion(stream=True) with its defaults
+    ("plain"), and again with the two settings our engine uses (flash attention, and
+    OMP_WAIT_POLICY=PASSIVE), each serving the 8 requests one after another as
+    llama_cpp.server does.
+The anchor runs in a child process (its memory does not inflate ours) and its trials alternate
+with ours, so a machine busy with other work slows both sides alike. Each figure is the
+median of --repeats trials.
+
+Hooks for the other parts of the backend (fill them in; main() prints what they return):
+  - http_rows(): figures over HTTP via the openai SDK against `distill-tui serve`;
+  - finetune_rows(): fine-tuning seconds per epoch on 400 short examples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing as mp
+import os
+import resource
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from tui.local.models import (
+    DEFAULT_MODEL_ID,
+    GenRequest,
+    LlamaEngine,
+    ModelInfo,
+    ModelRegistry,
+)
+
+# Prompts that make SmolLM2 write on for a while, so runs reach --tokens instead of EOS.
+PROMPTS = [
+    "Write a long story about a lighthouse keeper who finds a message in a bottle.",
+    "Explain in detail how a bicycle works, part by part.",
+    "Describe a busy market in a small coastal town in the morning.",
+    "Write a long letter to a friend about learning to cook.",
+    "Explain step by step how to plant and care for a vegetable garden.",
+    "Tell a long story about a robot who wants to become a painter.",
+    "Describe the history of the printing press in detail.",
+    "Write a long diary entry of a sailor crossing the Atlantic.",
+]
+
+
+def messages(i: int, trial: int) -> list[dict[str, str]]:
+    # The request number comes first, so the only prefix two requests share is the model's
+    # default system prompt: caching cannot skip a whole prompt between trials.
+    return [{"role": "user", "content": f"Request {trial}.{i}: {PROMPTS[i % len(PROMPTS)]}"}]
+
+
+@dataclass
+class Row:
+    section: str
+    figure: str
+    value: float | str
+    unit: str = ""
+    note: str = ""
+
+
+@dataclass
+class Trial:
+    ttft: float  # seconds to the first streamed text
+    total: float  # seconds for the whole request (or the whole batch)
+    tokens: int  # completion tokens
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.total
+
+    @property
+    def decode_rate(self) -> float:
+        return (self.tokens - 1) / max(self.total - self.ttft, 1e-9)
+
+
+def peak_rss_mb() -> float:
+    # ru_maxrss is in KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---- the anchor: plain llama-cpp-python, in its own process ------------------------------------
+
+
+def _anchor_worker(conn: Any, path: str, n_threads: int, tuned: bool) -> None:
+    import llama_cpp
+
+    llm = llama_cpp.Llama(
+        model_path=path, n_ctx=2048, n_threads=n_threads, flash_attn=tuned, verbose=False
+    )
+    conn.send(("ready", peak_rss_mb()))
+    while True:
+        cmd = conn.recv()
+        if cmd is None:
+            break
+        i, trial, max_tokens = cmd
+        t0 = time.perf_counter()
+        ttft = 0.0
+        text: list[str] = []
+        tokens = 0
+        stream: Any = llm.create_chat_completion(
+            messages=messages(i, trial),  # type: ignore[arg-type]
+            max_tokens=max_tokens,
+            temperature=0.0,
+            stream=True,
+        )
+        for chunk in stream:
+            delta = chunk["choices"][0]["delta"].get("content")
+            if delta:
+                if not ttft:
+                    ttft = time.perf_counter() - t0
+                text.append(delta)
+                tokens += 1
+        total = time.perf_counter() - t0
+        # llama-cpp-python streams one chunk per token (a character split over tokens is
+        # held back and sent joined): re-tokenising gives the count when they differ.
+        counted = len(llm.tokenize("".join(text).encode(), add_bos=False, special=False))
+        conn.send((ttft, total, max(tokens, counted), peak_rss_mb()))
+    conn.close()
+
+
+class Anchor:
+    """llama_cpp.Llama in a child process. ``tuned`` gives it the settings our engine uses
+    (flash attention, OMP_WAIT_POLICY=PASSIVE), to show what batching adds beyond them."""
+
+    def __init__(self, path: Path, n_threads: int, tuned: bool) -> None:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(
+            target=_anchor_worker, args=(child, str(path), n_threads, tuned), daemon=True
+        )
+        saved = os.environ.pop("OMP_WAIT_POLICY", None)
+        if tuned:
+            os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+        try:
+            self.proc.start()  # the child inherits the environment as it is now
+        finally:
+            os.environ.pop("OMP_WAIT_POLICY", None)
+            if saved is not None:
+                os.environ["OMP_WAIT_POLICY"] = saved
+        _, self.rss = self.conn.recv()
+
+    def one(self, i: int, trial: int, max_tokens: int) -> Trial:
+        self.conn.send((i, trial, max_tokens))
+        ttft, total, tokens, self.rss = self.conn.recv()
+        return Trial(ttft, total, tokens)
+
+    def sequential(self, n: int, trial: int, max_tokens: int) -> Trial:
+        t0 = time.perf_counter()
+        trials = [self.one(i, trial, max_tokens) for i in range(n)]
+        return Trial(trials[0].ttft, time.perf_counter() - t0, sum(t.tokens for t in trials))
+
+    def close(self) -> None:
+        self.conn.send(None)
+        self.proc.join(timeout=10)
+        if self.proc.is_alive():
+            self.proc.kill()
+
+
+# ---- our engine --------------------------------------------------------------------------------
+
+
+async def engine_one(engine: Any, i: int, trial: int, max_tokens: int) -> Trial:
+    t0 = time.perf_counter()
+    ttft = 0.0
+    tokens = 0
+    async for chunk in engine.generate(
+        GenRequest(messages(i, trial), max_tokens=max_tokens, temperature=0.0)
+    ):
+        if chunk.text and not ttft:
+            ttft = time.perf_counter() - t0
+        if chunk.finish_reason is not None:
+            tokens = chunk.completion_tokens
+    return Trial(ttft, time.perf_counter() - t0, tokens)
+
+
+async def engine_concurrent(engine: Any, n: int, trial: int, max_tokens: int) -> Trial:
+    t0 = time.perf_counter()
+    trials = await asyncio.gather(*(engine_one(engine, i, trial, max_tokens) for i in range(n)))
+    return Trial(
+        statistics.median(t.ttft for t in trials),
+        time.perf_counter() - t0,
+        sum(t.tokens for t in trials),
+    )
+
+
+# ---- hooks for the server and trainer helpers --------------------------------------------------
+
+
+def http_rows(args: argparse.Namespace) -> list[Row]:
+    """HTTP-level figures: `distill-tui serve` on 127.0.0.1 driven by the openai SDK (single
+    stream TTFT and tok/s, 8 concurrent streams). To be filled in by the server's owner."""
+    return []
+
+
+def finetune_rows(args: argparse.Namespace) -> list[Row]:
+    """Fine-tuning seconds per epoch on 400 short examples (tui.local.trainer). To be filled
+    in by the trainer's owner."""
+    return []
+
+
+HOOKS: list[Callable[[argparse.Namespace], list[Row]]] = [http_rows, finetune_rows]
+
+
+# ---- the run -----------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+async def bench_model(
+    info: ModelInfo,
+    args: argparse.Namespace,
+    anchors: list[tuple[str, Anchor]],
+) -> list[Row]:
+    rows: list[Row] = []
+    rss_before = peak_rss_mb()
+    t0 = time.perf_counter()
+    engine = await asyncio.to_thread(
+        LlamaEngine, info.id, info.path, n_threads=args.threads, n_parallel=args.streams
+    )
+    load_s = time.perf_counter() - t0
+    sec = info.id
+    rows.append(Row(sec, "load", load_s, "s", f"{info.path.name}"))
+    try:
+        # Warm-up: the first decode allocates llama.cpp's compute buffers, on both sides.
+        await engine_one(engine, 0, -1, 4)
+        for _, anchor in anchors:
+            anchor.one(0, -1, 4)
+
+        ours_single: list[Trial] = []
+        ours_multi: list[Trial] = []
+        theirs: dict[str, tuple[list[Trial], list[Trial]]] = {n: ([], []) for n, _ in anchors}
+        for rep in range(args.repeats):
+            # Alternate sides so background load hits both alike. Single-stream trials use
+            # request 100+rep so they share nothing but the system prompt with the others.
+            for name, anchor in anchors:
+                theirs[name][0].append(anchor.one(100, rep, args.tokens))
+            ours_single.append(await engine_one(engine, 100, rep, args.tokens))
+            ours_multi.append(await engine_concurrent(engine, args.streams, rep, args.tokens))
+            for name, anchor in anchors:
+                theirs[name][1].append(anchor.sequential(args.streams, rep, args.tokens))
+
+        n = args.streams
+        rows += [
+            Row(sec, "single stream: first token", med([t.ttft for t in ours_single]), "s"),
+            Row(sec, "single stream", med([t.rate for t in ours_single]), "tok/s", "end to end"),
+            Row(sec, "single stream, decode", med([t.decode_rate for t in ours_single]), "tok/s"),
+            Row(
+                sec,
+                f"{n} concurrent streams",
+                med([t.rate for t in ours_multi]),
+                "tok/s",
+                "aggregate",
+            ),
+            Row(
+                sec,
+                f"{n} concurrent: first token",
+                med([t.ttft for t in ours_multi]),
+                "s",
+                "median of the streams",
+            ),
+        ]
+        for name, (single, seq) in theirs.items():
+            a = f"anchor {name}"
+            rows += [
+                Row(a, "single stream: first token", med([t.ttft for t in single]), "s"),
+                Row(a, "single stream", med([t.rate for t in single]), "tok/s", "end to end"),
+                Row(a, "single stream, decode", med([t.decode_rate for t in single]), "tok/s"),
+                Row(a, f"{n} requests one after another", med([t.rate for t in seq]), "tok/s"),
+            ]
+        if anchors:
+            name0, _ = anchors[0]
+            base = med([t.rate for t in theirs[name0][0]])
+            rows += [
+                Row(
+                    sec,
+                    "single ÷ anchor single",
+                    med([t.rate for t in ours_single]) / base,
+                    "×",
+                    f"goal ≥ 0.8 (vs {name0})",
+                ),
+                Row(
+                    sec,
+                    f"{n} streams ÷ anchor single",
+                    med([t.rate for t in ours_multi]) / base,
+                    "×",
+                    f"goal ≥ 2 (vs {name0})",
+                ),
+            ]
+    finally:
+        await engine.aclose()
+    rows.append(
+        Row(sec, "peak RSS (this process)", peak_rss_mb(), "MB", f"{rss_before:.0f} before")
+    )
+    return rows
+
+
+def resolve(spec: str, registry: ModelRegistry) -> ModelInfo:
+    try:
+        return registry.info(spec)
+    except KeyError:
+        pass
+    path = Path(spec).expanduser()
+    if path.suffix.lower() != ".gguf" or not path.is_file():
+        raise SystemExit(f"--model {spec}: not a registry id nor a .gguf file")
+    return ModelInfo(path.stem.lower(), "gguf", path, int(path.stat().st_mtime), "user")
+
+
+def print_table(rows: list[Row]) -> None:
+    head = ("section", "figure", "value", "unit", "note")
+    cells = [
+        (
+            r.section,
+            r.figure,
+            f"{r.value:.3g}" if isinstance(r.value, float) else str(r.value),
+            r.unit,
+            r.note,
+        )
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [head, *cells]) for i in range(5)]
+    line = "  ".join(f"{{:<{w}}}" for w in widths)
+    print(line.format(*head))
+    print("  ".join("-" * w for w in widths))
+    last = None
+    for c in cells:
+        shown = ("" if c[0] == last else c[0], *c[1:])
+        last = c[0]
+        print(line.format(*shown).rstrip())
+
+
+async def amain(args: argparse.Namespace) -> None:
+    registry = ModelRegistry()
+    infos = [registry.info(DEFAULT_MODEL_ID)] + [resolve(m, registry) for m in args.model]
+    rows: list[Row] = []
+    load = os.getloadavg()
+    print(
+        f"cpus={os.cpu_count()} threads={args.threads} load average={load[0]:.2f} "
+        f"tokens={args.tokens} streams={args.streams} repeats={args.repeats}",
+        flush=True,
+    )
+    for info in infos:
+        anchors: list[tuple[str, Anchor]] = []
+        if not args.no_anchor:
+            anchors.append(("llama-cpp-python (plain)", Anchor(info.path, args.threads, False)))
+            if args.anchor_flash:
+                anchors.append(
+                    ("llama-cpp-python flash_attn", Anchor(info.path, args.threads, True))
+                )
+        try:
+            rows += await bench_model(info, args, anchors)
+        finally:
+            for name, anchor in anchors:
+                rows.append(Row(f"anchor {name}", "peak RSS (its process)", anchor.rss, "MB"))
+                anchor.close()
+    for hook in HOOKS:
+        rows += hook(args)
+    load = os.getloadavg()
+    print(f"load average at the end={load[0]:.2f}\n")
+    print_table(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", action="append", default=[], help="extra model: id or .gguf")
+    parser.add_argument("--tokens", type=int, default=64, help="tokens per request")
+    parser.add_argument("--streams", type=int, default=8, help="concurrent streams")
+    parser.add_argument("--repeats", type=int, default=3, help="trials per figure (median)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--no-anchor", action="store_true", help="skip plain llama-cpp-python")
+    parser.add_argument(
+        "--no-tuned-anchor",
+        action="store_true",
+        help="skip the anchor run with flash attention and OMP_WAIT_POLICY=PASSIVE",
+    )
+    args = parser.parse_args()
+    asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    main()
