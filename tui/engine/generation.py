@@ -205,15 +205,35 @@ class Estimate:
 
 
 def estimate_run(store: Store, run_id: int, price: Price) -> Estimate:
-    """Before starting: tokens ≈ characters / 4; replies as long as the references (× 1.5),
-    or max_tokens, or 256 when there are neither."""
+    """Before (re)starting a run: what its pending items will cost (see `_estimate`)."""
     run = store.get_run(run_id)
     items = store.pending_items(run_id)
-    builder = PromptBuilder.for_run(store, run)
+    return _estimate(items, PromptBuilder.for_run(store, run), sampling_of(run), price)
+
+
+def estimate_spec(store: Store, spec: RunSpec, price: Price) -> Estimate:
+    """The same estimate for a run not created yet (the Generate screen's form)."""
+    if spec.item_ids is not None:
+        wanted = set(spec.item_ids)
+        items = [i for i in store.items(spec.dataset_id) if i.id in wanted]
+    else:
+        items = store.items(spec.dataset_id, split=spec.split or None)
+    retriever = None
+    if spec.retrieve_k > 0:
+        train = [(i.input, i.reference) for i in store.items(spec.dataset_id, "train")]
+        retriever = SimilarExamples([pair for pair in train if pair[1]])
+    builder = PromptBuilder(spec.system_prompt, spec.few_shot, retriever, spec.retrieve_k)
+    return _estimate(items, builder, spec.params, price)
+
+
+def _estimate(
+    items: Sequence[Item], builder: PromptBuilder, sampling: SamplingParams, price: Price
+) -> Estimate:
+    """Tokens ≈ characters / 4; replies as long as the references (× 1.5), or max_tokens,
+    or 256 when there are neither."""
     prompt_chars = sum(
         sum(len(m["content"]) for m in builder.messages(item)) + 16 for item in items
     )
-    sampling = sampling_of(run)
     refs = [len(item.reference) for item in items if item.reference]
     if refs:
         per_reply = int(sum(refs) / len(refs) / 4 * 1.5) + 4
@@ -517,10 +537,14 @@ class Generator:
                         emit(ItemDelta(item_id, text))
                     if choice.finish_reason:
                         attempt.finish_reason = choice.finish_reason
+        except openai.APIConnectionError as error:
+            # The SDK reports a connection dropped after the reply began as a connection
+            # error; say what it means for this item.
+            raise _StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
         except (openai.APIError, asyncio.CancelledError):
             raise
         except Exception as error:  # the transport broke mid-stream (httpx2 errors and kin)
-            raise _StreamBroken(f"the stream broke mid-way: {error}") from error
+            raise _StreamBroken(f"the stream broke mid-way ({error})") from error
         finally:
             attempt.output = "".join(parts)
             with contextlib.suppress(Exception):
