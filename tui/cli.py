@@ -6,8 +6,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tui import __version__
+
+if TYPE_CHECKING:
+    from tui.engine.settings import Settings
+    from tui.engine.store import Store
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +43,21 @@ def _parser() -> argparse.ArgumentParser:
     from tui.local import serve as local_serve
 
     local_serve.add_arguments(serve)
+    recipe = commands.add_parser(
+        "run",
+        help="run the whole recipe headless: baseline, teacher, fine-tune, compare",
+        description=(
+            "Run the seven steps of the distillation recipe without the TUI and print the "
+            "comparison. Re-running skips finished steps and resumes a half-done one."
+        ),
+    )
+    from tui import run_command
+
+    run_command.add_arguments(recipe)
+    web = commands.add_parser("web", help="serve the TUI in a browser (textual-serve)")
+    from tui import web_command
+
+    web_command.add_arguments(web)
     return parser
 
 
@@ -49,13 +69,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.workspace is not None and getattr(args, "serve_workspace", None) is None:
             args.serve_workspace = args.workspace
         return local_serve.run(args)
-    return _run_tui(args.workspace)
+    if args.command == "web":
+        from tui import web_command
+
+        return web_command.run(args, args.workspace)
+    opened = _open(args.workspace)
+    if isinstance(opened, int):
+        return opened
+    settings, store = opened
+    try:
+        if args.command == "run":
+            from tui import run_command
+
+            return run_command.run(args, settings, store)
+        return _run_tui(settings, store)
+    finally:
+        store.close()
 
 
-def _run_tui(workspace: Path | None) -> int:
+def _open(workspace: Path | None) -> tuple[Settings, Store] | int:
+    """Settings and the workspace, or the exit code after a clear message."""
     from pydantic import ValidationError
 
-    from tui.engine.examples import ensure_shipped_dataset
     from tui.engine.settings import config_path, load_settings
     from tui.engine.store import Store, WorkspaceError
 
@@ -78,15 +113,17 @@ def _run_tui(workspace: Path | None) -> int:
     except WorkspaceError as exc:
         print(f"distill-tui: {exc}", file=sys.stderr)
         return 1
-    try:
-        ensure_shipped_dataset(store)
-        from tui.app import DistillApp
+    return settings, store
 
-        app = DistillApp(settings=settings, store=store)
-        app.run()
-        return app.return_code or 0
-    finally:
-        store.close()
+
+def _run_tui(settings: Settings, store: Store) -> int:
+    from tui.app import DistillApp
+    from tui.engine.examples import ensure_shipped_dataset
+
+    ensure_shipped_dataset(store)
+    app = DistillApp(settings=settings, store=store)
+    app.run()
+    return app.return_code or 0
 
 
 if __name__ == "__main__":

@@ -69,3 +69,17 @@ def test_invalid_settings_name_the_field(isolated_env: Path) -> None:
     result = run(cwd=isolated_env)
     assert result.returncode == 2
     assert "concurrency" in result.stderr
+
+
+def test_web_refuses_a_public_address_without_the_flag(isolated_env: Path) -> None:
+    result = run("web", "--host", "0.0.0.0", cwd=isolated_env)
+    assert result.returncode == 2
+    assert "--allow-remote" in result.stderr
+
+
+def test_loopback_detection() -> None:
+    from tui.web_command import is_loopback
+
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+    assert not is_loopback("example.org")

@@ -1,0 +1,508 @@
+"""The whole recipe, unattended: baseline student run on the eval split → eval → teacher run
+on the train split → training file → fine-tune → fine-tuned student run on the eval split →
+eval → comparison. The same engine the screens use; each step's result is recorded in the
+workspace, so re-running skips finished steps and resumes a half-done one.
+
+The default, on the local backend with the shipped git dataset: the student is
+SmolLM2-135M-Instruct with a short system prompt; the teacher is the same model given the k
+most similar train-split examples as prior chat turns (context distillation), unless a
+stronger teacher is configured."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import openai
+from pydantic import BaseModel, Field, ValidationError
+
+from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset
+from tui.engine.finetune import (
+    Hyperparameters,
+    JobUpdate,
+    JobWatcher,
+    Source,
+    build_training_set,
+    launch_job,
+    token_counter_for,
+    validate_training_set,
+)
+from tui.engine.generation import (
+    Estimate,
+    Event,
+    Generator,
+    RunSpec,
+    SamplingParams,
+    create_run,
+    estimate_run,
+)
+from tui.engine.settings import Settings
+from tui.engine.store import Store, StoreError
+
+STATE_FILE = "recipe-state.json"
+DEFAULT_GRADERS: list[dict[str, Any]] = [
+    {"type": "command_match", "name": "command match"},
+    {
+        "type": "string_check",
+        "name": "exact match",
+        "input": "{{sample.output_text}}",
+        "reference": "{{item.reference}}",
+        "operation": "eq",
+    },
+]
+STUDENT_PROMPT = "Reply with the single git command that does what the user asks."
+
+
+class FineTuneConfig(BaseModel):
+    n_epochs: int | str = "auto"
+    batch_size: int | str = "auto"
+    learning_rate_multiplier: float | str = "auto"
+    suffix: str = "distill"
+    validation_fraction: float = Field(default=0.1, ge=0, lt=0.5)
+    seed: int = 0
+
+
+class RecipeConfig(BaseModel):
+    """`distill-tui run --config FILE` reads a [recipe] table with these keys."""
+
+    dataset: str = GIT_DATASET_NAME
+    student_model: str | None = None  # default: settings.student
+    teacher_model: str | None = None  # default: settings.teacher
+    student_prompt: str | None = None  # default: a short instruction
+    teacher_prompt: str | None = None  # default: the student's prompt
+    # k most similar train examples given to the teacher as chat turns; None = 10 when the
+    # teacher is the student's own model (context distillation), else 0.
+    teacher_examples: int | None = Field(default=None, ge=0, le=50)
+    max_tokens: int = Field(default=48, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    concurrency: int | None = Field(default=None, ge=1, le=256)
+    eval_name: str = "git commands"
+    graders: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_GRADERS))
+    finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+
+
+def load_config(path: Path | None) -> RecipeConfig:
+    if path is None:
+        return RecipeConfig()
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise RecipeError(f"{path}: cannot read the recipe config ({error.strerror})") from error
+    except tomllib.TOMLDecodeError as error:
+        raise RecipeError(f"{path}: not valid TOML ({error})") from error
+    try:
+        return RecipeConfig.model_validate(data.get("recipe", data))
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors()
+        )
+        raise RecipeError(f"{path}: {problems}") from error
+
+
+class RecipeError(RuntimeError):
+    """The recipe cannot go on; the message says why."""
+
+
+@dataclass
+class RecipeState:
+    """What each step produced (ids in the workspace); saved after every step."""
+
+    dataset_id: int | None = None
+    baseline_run: int | None = None
+    baseline_eval: int | None = None
+    teacher_run: int | None = None
+    training_file: str | None = None
+    job_id: int | None = None
+    fine_tuned_model: str | None = None
+    finetuned_run: int | None = None
+    finetuned_eval: int | None = None
+    eval_id: int | None = None
+    report: dict[str, Any] | None = None
+    finished: list[str] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> RecipeState:
+        if not path.exists():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (ValueError, TypeError) as error:
+            raise RecipeError(
+                f"{path}: the recipe's saved state is unreadable ({error}); delete it to start over"
+            ) from error
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
+        tmp.replace(path)
+
+
+STEPS = (
+    ("baseline", "Student outputs on the eval split (baseline)"),
+    ("baseline_eval", "Evaluate the baseline"),
+    ("teacher", "Teacher outputs on the train split"),
+    ("training_file", "Training file from the teacher's outputs"),
+    ("finetune", "Fine-tune the student"),
+    ("finetuned", "Fine-tuned student outputs on the eval split"),
+    ("finetuned_eval", "Evaluate the fine-tuned student"),
+    ("compare", "Compare"),
+)
+
+
+class Reporter:
+    """How the recipe tells its progress; the CLI shows rich progress bars."""
+
+    def step(self, key: str, title: str, total: int | None) -> None: ...
+    def advance(self, key: str, done: int, total: int | None, note: str = "") -> None: ...
+    def finish(self, key: str, note: str) -> None: ...
+    def skip(self, key: str, title: str, note: str) -> None: ...
+
+
+Confirm = Callable[[str], Awaitable[bool]]
+
+
+class Recipe:
+    def __init__(
+        self,
+        store: Store,
+        client: openai.AsyncOpenAI,
+        settings: Settings,
+        config: RecipeConfig,
+        *,
+        backend_kind: str,
+        reporter: Reporter | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.settings = settings
+        self.config = config
+        self.backend_kind = backend_kind
+        self.reporter = reporter or Reporter()
+        self.state_path = store.directory / STATE_FILE
+        self.state = RecipeState.load(self.state_path)
+
+    # -- configuration resolved ------------------------------------------------------------
+
+    @property
+    def student(self) -> str:
+        return self.config.student_model or self.settings.student
+
+    @property
+    def teacher(self) -> str:
+        return self.config.teacher_model or self.settings.teacher
+
+    @property
+    def student_prompt(self) -> str:
+        return self.config.student_prompt or STUDENT_PROMPT
+
+    @property
+    def teacher_prompt(self) -> str:
+        return self.config.teacher_prompt or self.student_prompt
+
+    @property
+    def teacher_examples(self) -> int:
+        if self.config.teacher_examples is not None:
+            return self.config.teacher_examples
+        return 10 if self.teacher == self.student else 0
+
+    @property
+    def concurrency(self) -> int:
+        return self.config.concurrency or self.settings.concurrency
+
+    def _save(self, step: str | None = None) -> None:
+        if step and step not in self.state.finished:
+            self.state.finished.append(step)
+        self.state.save(self.state_path)
+
+    def _done(self, step: str) -> bool:
+        return step in self.state.finished
+
+    # -- the dataset ---------------------------------------------------------------------
+
+    def dataset_id(self) -> int:
+        if self.state.dataset_id is not None:
+            return self.state.dataset_id
+        info = self.store.dataset_by_name(self.config.dataset)
+        if info is None and self.config.dataset == GIT_DATASET_NAME:
+            ensure_shipped_dataset(self.store)
+            info = self.store.dataset_by_name(self.config.dataset)
+        if info is None:
+            names = ", ".join(d.name for d in self.store.list_datasets()) or "none"
+            raise RecipeError(
+                f"no dataset named {self.config.dataset!r} in the workspace (there are: {names})"
+            )
+        if info.n_eval == 0 or info.n_train == 0:
+            raise RecipeError(
+                f"dataset {info.name!r} needs a train/eval split (it has {info.n_train} train "
+                f"and {info.n_eval} eval items): split it on the Dataset screen (s)"
+            )
+        self.state.dataset_id = info.id
+        self._save()
+        return info.id
+
+    # -- estimates -------------------------------------------------------------------------
+
+    def _spec(self, role: str) -> RunSpec:
+        dataset = self.dataset_id()
+        sampling = SamplingParams(
+            max_tokens=self.config.max_tokens, temperature=self.config.temperature
+        )
+        task = {"task": self.config.dataset, "recipe": "distill-tui"}
+        if role == "teacher":
+            return RunSpec(
+                dataset_id=dataset,
+                model=self.teacher,
+                role="teacher",
+                system_prompt=self.teacher_prompt,
+                split="train",
+                params=sampling,
+                metadata={**task, "role": "teacher"},
+                retrieve_k=self.teacher_examples,
+                name="recipe: teacher (train)",
+            )
+        model = self.student if role == "student" else (self.state.fine_tuned_model or "")
+        return RunSpec(
+            dataset_id=dataset,
+            model=model,
+            role=role,
+            system_prompt=self.student_prompt,
+            split="eval",
+            params=sampling,
+            metadata={**task, "role": role},
+            name=f"recipe: {role} (eval)",
+        )
+
+    def estimates(self) -> list[tuple[str, Estimate]]:
+        """Cost estimates of the generation steps still to run (for the confirmation)."""
+        out = []
+        for role, attr in (("student", "baseline_run"), ("teacher", "teacher_run")):
+            run_id = getattr(self.state, attr)
+            if run_id is None:
+                run_id = create_run(self.store, self._spec(role))
+                setattr(self.state, attr, run_id)
+                self._save()
+            model = self.student if role == "student" else self.teacher
+            out.append((role, estimate_run(self.store, run_id, self.settings.price(model))))
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+
+    async def run(self) -> dict[str, Any]:
+        self.dataset_id()
+        await self._generate("baseline", "baseline_run", "student")
+        await self._evaluate("baseline_eval", "baseline_run", "baseline_eval")
+        await self._generate("teacher", "teacher_run", "teacher")
+        training = self._training_file()
+        await self._finetune(training)
+        await self._generate("finetuned", "finetuned_run", "fine-tuned")
+        await self._evaluate("finetuned_eval", "finetuned_run", "finetuned_eval")
+        return self._compare()
+
+    def _title(self, key: str) -> str:
+        return dict(STEPS)[key]
+
+    async def _generate(self, step: str, attr: str, role: str) -> None:
+        if self._done(step):
+            self.reporter.skip(step, self._title(step), f"run {getattr(self.state, attr)}")
+            return
+        run_id = getattr(self.state, attr)
+        if run_id is None:
+            run_id = create_run(self.store, self._spec(role))
+            setattr(self.state, attr, run_id)
+            self._save()
+        total = len(self.store.run_items(run_id))
+        self.reporter.step(step, self._title(step), total)
+        model = self.store.get_run(run_id).model
+        generator = Generator(
+            self.store,
+            self.client,
+            concurrency=self.concurrency,
+            max_retries=self.settings.max_retries,
+            price=self.settings.price(model),
+            store_completions=self.backend_kind in ("openai", "local"),
+        )
+
+        def progress(event: Event) -> None:
+            stats = generator.stats
+            if type(event).__name__ == "ItemFinished":
+                self.reporter.advance(
+                    step,
+                    stats.done_before + stats.finished_items,
+                    total,
+                    f"{stats.tokens_per_second:.0f} tok/s",
+                )
+
+        finished = await generator.run(run_id, on_event=progress)
+        if finished.status != "done":
+            raise RecipeError(f"{self._title(step)}: {finished.message}")
+        run = self.store.get_run(run_id)
+        if run.n_done == 0:
+            raise RecipeError(f"{self._title(step)}: no item succeeded ({run.n_failed} failed)")
+        self.reporter.finish(step, f"{run.n_done} done, {run.n_failed} failed")
+        self._save(step)
+
+    async def _evaluate(self, step: str, run_attr: str, eval_attr: str) -> None:
+        from tui.engine.evals import run_eval_for_recipe
+
+        if self._done(step):
+            self.reporter.skip(
+                step, self._title(step), f"eval run {getattr(self.state, eval_attr)}"
+            )
+            return
+        run_id = getattr(self.state, run_attr)
+        self.reporter.step(step, self._title(step), None)
+        eval_id, eval_run_id, summary = await run_eval_for_recipe(
+            self.store,
+            self.client,
+            name=self.config.eval_name,
+            graders=self.config.graders,
+            run_id=run_id,
+            judge_model=self.settings.judge,
+            concurrency=self.concurrency,
+        )
+        self.state.eval_id = eval_id
+        setattr(self.state, eval_attr, eval_run_id)
+        self.reporter.finish(step, summary)
+        self._save(step)
+
+    def _training_file(self) -> Any:
+        step = "training_file"
+        training = build_training_set(
+            self.store,
+            Source(run_id=self.state.teacher_run),
+            system_prompt=self.student_prompt,
+            validation_fraction=self.config.finetune.validation_fraction,
+            seed=self.config.finetune.seed,
+        )
+        if self._done(step):
+            self.reporter.skip(step, self._title(step), self.state.training_file or "")
+            return training
+        self.reporter.step(step, self._title(step), None)
+        validation = validate_training_set(
+            training,
+            count=token_counter_for(self.backend_kind, self.student, self.settings.local_models),
+            price=self.settings.price(self.student),
+        )
+        if not validation.ok:
+            raise RecipeError(f"the training file has format errors: {validation.errors()}")
+        path = self.store.exports_dir / "recipe-train.jsonl"
+        path.write_bytes(training.jsonl("train"))
+        self.state.training_file = str(path)
+        note = f"{len(training.train)} train + {len(training.validation)} validation examples"
+        if validation.warnings:
+            note += "; " + "; ".join(validation.warnings)
+        self.reporter.finish(step, note)
+        self._save(step)
+        return training
+
+    async def _finetune(self, training: Any) -> None:
+        step = "finetune"
+        if self._done(step):
+            self.reporter.skip(step, self._title(step), self.state.fine_tuned_model or "")
+            return
+        self.reporter.step(step, self._title(step), None)
+        if self.state.job_id is None:
+            c = self.config.finetune
+            job = await launch_job(
+                self.store,
+                self.client,
+                training,
+                base_model=self.student,
+                hyperparameters=Hyperparameters(
+                    c.n_epochs, c.batch_size, c.learning_rate_multiplier
+                ),
+                suffix=c.suffix,
+                seed=c.seed,
+            )
+            self.state.job_id = job.id
+            self._save()
+
+        def progress(update: JobUpdate) -> None:
+            steps = [e.metrics for e in update.new_events if e.metrics]
+            if steps:
+                last = steps[-1] or {}
+                self.reporter.advance(
+                    step,
+                    int(last.get("step", 0)),
+                    last.get("total_steps"),
+                    f"train loss {last.get('train_loss', float('nan')):.3f}",
+                )
+
+        job = await JobWatcher(self.store, self.client).watch(self.state.job_id, progress)
+        if job.status != "succeeded" or not job.fine_tuned_model:
+            # Forget the failed job so a re-run starts a new one.
+            self.state.job_id = None
+            self._save()
+            raise RecipeError(f"the fine-tuning job {job.remote_id} {job.status}: {job.error}")
+        self.state.fine_tuned_model = job.fine_tuned_model
+        self.reporter.finish(step, job.fine_tuned_model)
+        self._save(step)
+
+    def _compare(self) -> dict[str, Any]:
+        from tui.engine.evals import compare_for_recipe
+
+        self.reporter.step("compare", self._title("compare"), None)
+        assert self.state.eval_id is not None
+        runs = {
+            "baseline student": self.state.baseline_run,
+            "fine-tuned student": self.state.finetuned_run,
+        }
+        report = compare_for_recipe(
+            self.store,
+            eval_id=self.state.eval_id,
+            runs={k: v for k, v in runs.items() if v is not None},
+            price=self.settings.price,
+        )
+        report["models"] = {
+            "student": self.student,
+            "teacher": self.teacher,
+            "fine_tuned": self.state.fine_tuned_model,
+        }
+        report["teacher_examples"] = self.teacher_examples
+        report["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self.state.report = report
+        reports = self.store.directory / "reports"
+        reports.mkdir(exist_ok=True)
+        (reports / "recipe.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
+        (reports / "recipe.md").write_text(report_markdown(report), encoding="utf-8")
+        self.reporter.finish("compare", str(reports / "recipe.md"))
+        self._save("compare")
+        return report
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = ["# distill-tui recipe: comparison", ""]
+    models = report.get("models", {})
+    lines.append(
+        f"Student `{models.get('student')}`, teacher `{models.get('teacher')}` "
+        f"(with {report.get('teacher_examples', 0)} retrieved examples), fine-tuned "
+        f"`{models.get('fine_tuned')}`."
+    )
+    lines.append("")
+    rows = report.get("rows", [])
+    if rows:
+        headers = list(rows[0].keys())
+        lines.append("| " + " | ".join(headers) + " |")
+        lines.append("|" + "---|" * len(headers))
+        for row in rows:
+            lines.append("| " + " | ".join(str(row[h]) for h in headers) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def ensure_known_state(store: Store) -> None:
+    """Refuse a state file that points at runs that no longer exist."""
+    state = RecipeState.load(store.directory / STATE_FILE)
+    for run_id in (state.baseline_run, state.teacher_run, state.finetuned_run):
+        if run_id is not None:
+            try:
+                store.get_run(run_id)
+            except StoreError as error:
+                raise RecipeError(
+                    f"the recipe's saved state names run {run_id}, which is gone; delete "
+                    f"{store.directory / STATE_FILE} to start over"
+                ) from error
