@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset
 from tui.engine.finetune import (
+    FineTuneError,
     Hyperparameters,
     JobUpdate,
     JobWatcher,
@@ -293,6 +294,12 @@ class Recipe:
     # -- running ---------------------------------------------------------------------------
 
     async def run(self) -> dict[str, Any]:
+        try:
+            return await self._run()
+        except (FineTuneError, StoreError) as error:
+            raise RecipeError(str(error)) from error
+
+    async def _run(self) -> dict[str, Any]:
         self.dataset_id()
         await self._generate("baseline", "baseline_run", "student")
         await self._evaluate("baseline_eval", "baseline_run", "baseline_eval")
@@ -346,8 +353,17 @@ class Recipe:
         self.reporter.finish(step, f"{run.n_done} done, {run.n_failed} failed")
         self._save(step)
 
+    def _eval_id(self) -> int:
+        from tui.engine.evals import create_eval, update_eval
+
+        existing = self.store.eval_by_name(self.config.eval_name)
+        if existing is None:
+            return create_eval(self.store, self.config.eval_name, self.config.graders)
+        update_eval(self.store, existing.id, graders=self.config.graders)
+        return existing.id
+
     async def _evaluate(self, step: str, run_attr: str, eval_attr: str) -> None:
-        from tui.engine.evals import run_eval_for_recipe
+        from tui.engine.evals import EvalRunner, start_eval_run
 
         if self._done(step):
             self.reporter.skip(
@@ -355,18 +371,25 @@ class Recipe:
             )
             return
         run_id = getattr(self.state, run_attr)
+        if self.state.eval_id is None:
+            self.state.eval_id = self._eval_id()
+            self._save()
+        eval_run_id = getattr(self.state, eval_attr)
+        if eval_run_id is None:
+            eval_run_id = start_eval_run(self.store, self.state.eval_id, run_id=run_id)
+            setattr(self.state, eval_attr, eval_run_id)
+            self._save()
         self.reporter.step(step, self._title(step), None)
-        eval_id, eval_run_id, summary = await run_eval_for_recipe(
-            self.store,
-            self.client,
-            name=self.config.eval_name,
-            graders=self.config.graders,
-            run_id=run_id,
-            judge_model=self.settings.judge,
-            concurrency=self.concurrency,
+        runner = EvalRunner.from_settings(
+            self.store, self.client, self.settings, concurrency=self.concurrency
         )
-        self.state.eval_id = eval_id
-        setattr(self.state, eval_attr, eval_run_id)
+        finished = await runner.run(eval_run_id)
+        if finished.status != "done":
+            raise RecipeError(f"{self._title(step)}: {finished.message}")
+        summary = ", ".join(
+            f"{name} {r.pass_rate:.0%}" if r.pass_rate is not None else f"{name} n/a"
+            for name, r in finished.results.items()
+        )
         self.reporter.finish(step, summary)
         self._save(step)
 
@@ -444,20 +467,53 @@ class Recipe:
         self._save(step)
 
     def _compare(self) -> dict[str, Any]:
-        from tui.engine.evals import compare_for_recipe
+        from tui.engine.evals import compare
 
         self.reporter.step("compare", self._title("compare"), None)
         assert self.state.eval_id is not None
-        runs = {
-            "baseline student": self.state.baseline_run,
-            "fine-tuned student": self.state.finetuned_run,
-        }
-        report = compare_for_recipe(
+        assert self.state.baseline_run is not None and self.state.finetuned_run is not None
+        comparison = compare(
             self.store,
-            eval_id=self.state.eval_id,
-            runs={k: v for k, v in runs.items() if v is not None},
+            self.state.eval_id,
+            [self.state.baseline_run, self.state.finetuned_run],
+            self.state.baseline_run,
             price=self.settings.price,
         )
+        names = {
+            self.state.baseline_run: "baseline student",
+            self.state.finetuned_run: "fine-tuned student",
+        }
+        rows = []
+        for column in comparison.runs:
+            row: dict[str, Any] = {
+                "run": names.get(column.run_id, column.label),
+                "model": column.model,
+            }
+            for grader in comparison.graders:
+                rate = column.pass_rates.get(grader)
+                summary = column.results.get(grader)
+                delta = column.deltas.get(grader)
+                cell = "n/a" if rate is None else f"{rate:.1%}"
+                if summary is not None:
+                    cell += f" ({summary.passed}/{summary.passed + summary.failed})"
+                if delta is not None:
+                    cell += f" {delta * 100:+.1f} pts"
+                row[grader] = cell
+            row["mean latency"] = (
+                f"{column.mean_latency_ms:.0f} ms" if column.mean_latency_ms else "n/a"
+            )
+            row["tokens"] = f"{column.prompt_tokens + column.completion_tokens:,}"
+            row["cost"] = f"${column.cost:.4f}" if column.priced else "unpriced"
+            rows.append(row)
+        report: dict[str, Any] = {
+            "eval": comparison.eval_name,
+            "graders": comparison.graders,
+            "rows": rows,
+            "pass_rates": {names.get(c.run_id, c.label): c.pass_rates for c in comparison.runs},
+            "improvements": len(comparison.rows("improvements")),
+            "regressions": len(comparison.rows("regressions")),
+            "items": len(comparison.items),
+        }
         report["models"] = {
             "student": self.student,
             "teacher": self.teacher,
@@ -482,6 +538,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"Student `{models.get('student')}`, teacher `{models.get('teacher')}` "
         f"(with {report.get('teacher_examples', 0)} retrieved examples), fine-tuned "
         f"`{models.get('fine_tuned')}`."
+    )
+    lines.append("")
+    lines.append(
+        f"Eval `{report.get('eval')}` on {report.get('items')} eval-split items: "
+        f"{report.get('improvements')} improved, {report.get('regressions')} regressed."
     )
     lines.append("")
     rows = report.get("rows", [])
