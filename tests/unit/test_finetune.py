@@ -207,3 +207,16 @@ async def test_a_real_job_end_to_end(server: Any, store: Store) -> None:
         finished = await Generator(store, c, concurrency=2).run(run)
         assert finished.status == "done"
         assert all(r.status == "done" for r in store.completions(run))
+
+
+async def test_a_backend_without_fine_tuning_says_so(store: Store) -> None:
+    from tests.helpers.fake_openai import FakeOpenAI
+    from tui.engine.finetune import FineTuneUnsupported
+
+    _, run_id = teacher_run(store, n=20)
+    training = build_training_set(store, Source(run_id=run_id), system_prompt=STUDENT_PROMPT)
+    with FakeOpenAI() as fake:  # like a plain vLLM server: no /v1/files, no fine-tuning
+        async with client(fake.base_url, key=fake.api_key) as c:
+            with pytest.raises(FineTuneUnsupported, match="has no fine-tuning endpoint"):
+                await launch_job(store, c, training, base_model="fake-model")
+    assert store.list_jobs() == []
