@@ -567,3 +567,91 @@ def ensure_known_state(store: Store) -> None:
                     f"the recipe's saved state names run {run_id}, which is gone; delete "
                     f"{store.directory / STATE_FILE} to start over"
                 ) from error
+
+
+# -- where a dataset stands in the recipe (the TUI's Recipe view) ----------------------------
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    number: int
+    title: str
+    done: bool
+    detail: str
+    screen: str  # the mode that does this step
+
+
+def recipe_progress(store: Store, dataset_id: int | None, settings: Settings) -> list[StepStatus]:
+    """The seven steps for a dataset, each done or not, read from the workspace."""
+    dataset = store.get_dataset(dataset_id) if dataset_id is not None else None
+    runs = store.list_runs(dataset_id) if dataset_id is not None else []
+    jobs = [j for j in store.list_jobs() if j.status == "succeeded" and j.fine_tuned_model]
+    ft_models = {j.fine_tuned_model for j in jobs}
+
+    def finished(run: Any) -> bool:
+        return bool(run.n_done)
+
+    def evaluated(run: Any) -> bool:
+        return any(er.status == "done" for er in store.list_eval_runs(run_id=run.id))
+
+    students = [r for r in runs if finished(r) and r.model not in ft_models and r.role != "teacher"]
+    teachers = [r for r in runs if finished(r) and r.role == "teacher"]
+    tuned = [r for r in runs if finished(r) and r.model in ft_models]
+    split_ok = dataset is not None and dataset.n_train > 0 and dataset.n_eval > 0
+    steps = [
+        StepStatus(
+            1,
+            "Choose the teacher and the student",
+            True,
+            f"teacher {settings.teacher}, student {settings.student}",
+            "settings",
+        ),
+        StepStatus(
+            2,
+            "Prepare the dataset (requests, references, train/eval split)",
+            split_ok,
+            (
+                f"{dataset.name}: {dataset.n_items} items, {dataset.n_train} train, "
+                f"{dataset.n_eval} eval"
+                if dataset
+                else "no dataset"
+            ),
+            "dataset",
+        ),
+        StepStatus(
+            3,
+            "Generate the student's outputs (baseline)",
+            bool(students),
+            f"{len(students)} run(s)" if students else "run the student on the eval split",
+            "generate",
+        ),
+        StepStatus(
+            4,
+            "Evaluate the student",
+            any(evaluated(r) for r in students),
+            "graded" if any(evaluated(r) for r in students) else "run an eval on that run",
+            "evals",
+        ),
+        StepStatus(
+            5,
+            "Generate the teacher's outputs",
+            bool(teachers),
+            f"{len(teachers)} run(s)" if teachers else "run the teacher on the train split",
+            "generate",
+        ),
+        StepStatus(
+            6,
+            "Fine-tune the student on the teacher's outputs",
+            bool(jobs),
+            jobs[0].fine_tuned_model or "" if jobs else "build the training file and launch",
+            "finetune",
+        ),
+        StepStatus(
+            7,
+            "Evaluate the fine-tuned student and compare",
+            any(evaluated(r) for r in tuned),
+            "compare it with the baseline" if tuned else "generate with the fine-tuned model",
+            "compare",
+        ),
+    ]
+    return steps
