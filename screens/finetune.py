@@ -16,6 +16,7 @@ from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.markup import escape
 from textual.widgets import Button, Input, Label, ListItem, ListView, RichLog, Select, Static
 
 from screens.base import DistillScreen
@@ -187,7 +188,7 @@ class FineTuneScreen(DistillScreen):
         try:
             self.training, self.validation = self._build()
         except (FineTuneError, StoreError) as error:
-            report.update(f"[red]{error}[/red]")
+            report.update(f"[red]{escape(str(error))}[/red]")
             self.training = self.validation = None
             return
         report.update(_report_text(self.training, self.validation))
@@ -315,7 +316,7 @@ class FineTuneScreen(DistillScreen):
         if job.fine_tuned_model:
             lines.append(f"[green]fine-tuned model {job.fine_tuned_model}[/green] — g generates")
         if job.error:
-            lines.append(f"[red]{job.error}[/red]")
+            lines.append(f"[red]{escape(job.error)}[/red]")
         if update is not None and update.checkpoints:
             cps = ", ".join(
                 f"step {c.get('step_number')}: {_fmt(c.get('metrics', {}))}"
