@@ -15,9 +15,11 @@ The anchor runs in a child process (its memory does not inflate ours) and its tr
 with ours, so a machine busy with other work slows both sides alike. Each figure is the
 median of --repeats trials.
 
-Hooks for the other parts of the backend (fill them in; main() prints what they return):
-  - http_rows(): figures over HTTP via the openai SDK against `distill-tui serve`;
-  - finetune_rows(): fine-tuning seconds per epoch on 400 short examples.
+Hooks for the other parts of the backend (main() prints what they return):
+  - http_rows(): figures over HTTP via the openai SDK against `distill-tui serve`
+    (bench/local_http.py; --no-http skips it);
+  - finetune_rows(): fine-tuning seconds per epoch on 400 short examples (with --finetune;
+    bench/finetune.py's finetune_rows(args) when it has one).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tui/ and bench/ importable
 
 from tui.local.models import (
     DEFAULT_MODEL_ID,
@@ -203,14 +205,27 @@ async def engine_concurrent(engine: Any, n: int, trial: int, max_tokens: int) ->
 
 def http_rows(args: argparse.Namespace) -> list[Row]:
     """HTTP-level figures: `distill-tui serve` on 127.0.0.1 driven by the openai SDK (single
-    stream TTFT and tok/s, 8 concurrent streams). To be filled in by the server's owner."""
-    return []
+    stream TTFT and tok/s, 8 concurrent streams). Lives in bench/local_http.py (the server's
+    owner's); it runs on its own thread and loop."""
+    if args.no_http:
+        return []
+    from bench.local_http import http_rows as server_rows
+
+    return [Row(r.section, r.figure, r.value, r.unit, r.note) for r in server_rows(args)]
 
 
 def finetune_rows(args: argparse.Namespace) -> list[Row]:
-    """Fine-tuning seconds per epoch on 400 short examples (tui.local.trainer). To be filled
-    in by the trainer's owner."""
-    return []
+    """Fine-tuning seconds per epoch on 400 short examples (tui.local.trainer). The trainer's
+    owner can provide ``finetune_rows(args) -> rows`` in bench/finetune.py; it is run with
+    --finetune (it trains for minutes)."""
+    if not args.finetune:
+        return []
+    import bench.finetune as finetune
+
+    hook = getattr(finetune, "finetune_rows", None)
+    if hook is None:
+        return [Row("fine-tuning", "seconds per epoch", "n/a", "", "run bench/finetune.py")]
+    return [Row(r.section, r.figure, r.value, r.unit, r.note) for r in hook(args)]
 
 
 HOOKS: list[Callable[[argparse.Namespace], list[Row]]] = [http_rows, finetune_rows]
@@ -358,11 +373,10 @@ async def amain(args: argparse.Namespace) -> None:
     for info in infos:
         anchors: list[tuple[str, Anchor]] = []
         if not args.no_anchor:
-            anchors.append(("llama-cpp-python (plain)", Anchor(info.path, args.threads, False)))
-            if args.anchor_flash:
-                anchors.append(
-                    ("llama-cpp-python flash_attn", Anchor(info.path, args.threads, True))
-                )
+            anchors.append(("plain llama-cpp-python", Anchor(info.path, args.threads, False)))
+            if not args.no_tuned_anchor:
+                tuned = Anchor(info.path, args.threads, True)
+                anchors.append(("llama-cpp-python +flash +passive", tuned))
         try:
             rows += await bench_model(info, args, anchors)
         finally:
@@ -384,6 +398,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="trials per figure (median)")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--no-anchor", action="store_true", help="skip plain llama-cpp-python")
+    parser.add_argument("--no-http", action="store_true", help="skip the HTTP section")
+    parser.add_argument("--workspace", default=None, help="workspace to serve (ft: models)")
+    parser.add_argument("--finetune", action="store_true", help="also time fine-tuning (minutes)")
     parser.add_argument(
         "--no-tuned-anchor",
         action="store_true",

@@ -460,6 +460,8 @@ class LlamaEngine:
         stream. A full queue or a prompt too long for the context raises on the stream's first
         ``__anext__``, so callers can answer 429/400 before they start a response."""
         loop = asyncio.get_running_loop()
+        if self._closing:  # checked first: tokenizing needs the model that aclose() frees
+            return GenStream(self, None, RuntimeError(f"model {self.model_id} has been unloaded"))
         try:
             request = self._make_request(req, loop)
             with self._cond:
