@@ -32,13 +32,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,7 @@ from tui.engine.generation import (  # noqa: E402
     Event,
     Generator,
     ItemFinished,
+    ItemRetry,
     RunSpec,
     SamplingParams,
     create_run,
@@ -75,6 +77,7 @@ class Row:
     failed: int = 0
     lag_p99_ms: float | None = None
     cpu_seconds: float | None = None  # this process's CPU time (the client's work)
+    errors: dict[str, int] = field(default_factory=dict)  # retried errors, by message
 
 
 def load_requests(n: int) -> list[str]:
@@ -161,13 +164,13 @@ async def engine_run(
         ),
     )
     finished: list[ItemFinished] = []
-    events = 0
+    errors: dict[str, int] = {}
 
     def on_event(event: Event) -> None:
-        nonlocal events
-        events += 1
         if isinstance(event, ItemFinished):
             finished.append(event)
+        elif isinstance(event, ItemRetry):
+            errors[event.error] = errors.get(event.error, 0) + 1
 
     gen = Generator(store, client, concurrency=concurrency, max_retries=5, store_completions=True)
     with LagMonitor() as lag:
@@ -187,6 +190,7 @@ async def engine_run(
         failed=gen.stats.failed,
         lag_p99_ms=lag.p99_ms(),
         cpu_seconds=cpu,
+        errors=errors,
     )
 
 
@@ -299,12 +303,12 @@ async def tui_event_loop_lag(
             screen.query_one("#model", Input).value = MODEL
             await pilot.pause()
             with LagMonitor() as lag:
-                started = time.perf_counter()
+                started, cpu = time.perf_counter(), time.process_time()
                 await screen.action_start()
                 await pilot.pause()
                 while screen.generator is not None:
                     await asyncio.sleep(0.05)
-                seconds = time.perf_counter() - started
+                seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
             stats = screen.stats
         store.close()
     return Row(
@@ -314,6 +318,7 @@ async def tui_event_loop_lag(
         retries=stats.retries if stats else 0,
         failed=stats.failed if stats else 0,
         lag_p99_ms=lag.p99_ms(),
+        cpu_seconds=cpu,
     )
 
 
@@ -325,7 +330,9 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
     print()
     print(
         f"{args.requests} requests, {args.tokens} tokens per reply, "
-        f"{args.token_delay * 1000:g} ms per token, server in a {args.server}"
+        f"{args.token_delay * 1000:g} ms per token, server in a {args.server}; "
+        f"load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+        f"({os.cpu_count()} CPUs)"
     )
     header = (
         f"{'':28} {'wall s':>9} {'speed-up':>9} {'tok/s':>8} {'ttft p50 ms':>12} "
@@ -343,8 +350,11 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
             f"{fmt_ms(row.lag_p99_ms):>11} "
             f"{'—' if row.cpu_seconds is None else f'{row.cpu_seconds:.1f}':>7}"
         )
-    tui = next((r for r in rows if r.name.startswith("TUI")), None)
     print()
+    for row in rows:
+        for error, n in row.errors.items():
+            print(f"{row.name}: retried {n}× after: {error}")
+    tui = next((r for r in rows if r.name.startswith("TUI")), None)
     if tui is not None:
         print(f"event-loop lag p99 in the {tui.name}: {fmt_ms(tui.lag_p99_ms)} ms (goal < 50)")
     at32 = next((r for r in rows if r.name == "engine, concurrency 32"), None)
@@ -354,6 +364,7 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
 
 async def main_async(args: argparse.Namespace) -> None:
     requests = load_requests(args.requests)
+    args.load_before = os.getloadavg()[0]
     with (
         fake_server(args.server, args.tokens, args.token_delay) as server,
         tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp,
