@@ -832,14 +832,28 @@ class Store:
     def create_eval_run(
         self,
         eval_id: int,
-        run_id: int,
+        run_id: int | None,
         graders: Sequence[dict[str, Any]],
         completion_ids: Sequence[int] | None = None,
     ) -> int:
         """A new eval run of `graders` (a snapshot of the eval's) over a run's done
-        completions, or over `completion_ids` (which must all belong to that run)."""
+        completions, or over `completion_ids` (which must all belong to one run: `run_id`, or
+        the run they come from when it is None)."""
         summary: dict[str, Any] = {"graders": list(graders), "completion_ids": None}
         with self.transaction() as conn:
+            if run_id is None:
+                runs = conn.execute(
+                    "SELECT DISTINCT run_id FROM completions"
+                    " WHERE id IN (SELECT value FROM json_each(?))",
+                    (json.dumps(list(completion_ids or [])),),
+                ).fetchall()
+                if len(runs) != 1:
+                    raise StoreError(
+                        "choose the completions of one run"
+                        if runs
+                        else "choose a run or some completions to grade"
+                    )
+                run_id = int(runs[0][0])
             if completion_ids is not None:
                 ids = sorted(set(completion_ids))
                 outside = conn.execute(
