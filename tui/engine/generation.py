@@ -8,7 +8,7 @@ a screen can read at its own pace instead of repainting per token."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -423,7 +423,11 @@ class Generator:
             try:
                 await task
             except asyncio.CancelledError:
-                if not task.cancelled():
+                # An item cancelled by _stop() ends that item only; but when this worker is
+                # the one being cancelled (the run's task was cancelled from outside, as a
+                # UI does when it closes), it must stop, not take the next item.
+                current = asyncio.current_task()
+                if not task.cancelled() or (current is not None and current.cancelling()):
                     raise
             finally:
                 self._tasks.discard(task)
@@ -459,7 +463,9 @@ class Generator:
                     self._stop("failed", message)
                     return
                 except (*RETRYABLE, _StreamBroken) as error:
-                    last_error = _describe(error)
+                    last_error = (
+                        str(error) if isinstance(error, _StreamBroken) else _describe(error)
+                    )
                     if attempt_no > self.max_retries:
                         await self._record(
                             run,
@@ -519,36 +525,56 @@ class Generator:
             **sampling.request_args(),
             **extra,
         }
-        completions: Any = self.client.chat.completions  # the overloads can't see **request
-        stream = await completions.create(**request)
+        # The SSE lines are parsed with json.loads rather than into the SDK's chunk models:
+        # building a model per chunk costs ~30x more CPU, which at 64 concurrent streams is
+        # most of a core and shows as UI lag. Errors still come as the SDK's exceptions.
+        streaming: Any = self.client.chat.completions.with_streaming_response
         parts: list[str] = []
         try:
-            async for chunk in stream:
-                attempt.remote_id = attempt.remote_id or chunk.id
-                if chunk.usage is not None:
-                    attempt.prompt_tokens = chunk.usage.prompt_tokens
-                    attempt.completion_tokens = chunk.usage.completion_tokens
-                for choice in chunk.choices:
-                    text = choice.delta.content if choice.delta else None
-                    if text:
-                        if attempt.first_token_ms is None:
-                            attempt.first_token_ms = (time.monotonic() - started) * 1000
-                        parts.append(text)
-                        emit(ItemDelta(item_id, text))
-                    if choice.finish_reason:
-                        attempt.finish_reason = choice.finish_reason
-        except openai.APIConnectionError as error:
-            # The SDK reports a connection dropped after the reply began as a connection
-            # error; say what it means for this item.
-            raise _StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
-        except (openai.APIError, asyncio.CancelledError):
+            async with streaming.create(**request) as response:
+                async for line in response.iter_lines():
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if "error" in chunk and not chunk.get("choices"):
+                        error = chunk["error"] or {}
+                        message = error.get("message") if isinstance(error, dict) else error
+                        raise _StreamBroken(f"the backend reported an error mid-stream: {message}")
+                    attempt.remote_id = attempt.remote_id or chunk.get("id")
+                    usage = chunk.get("usage")
+                    if usage:
+                        attempt.prompt_tokens = usage.get("prompt_tokens")
+                        attempt.completion_tokens = usage.get("completion_tokens")
+                    for choice in chunk.get("choices") or ():
+                        text = (choice.get("delta") or {}).get("content")
+                        if text:
+                            if attempt.first_token_ms is None:
+                                attempt.first_token_ms = (time.monotonic() - started) * 1000
+                            parts.append(text)
+                            emit(ItemDelta(item_id, text))
+                        if choice.get("finish_reason"):
+                            attempt.finish_reason = choice["finish_reason"]
+        except openai.APITimeoutError:
             raise
-        except Exception as error:  # the transport broke mid-stream (httpx2 errors and kin)
-            raise _StreamBroken(f"the stream broke mid-way ({error})") from error
+        except openai.APIConnectionError as error:
+            # A connection dropped after the reply began: say what it means for this item.
+            raise _StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
+        except (openai.APIError, asyncio.CancelledError, _StreamBroken):
+            raise
+        except json.JSONDecodeError as error:
+            raise _StreamBroken(f"the backend sent a malformed stream chunk ({error})") from error
+        except Exception as error:  # the transport failed mid-stream (httpx2 errors and kin)
+            # Raw reads raise the HTTP library's own errors (the SDK wraps only the request).
+            if any("Timeout" in cls.__name__ for cls in type(error).__mro__):
+                raise _StreamBroken("timed out waiting for the backend") from error
+            raise _StreamBroken(
+                f"the stream broke mid-way ({error or type(error).__name__})"
+            ) from error
         finally:
             attempt.output = "".join(parts)
-            with contextlib.suppress(Exception):
-                await stream.close()
         if attempt.finish_reason is None:
             raise _StreamBroken("the stream ended before the reply was complete")
 
