@@ -69,6 +69,7 @@ class FineTuneScreen(DistillScreen):
         self.selected_job: int | None = None
         self._last_status: dict[int, str] = {}
         self._counters: dict[tuple[str, str], TokenCounter | None] = {}
+        self._job_ids: list[int] = []
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="finetune"):
@@ -272,29 +273,33 @@ class FineTuneScreen(DistillScreen):
     def _load_jobs(self) -> None:
         jobs = self.distill.store.list_jobs()
         view = self.query_one("#jobs", ListView)
+        # Rows carry no ids: clear() removes them asynchronously, and a new row with the same
+        # id would collide with the one being removed. The index maps to _job_ids instead.
+        self._job_ids = [job.id for job in jobs]
         view.clear()
-        for job in jobs:
-            name = job.fine_tuned_model or job.base_model
-            view.append(
-                ListItem(Label(f"{job.remote_id}  {job.status:<16} {name}"), id=f"job-{job.id}")
+        view.extend(
+            ListItem(
+                Label(f"{job.remote_id}  {job.status:<16} {job.fine_tuned_model or job.base_model}")
             )
+            for job in jobs
+        )
         if jobs and self.selected_job is None:
             self.selected_job = jobs[0].id
-        if self.selected_job is not None:
-            ids = [j.id for j in jobs]
-            if self.selected_job in ids:
-                view.index = ids.index(self.selected_job)
+        if self.selected_job in self._job_ids:
+            view.index = self._job_ids.index(self.selected_job)
         self._show_job()
 
     @on(ListView.Highlighted, "#jobs")
     def _job_highlighted(self, event: ListView.Highlighted) -> None:
-        if event.item is not None and event.item.id:
-            job_id = int(event.item.id.removeprefix("job-"))
-            if job_id != self.selected_job:
-                self.selected_job = job_id
-                self.query_one("#events", RichLog).clear()
-                self._shown_events = 0
-                self._show_job()
+        index = self.query_one("#jobs", ListView).index
+        if index is None or index >= len(self._job_ids):
+            return
+        job_id = self._job_ids[index]
+        if job_id != self.selected_job:
+            self.selected_job = job_id
+            self.query_one("#events", RichLog).clear()
+            self._shown_events = 0
+            self._show_job()
 
     _shown_events = 0
 
