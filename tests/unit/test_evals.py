@@ -184,7 +184,8 @@ async def test_eval_run_over_a_stored_run(store: Store, judge: FakeOpenAI) -> No
     eval_run_id = start_eval_run(store, eval_id, run_id)
 
     events: list[Any] = []
-    finished = await runner(store, judge, concurrency=3).run(eval_run_id, on_event=events.append)
+    grader_runner = runner(store, judge, concurrency=3)
+    finished = await grader_runner.run(eval_run_id, on_event=events.append)
 
     assert finished.status == "done"
     assert isinstance(events[0], EvalStarted) and (events[0].total, events[0].todo) == (15, 15)
@@ -220,6 +221,8 @@ async def test_eval_run_over_a_stored_run(store: Store, judge: FakeOpenAI) -> No
     assert finished.results == info.results
     assert finished.message == "15 grades: 5 passed, 10 failed, 0 errored"
     assert len(judge.chat_requests) == 5
+    requests, prompt_tokens, completion_tokens = grader_runner.judge_usage
+    assert requests == 5 and prompt_tokens > 0 and completion_tokens > 0
 
 
 async def test_cancelled_eval_resumes_and_decides_each_grade_once(

@@ -310,6 +310,11 @@ class EvalRunner:
             kw.setdefault("embedding_model", "text-embedding-3-small")
         return cls(store, client, **kw)
 
+    @property
+    def judge_usage(self) -> tuple[int, int, int]:
+        """(requests, prompt tokens, completion tokens) of the judge calls so far."""
+        return self.ctx.usage
+
     def cancel(self) -> None:
         """Stop promptly: nothing new starts; grades being decided are dropped (a rerun
         decides them); everything already decided is kept."""

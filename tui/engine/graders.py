@@ -912,7 +912,12 @@ class PythonGraderError(Exception):
 
 class PythonGrader(GraderConfig):
     """The user's `def grade(sample, item) -> float`; sample = {"output_text"}, item =
-    {"input", "reference", "id"}. passed = score >= pass_threshold."""
+    {"input", "reference", "id"}. passed = score >= pass_threshold.
+
+    Each grade runs in a fresh interpreter in an empty temporary directory, with no
+    DISTILL_*/OPENAI_* variables and no path to the workspace, and is killed (with any process
+    it started) at its time limit. That keeps a grader from stumbling on the workspace or a
+    key; it is not a sandbox against a hostile one (it runs as the user)."""
 
     type: Literal["python"]
     source: str
@@ -1043,10 +1048,18 @@ class BackendError(Exception):
     """A judge or embedding request failed. `fatal`: every request would fail the same way
     (bad key, unknown model); `transient`: it kept failing on errors worth retrying later."""
 
-    def __init__(self, message: str, *, fatal: bool = False, transient: bool = False) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        fatal: bool = False,
+        transient: bool = False,
+        status: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.fatal = fatal
         self.transient = transient
+        self.status = status  # the HTTP status, when the backend answered
 
 
 class EmbeddingsUnavailable(Exception):
@@ -1160,7 +1173,7 @@ class GradingContext:
             try:
                 return await make()
             except FATAL as error:
-                raise BackendError(describe(error), fatal=True) from error
+                raise BackendError(describe(error), fatal=True, status=error.status_code) from error
             except RETRYABLE as error:
                 if attempt > self.max_retries:
                     raise BackendError(
@@ -1172,7 +1185,7 @@ class GradingContext:
                 await asyncio.sleep(delay)
             except openai.APIStatusError as error:
                 # 400/413/422…: this request is wrong; repeating it would fail the same way.
-                raise BackendError(describe(error)) from error
+                raise BackendError(describe(error), status=error.status_code) from error
 
     async def chat(
         self, model: str | None, messages: list[dict[str, str]], params: dict[str, Any]
@@ -1189,7 +1202,7 @@ class GradingContext:
                 lambda: completions.create(model=model, messages=messages, **params)
             )
         except BackendError as error:
-            if error.fatal and "404" in str(error):
+            if error.status == 404:
                 raise BackendError(
                     f"judge model {model!r} not found at the backend ({error})", fatal=True
                 ) from error
@@ -1216,7 +1229,7 @@ class GradingContext:
                 try:
                     return await self._backend_embed(model, texts)
                 except BackendError as error:
-                    if error.transient or "401" in str(error) or "403" in str(error):
+                    if error.transient or error.status in (401, 403):
                         raise
                     # No such endpoint or model: say so once, then use the local model.
                     backend_reason = f"the backend cannot embed with {model!r} ({error})"
