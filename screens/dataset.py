@@ -15,6 +15,7 @@ from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal
+from textual.markup import escape
 from textual.widgets import Input, Static
 
 from screens.base import DistillScreen
@@ -49,6 +50,17 @@ COLUMNS = (
     Column("~Tok", width=5, justify="right"),
 )
 NEXT_SPLIT = {"": "train", "train": "eval", "eval": ""}
+
+
+# Up to this many items, duplicates and the filter index are computed before the first paint.
+INDEX_INLINE_LIMIT = 20_000
+
+
+def _index(items: list[Item]) -> tuple[list[str], list[str]]:
+    """Duplicate flags, and the casefolded text the filter searches."""
+    flags = find_duplicates([item.input for item in items])
+    haystack = [f"{i.input}\x00{i.reference}".casefold() for i in items]
+    return flags, haystack
 
 
 def estimate_tokens(text: str) -> int:
@@ -109,6 +121,7 @@ class DatasetScreen(DistillScreen):
         self.items: list[Item] = []
         self.flags: list[str] = []
         self._haystack: list[str] = []
+        self.indexing = False
         self.shown: list[int] = []
         self.filter_text = ""
         self.undo_stack: list[Undo] = []
@@ -153,10 +166,31 @@ class DatasetScreen(DistillScreen):
     def load_dataset(self, dataset_id: int, *, keep_cursor: bool = False) -> None:
         store = self.distill.store
         self.dataset = store.get_dataset(dataset_id)
+        self.distill.current_dataset_id = dataset_id
         self.items = store.items(dataset_id)
-        self.flags = find_duplicates([item.input for item in self.items])
-        self._haystack = [f"{i.input}\x00{i.reference}".casefold() for i in self.items]
+        if len(self.items) <= INDEX_INLINE_LIMIT:
+            self._set_index(*_index(self.items))
+        else:
+            # A big dataset is shown at once; duplicate flags and the filter's index follow
+            # from a thread a moment later (about 0.3 s for 100,000 items).
+            self.flags, self._haystack, self.indexing = [""] * len(self.items), [], True
+            self._index_in_background(self.items)
         self._apply_filter(keep_cursor=keep_cursor)
+        self._show_header()
+
+    def _set_index(self, flags: list[str], haystack: list[str]) -> None:
+        self.flags, self._haystack, self.indexing = flags, haystack, False
+
+    @work(thread=True, exclusive=True, group="dataset-index")
+    def _index_in_background(self, items: list[Item]) -> None:
+        flags, haystack = _index(items)
+        self.app.call_from_thread(self._indexed, items, flags, haystack)
+
+    def _indexed(self, items: list[Item], flags: list[str], haystack: list[str]) -> None:
+        if items is not self.items:
+            return  # the dataset was reloaded meanwhile; that load indexes its own items
+        self._set_index(flags, haystack)
+        self._apply_filter(keep_cursor=True)
         self._show_header()
 
     def reload(self) -> None:
@@ -176,13 +210,13 @@ class DatasetScreen(DistillScreen):
         n_dups = sum(1 for f in self.flags if f)
         unassigned = d.n_items - d.n_train - d.n_eval
         shown = f"{len(self.shown):,} shown · " if self.filter_text else ""
-        title.update(f"[b]{d.name}[/b]")
+        title.update(f"[b]{escape(d.name)}[/b]")
         counts.update(
             f"{shown}{d.n_items:,} items · {d.n_train:,} train · {d.n_eval:,} eval"
             + (f" · {unassigned:,} unassigned" if unassigned else "")
             + (f" · [yellow]{n_dups:,} duplicates[/yellow]" if n_dups else "")
         )
-        text = d.system_prompt or "[dim](none — press p to write one)[/dim]"
+        text = escape(d.system_prompt) or "[dim](none — press p to write one)[/dim]"
         prompt.update(f"[b]System prompt[/b] {text}")
 
     def _is_flagged(self, row: int) -> bool:
@@ -208,6 +242,8 @@ class DatasetScreen(DistillScreen):
             else:
                 text.append(lower)
         needle = " ".join(text)
+        if (needle or dup_only) and self.indexing:
+            self._set_index(*_index(self.items))  # filtering before the thread finished
         items, flags, hay = self.items, self.flags, self._haystack
         indices: Iterable[int] = range(len(items))
         if needle:
@@ -237,7 +273,8 @@ class DatasetScreen(DistillScreen):
         note = f"  [yellow]({flag} duplicate of an earlier item)[/yellow]" if flag else ""
         detail.update(
             f"[b]#{item.position}[/b] {item.split or 'unassigned'}{note}\n"
-            f"[b]Request[/b]   {item.input}\n[b]Reference[/b] {item.reference or '[dim]—[/dim]'}"
+            f"[b]Request[/b]   {escape(item.input)}\n"
+            f"[b]Reference[/b] {escape(item.reference) or '[dim]—[/dim]'}"
         )
 
     @on(VirtualTable.Highlighted)
@@ -372,6 +409,8 @@ class DatasetScreen(DistillScreen):
     async def action_remove_duplicates(self) -> None:
         if self._need_dataset() is None:
             return
+        if self.indexing:
+            self._set_index(*_index(self.items))
         ids = [item.id for item, flag in zip(self.items, self.flags, strict=True) if flag]
         if not ids:
             self.notify("No duplicates in this dataset.")
@@ -430,10 +469,17 @@ class DatasetScreen(DistillScreen):
                 reference_column=request.reference_column,
             )
         except DatasetFormatError as exc:
-            self.notify(str(exc), title="Import refused: nothing changed", severity="error")
+            self.notify(
+                str(exc), title="Import refused: nothing changed", severity="error", markup=False
+            )
             return
         except OSError as exc:
-            self.notify(f"{request.path}: {exc.strerror}", title="Import failed", severity="error")
+            self.notify(
+                f"{request.path}: {exc.strerror}",
+                title="Import failed",
+                severity="error",
+                markup=False,
+            )
             return
         try:
             if request.new_dataset or self.dataset is None:
@@ -448,12 +494,15 @@ class DatasetScreen(DistillScreen):
                 self._push_undo("import", lambda: store.delete_items(ids))
                 self.reload()
         except StoreError as exc:
-            self.notify(str(exc), title="Import refused: nothing changed", severity="error")
+            self.notify(
+                str(exc), title="Import refused: nothing changed", severity="error", markup=False
+            )
             return
         warnings = "\n".join(parsed.warnings[:3])
         self.notify(
             f"Imported {len(parsed.items):,} items from {request.path.name}."
             + (f"\n{warnings}" if warnings else ""),
+            markup=False,
         )
 
     @work(group="dataset-io", exclusive=True)
@@ -471,9 +520,11 @@ class DatasetScreen(DistillScreen):
                 request.path, drafts, format=request.format, system_prompt=dataset.system_prompt
             )
         except (OSError, ValueError) as exc:
-            self.notify(f"{request.path}: {exc}", title="Export failed", severity="error")
+            self.notify(
+                f"{request.path}: {exc}", title="Export failed", severity="error", markup=False
+            )
             return
-        self.notify(f"Exported {count:,} items to {request.path}.")
+        self.notify(f"Exported {count:,} items to {request.path}.", markup=False)
 
     # -- datasets ------------------------------------------------------------------------
 
@@ -489,7 +540,7 @@ class DatasetScreen(DistillScreen):
         try:
             await self._dataset_action(choice)
         except StoreError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(str(exc), severity="error", markup=False)
 
     async def _dataset_action(self, choice: DatasetAction) -> None:
         store = self.distill.store
@@ -541,7 +592,7 @@ class DatasetScreen(DistillScreen):
                     else:
                         self._apply_filter()
                         self._show_header()
-                self.notify(f"Deleted dataset {target.name!r}.")
+                self.notify(f"Deleted dataset {target.name!r}.", markup=False)
 
 
 def _name_check(value: str) -> str:
