@@ -11,6 +11,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
@@ -36,7 +37,8 @@ class Dialog(ModalScreen[T | None], Generic[T]):
         self.query_one("#dialog-error", Static).update(message)
 
     def buttons(self, ok: str = "OK") -> ComposeResult:
-        yield Static("", id="dialog-error", classes="error")
+        # Errors quote file names, columns and values: shown as written, not as markup.
+        yield Static("", id="dialog-error", classes="error", markup=False)
         with Horizontal(classes="buttons"):
             yield Button(ok, variant="primary", id="ok")
             yield Button("Cancel", id="cancel")
@@ -63,7 +65,7 @@ class ConfirmDialog(Dialog[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="box"):
             yield Label(self.title_text, classes="title")
-            yield Static(self.message)
+            yield Static(self.message, markup=False)
             yield from self.buttons(self.ok)
 
     def on_mount(self) -> None:
@@ -300,6 +302,7 @@ class ImportDialog(Dialog[ImportRequest]):
                 refs.value = name
                 break
 
+    @on(Input.Submitted)
     def submit(self) -> None:
         raw = self.query_one("#path", Input).value.strip()
         if not raw:
@@ -392,7 +395,7 @@ class DatasetsDialog(Dialog[DatasetAction]):
             yield Label("Datasets in this workspace", classes="title")
             options = [
                 Option(
-                    f"{'▸ ' if d.id == self.current else '  '}{d.name}  "
+                    f"{'▸ ' if d.id == self.current else '  '}{escape(d.name)}  "
                     f"[dim]{d.n_items} items · {d.n_train} train · {d.n_eval} eval[/dim]",
                     id=str(d.id),
                 )

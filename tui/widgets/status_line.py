@@ -6,6 +6,7 @@ import contextlib
 from pathlib import Path
 
 from textual.app import RenderResult
+from textual.markup import escape
 from textual.widget import Widget
 
 
@@ -34,7 +35,8 @@ class StatusLine(Widget):
         workspace = getattr(app, "workspace", "")
         with contextlib.suppress(ValueError, TypeError):
             workspace = Path(workspace).resolve().relative_to(Path.cwd())
+        # Paths and model names are shown as written: "[" in them is not markup.
         return (
-            f"[b]{backend}[/b] │ teacher [b]{settings.teacher}[/b] │ "
-            f"student [b]{settings.student}[/b] │ {workspace}"
+            f"[b]{escape(backend)}[/b] │ teacher [b]{escape(settings.teacher)}[/b] │ "
+            f"student [b]{escape(settings.student)}[/b] │ {escape(str(workspace))}"
         )
