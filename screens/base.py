@@ -59,6 +59,18 @@ def _settings() -> Screen[None]:
     return SettingsScreen()
 
 
+def _evals() -> Screen[None]:
+    from screens.evals import EvalsScreen
+
+    return EvalsScreen()
+
+
+def _compare() -> Screen[None]:
+    from screens.compare import CompareScreen
+
+    return CompareScreen()
+
+
 def _finetune() -> Screen[None]:
     from screens.finetune import FineTuneScreen
 
@@ -99,7 +111,7 @@ SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
         "Evals",
         "4",
         "Grade a run's outputs",
-        _placeholder("Evals", "Define graders and run evals over a run's outputs.", 5),
+        _evals,
     ),
     ScreenSpec(
         "finetune",
@@ -113,7 +125,7 @@ SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
         "Compare",
         "6",
         "Compare runs side by side",
-        _placeholder("Compare", "Student, teacher and fine-tuned student side by side.", 5),
+        _compare,
     ),
     ScreenSpec("settings", "Settings", "7", "Backend, models, limits and prices", _settings),
 )

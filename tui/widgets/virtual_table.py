@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from rich.cells import set_cell_size
 from rich.segment import Segment
@@ -26,6 +27,11 @@ class Column:
     width: int = 0  # 0: share the remaining width by `weight`
     weight: int = 1
     justify: str = "left"
+
+
+@lru_cache(maxsize=256)
+def _parse_style(style: str) -> Style:
+    return Style.parse(style)
 
 
 def _clean(value: str) -> str:
@@ -73,17 +79,28 @@ class VirtualTable(ScrollView, can_focus=True):
             self.table = table
             self.index = index
 
+        @property
+        def control(self) -> VirtualTable:
+            """The table, so `@on(VirtualTable.Highlighted, "#id")` can tell tables apart."""
+            return self.table
+
     class Selected(Message):
         def __init__(self, table: VirtualTable, index: int) -> None:
             super().__init__()
             self.table = table
             self.index = index
 
+        @property
+        def control(self) -> VirtualTable:
+            """The table, so `@on(VirtualTable.Selected, "#id")` can tell tables apart."""
+            return self.table
+
     def __init__(
         self,
         columns: Sequence[Column],
         *,
         flagged: Callable[[int], bool] | None = None,
+        cell_style: Callable[[int, int], str | None] | None = None,
         name: str | None = None,
         id: str | None = None,
         classes: str | None = None,
@@ -93,6 +110,8 @@ class VirtualTable(ScrollView, can_focus=True):
         self._rows: Sequence[Sequence[str]] = ()
         self._widths: list[int] = [c.width for c in self.columns]
         self._flagged = flagged
+        # (row, column) → a Rich style for that cell (e.g. a verdict in green or red), or None.
+        self._cell_style = cell_style
 
     # -- data ----------------------------------------------------------------------------
 
@@ -108,6 +127,14 @@ class VirtualTable(ScrollView, can_focus=True):
         self.refresh()
 
     def refresh_rows(self) -> None:
+        self.refresh()
+
+    def set_columns(self, columns: Sequence[Column]) -> None:
+        """Change the columns (e.g. one per grader of the eval on view)."""
+        self.columns = list(columns)
+        self._widths = [c.width for c in self.columns]
+        if self.scrollable_content_region.width:
+            self._layout_columns(self.scrollable_content_region.width)
         self.refresh()
 
     # -- geometry ------------------------------------------------------------------------
@@ -185,18 +212,26 @@ class VirtualTable(ScrollView, can_focus=True):
 
     # -- drawing -------------------------------------------------------------------------
 
-    def _cells(self, values: Sequence[str], style: Style) -> Strip:
+    def _cells(self, values: Sequence[str], style: Style, index: int | None = None) -> Strip:
         segments: list[Segment] = []
-        for column, width, value in zip(self.columns, self._widths, values, strict=False):
+        styled = self._cell_style if index is not None else None
+        for i, (column, width, value) in enumerate(
+            zip(self.columns, self._widths, values, strict=False)
+        ):
             if width <= 0:
                 continue
+            extra = styled(index, i) if styled is not None and index is not None else None
             text = _clean(value)
             if column.justify == "right":
                 text = text[-width:].rjust(width)
             cell = set_cell_size(text, width)
             if len(text) > width and width > 1 and column.justify != "right":
                 cell = set_cell_size(cell[: width - 1], width - 1) + "…"
-            segments.append(Segment(" " + cell, style))
+            if extra:
+                segments.append(Segment(" ", style))
+                segments.append(Segment(cell, style + _parse_style(extra)))
+            else:
+                segments.append(Segment(" " + cell, style))
         return Strip(segments)
 
     def render_line(self, y: int) -> Strip:
@@ -217,4 +252,4 @@ class VirtualTable(ScrollView, can_focus=True):
             style += self.get_component_rich_style("virtual-table--flagged")
         if index == self.cursor:
             style += self.get_component_rich_style("virtual-table--cursor")
-        return self._cells(self._rows[index], style).extend_cell_length(width, style)
+        return self._cells(self._rows[index], style, index).extend_cell_length(width, style)

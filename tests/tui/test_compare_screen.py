@@ -1,0 +1,153 @@
+"""The Compare screen driven with real keys over a real workspace: the student's baseline and
+the teacher graded, the fine-tuned student not yet (g grades it); pass rates with deltas
+against the baseline, the filters, the differing parts of two outputs, another baseline, the
+choice of runs, an item opened."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+from rich.text import Text
+from textual.widgets import SelectionList, Static
+
+from screens.compare import DIFF_NEW, DIFF_OLD, CompareItemDialog, CompareScreen
+from screens.eval_dialogs import CompareDialog
+from tests.tui.conftest import Db, Driver, drive, make_app
+from tests.tui.eval_data import GIT_GRADERS, build
+from tui.engine.evals import EvalRunner, create_eval, start_eval_run
+from tui.engine.store import Store
+
+
+def compare_screen(driver: Driver) -> CompareScreen:
+    screen = driver.app.screen
+    assert isinstance(screen, CompareScreen), screen
+    return screen
+
+
+def shown(widget: Static, width: int = 120) -> str:
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+def marked(text: Text, style: str) -> list[str]:
+    """The parts of `text` drawn in `style`."""
+    return [text.plain[s.start : s.end] for s in text.spans if str(s.style) == style]
+
+
+async def grade(store: Store, eval_id: int, *run_ids: int) -> None:
+    for run_id in run_ids:
+        await EvalRunner(store).run(start_eval_run(store, eval_id, run_id))
+
+
+async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> None:
+    work = build(store)
+    student, teacher, tuned = (work.runs[r] for r in ("student", "teacher", "fine-tuned"))
+    eval_id = create_eval(store, "git commands", GIT_GRADERS)
+    await grade(store, eval_id, student, teacher)
+
+    async with drive(make_app(store)) as driver:
+        await driver.press("6")
+        await driver.settle()
+        screen = compare_screen(driver)
+        comparison = screen.comparison
+        assert comparison is not None
+        # Opens on the eval just graded, its two runs and the newest ungraded run of the dataset.
+        assert [c.run_id for c in comparison.runs] == [student, teacher, tuned]
+        assert comparison.baseline_run_id == student
+        by_run = {c.run_id: c for c in comparison.runs}
+        assert by_run[student].pass_rates == {"command match": 0.3, "exact match": 0.2}
+        assert by_run[teacher].deltas["command match"] == 0.7
+        assert by_run[tuned].eval_run_id is None
+        summary = shown(screen.query_one("#compare-summary", Static))
+        assert "100.0% +70.0" in summary and "90.0% +70.0" in summary
+        assert "not graded (g)" in summary
+        assert "455 ms" in summary and "1,295 ms" in summary  # mean latency per run
+
+        palette = [command.title for command in screen.palette_commands()]
+        assert "Compare: Grade missing" in palette and "Compare: show regressions" in palette
+
+        # g: one key grades the run that has no eval run of this eval.
+        await driver.press("g")
+        await driver.settle()
+        comparison = screen.comparison
+        assert comparison is not None
+        tuned_column = next(c for c in comparison.runs if c.run_id == tuned)
+        assert tuned_column.eval_status == "done"
+        assert tuned_column.pass_rates["command match"] == 0.9
+        assert round(tuned_column.deltas["command match"] or 0, 3) == 0.6
+        assert "90.0% +60.0" in shown(screen.query_one("#compare-summary", Static))
+        assert db.rows("SELECT COUNT(*) FROM eval_runs WHERE run_id = ?", (tuned,)) == [(1,)]
+
+        # f: all → where they differ → regressions → improvements.
+        assert screen.table.row_count == 10
+        await driver.press("f")
+        assert screen.filter == "differ" and screen.table.row_count == 9  # not "git status"
+        await driver.press("f")
+        assert screen.filter == "regressions" and screen.table.row_count == 1
+        row = screen.rows[0]
+        assert row.position == 8 and row.regressions == {tuned: ["command match", "exact match"]}
+        filters = shown(screen.query_one("#compare-filters", Static))
+        assert "Regressions 1" in filters and "Improvements 8" in filters
+        # The regression's item: the fine-tuned -D against the baseline's -d.
+        diff = screen.query_one("#compare-diff", Static).content
+        assert isinstance(diff, Text)
+        assert marked(diff, DIFF_NEW) == ["D"]
+        assert marked(diff, DIFF_OLD) == ["d"]
+        assert "git branch -D old-ui" in diff.plain
+        await driver.press("f")
+        assert screen.filter == "improvements" and screen.table.row_count == 8
+        # Item 2: the baseline's "branch" against the others' "checkout -b".
+        diff = screen.query_one("#compare-diff", Static).content
+        assert isinstance(diff, Text) and diff.plain.startswith("#2 ")
+        assert marked(diff, DIFF_OLD) == ["branch"]
+        assert marked(diff, DIFF_NEW) == ["checkout -b", "checkout -b"]
+        # Cells are coloured by verdict: the baseline failed item 2, the others passed.
+        assert screen._cell_style(0, 2) == "red" and screen._cell_style(0, 3) == "green"
+
+        # enter: the item across runs.
+        await driver.press("enter")
+        assert isinstance(driver.app.screen, CompareItemDialog)
+        await driver.press("escape")
+        assert driver.app.screen is screen
+
+        # b: the teacher as baseline; the student is now 70 points behind.
+        await driver.press("b")
+        await driver.settle()
+        comparison = screen.comparison
+        assert comparison is not None and comparison.baseline_run_id == teacher
+        by_run = {c.run_id: c for c in comparison.runs}
+        assert round(by_run[student].deltas["command match"] or 0, 3) == -0.7
+        assert "30.0% -70.0" in shown(screen.query_one("#compare-summary", Static))
+
+        # c: compare two runs only (space unticks the highlighted one: the fine-tuned run).
+        await driver.press("c")
+        dialog = driver.app.screen
+        assert isinstance(dialog, CompareDialog)
+        runs = dialog.query_one("#c-runs", SelectionList)
+        assert sorted(runs.selected) == [student, teacher, tuned]
+        runs.highlighted = 0
+        await driver.press("space")
+        assert sorted(runs.selected) == [student, teacher]
+        await driver.click_ok()
+        await driver.settle()
+        comparison = screen.comparison
+        assert comparison is not None
+        assert [c.run_id for c in comparison.runs] == [student, teacher]
+        assert comparison.baseline_run_id == teacher
+        assert not driver.errors()
+
+
+async def test_nothing_to_compare_says_what_to_do(store: Store) -> None:
+    build(store, roles=("student",))
+    async with drive(make_app(store)) as driver:
+        await driver.press("6")
+        await driver.settle()
+        screen = compare_screen(driver)
+        assert screen.comparison is None
+        assert "Nothing to compare yet" in shown(screen.query_one("#compare-title", Static))
+        await driver.press("c")  # no eval: says so instead of an empty dialog
+        await driver.settle()
+        assert driver.app.screen is screen
+        assert any("No eval yet" in message for _, _, message in driver.notifications())

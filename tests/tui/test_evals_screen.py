@@ -1,0 +1,265 @@
+"""The Evals screen driven with real keys over a real workspace (a git dataset and runs
+written through the store; string_check and command_match need no backend): add ready-made
+graders, grade a run and see the table fill, filter by a failing grader, sort, open an item,
+export; the grader form and the JSON view with their errors; the Completions screen's
+selection handed over; cancel with esc and resume."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from rich.console import Console
+from textual.widgets import Input, Select, Static, TextArea
+
+from screens.eval_dialogs import (
+    GraderDialog,
+    GradersJsonDialog,
+    PresetDialog,
+    ResultItemDialog,
+    ResultsExportDialog,
+)
+from screens.evals import EvalsScreen
+from tests.tui.conftest import Db, Driver, drive, make_app
+from tests.tui.eval_data import GIT_GRADERS, build
+from tui.engine.evals import create_eval
+from tui.engine.store import Store
+
+
+def evals_screen(driver: Driver) -> EvalsScreen:
+    screen = driver.app.screen
+    assert isinstance(screen, EvalsScreen), screen
+    return screen
+
+
+def shown(widget: Static, width: int = 120) -> str:
+    """What a Static shows as plain text, whatever it holds (markup, Text or a Rich table)."""
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(widget.content)
+    return console.export_text()
+
+
+def text_of(screen: EvalsScreen, selector: str) -> str:
+    return shown(screen.query_one(selector, Static))
+
+
+def graders_in_db(db: Db) -> list[dict[str, object]]:
+    rows = db.rows("SELECT graders FROM evals ORDER BY id")
+    assert rows, "no eval in the workspace"
+    graders: list[dict[str, object]] = json.loads(rows[-1][0])
+    return graders
+
+
+async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None:
+    work = build(store, roles=("student",))
+    async with drive(make_app(store)) as driver:
+        await driver.press("4")
+        screen = evals_screen(driver)
+        assert "No eval yet" in text_of(screen, "#progress")
+        assert screen.target is not None and screen.target.run_id == work.runs["student"]
+
+        # p: the git task's ready-made graders, into a new eval.
+        await driver.press("p")
+        assert isinstance(driver.app.screen, PresetDialog)
+        await driver.press("enter")
+        await driver.settle()
+        assert [g["name"] for g in graders_in_db(db)] == ["command match", "exact match"]
+        assert "Not graded yet" in text_of(screen, "#progress")
+
+        # g: grade the run; the table fills and the summary counts.
+        await driver.press("g")
+        await driver.settle()
+        assert not driver.errors()
+        live = screen.live
+        assert live is not None and live.info.status == "done"
+        assert screen.table.row_count == 10
+        match = live.tally.summary("command match")
+        exact = live.tally.summary("exact match")
+        assert (match.passed, match.failed, match.errored) == (3, 7, 0)
+        assert (exact.passed, exact.failed, exact.errored) == (2, 8, 0)
+        summary = text_of(screen, "#summary")
+        assert "30.0%" in summary and "20.0%" in summary
+        stored = db.rows("SELECT COUNT(*), SUM(passed) FROM grades")
+        assert stored == [(20, 5)]
+        # Item 1 ("git status") passes both; item 4 passes command match only.
+        first = screen.table._rows[0]
+        assert first[0] == "1" and first[2] == "git status" and first[4] == "✓ 1.00"
+        assert screen._cell_style(0, 4) == "green"
+        assert screen._cell_style(3, 4) == "green" and screen._cell_style(3, 5) == "red"
+
+        palette = [command.title for command in screen.palette_commands()]
+        assert "Evals: Grade" in palette and "Evals: Export" in palette
+        assert "Evals: show failing command match" in palette
+
+        # f: failing any grader (8), then failing "command match" (7).
+        await driver.press("f")
+        assert screen.table.row_count == 8
+        assert "failing any grader" in text_of(screen, "#view-line")
+        await driver.press("f")
+        assert screen.table.row_count == 7
+        assert "failing command match" in text_of(screen, "#view-line")
+        assert all(row[4].startswith("✗") for row in screen.table._rows)
+
+        # s: by command match score, lowest first.
+        await driver.press("s")
+        scores = [float(row[4].split()[1]) for row in screen.table._rows]
+        assert scores == sorted(scores) and scores[0] == 0.0
+
+        # enter: the item with each grader's explanation.
+        await driver.press("home", "enter")
+        dialog = driver.app.screen
+        assert isinstance(dialog, ResultItemDialog)
+        grades = shown(dialog.query_one("#grades", Static))
+        assert "command match" in grades and "subcommand differs" in grades
+        assert "exact match" in grades and "not equal" in grades
+        await driver.press("escape")
+        assert driver.app.screen is screen
+
+        # x: export as CSV into the workspace's exports dir, then as JSONL.
+        await driver.press("x")
+        export = driver.app.screen
+        assert isinstance(export, ResultsExportDialog)
+        path = Path(export.query_one("#path", Input).value)
+        assert path.parent == store.directory / "exports" and path.suffix == ".csv"
+        await driver.press("enter")
+        await driver.settle()
+        with path.open(encoding="utf-8") as fh:
+            table = list(csv.DictReader(fh))
+        assert len(table) == 10
+        assert table[0]["command match result"] == "pass"
+        assert table[1]["exact match result"] == "fail"
+
+        await driver.press("x")
+        export = driver.app.screen
+        assert isinstance(export, ResultsExportDialog)
+        export.query_one("#format", Select).value = "jsonl"
+        await driver.pilot.pause()
+        jsonl = Path(export.query_one("#path", Input).value)
+        assert jsonl.suffix == ".jsonl"
+        await driver.click_ok()
+        await driver.settle()
+        records = [json.loads(line) for line in jsonl.read_text(encoding="utf-8").splitlines()]
+        assert len(records) == 10
+        assert records[1]["grades"]["command match"]["result"] == "fail"
+        assert records[1]["grades"]["command match"]["explanation"]
+        assert not driver.errors()
+
+
+async def test_grader_form_and_json_view_name_the_field_at_fault(store: Store, db: Db) -> None:
+    build(store, roles=("student",))
+    async with drive(make_app(store)) as driver:
+        await driver.press("4")
+        screen = evals_screen(driver)
+
+        # a: the form, set to string_check with keys; a bad template is refused by field.
+        await driver.press("a")
+        form = driver.app.screen
+        assert isinstance(form, GraderDialog)
+        assert not form.query_one("#f-operation").display  # command_match: no operation
+        await driver.press("enter", *["up"] * 5, "enter")  # the type list: string_check
+        assert form.kind == "string_check"
+        assert form.query_one("#f-operation").display
+        assert not form.query_one("#f-threshold").display
+        await driver.press("tab")
+        await driver.type("exact")
+        form.query_one("#g-reference", Input).value = "{{item.answer}}"
+        await driver.press("ctrl+s")
+        assert driver.app.screen is form
+        error = shown(form.query_one("#dialog-error", Static), 300)
+        assert "grader (exact): reference: unknown template variable {{item.answer}}" in error
+        form.query_one("#g-reference", Input).value = "{{item.reference}}"
+        await driver.press("ctrl+s")
+        await driver.settle()
+        assert driver.app.screen is screen
+        graders = graders_in_db(db)
+        assert graders[0]["type"] == "string_check" and graders[0]["name"] == "exact"
+        assert graders[0]["operation"] == "eq"
+
+        # j: the JSON view refuses a bad operation, naming grader and field...
+        await driver.press("j")
+        view = driver.app.screen
+        assert isinstance(view, GradersJsonDialog)
+        area = view.query_one("#json", TextArea)
+        area.text = json.dumps([{"type": "string_check", "name": "bad", "operation": "equals"}])
+        await driver.press("ctrl+s")
+        assert driver.app.screen is view
+        error = shown(view.query_one("#dialog-error", Static), 300)
+        assert error.startswith("grader 1 (bad): operation:")
+        # ...and takes OpenAI's testing_criteria as they are (ids and all).
+        area.text = json.dumps(
+            {
+                "name": "git eval",
+                "testing_criteria": [
+                    {**GIT_GRADERS[0], "id": "cm-1"},
+                    {**GIT_GRADERS[1], "id": "ex-1"},
+                ],
+            }
+        )
+        await driver.press("ctrl+s")
+        await driver.settle()
+        assert driver.app.screen is screen
+        assert [g["name"] for g in graders_in_db(db)] == ["command match", "exact match"]
+        assert "command match" in str(screen.query_one("#grader-list").render_line(0).text)
+        assert not driver.errors()
+
+
+async def test_evaluate_from_completions_lands_here_with_the_selection(
+    store: Store, db: Db
+) -> None:
+    work = build(store, roles=("student", "teacher"))
+    create_eval(store, "git commands", GIT_GRADERS)
+    async with drive(make_app(store)) as driver:
+        await driver.press("3", "slash")
+        await driver.type("role:student branch")
+        await driver.press("enter", "e")
+        await driver.settle()
+        screen = evals_screen(driver)
+        target = screen.target
+        assert target is not None and target.is_selection
+        assert target.run_id == work.runs["student"]
+        # "branch" is in the request or the output of items 2, 5 and 8.
+        assert target.completion_ids is not None and len(target.completion_ids) == 3
+        assert "selection" in text_of(screen, "#target")
+
+        await driver.press("g")
+        await driver.settle()
+        assert screen.table.row_count == 3
+        assert [row[0] for row in screen.table._rows] == ["2", "5", "8"]
+        ids = db.rows("SELECT summary FROM eval_runs")
+        assert json.loads(ids[-1][0])["completion_ids"] == sorted(target.completion_ids)
+        assert not driver.errors()
+
+
+SLOW_GRADER = {
+    "type": "python",
+    "name": "slow",
+    "source": "import time\ndef grade(sample, item):\n    time.sleep(0.4)\n    return 1.0\n",
+}
+
+
+async def test_escape_cancels_grading_and_r_resumes(store: Store, db: Db) -> None:
+    build(store, roles=("student",))
+    create_eval(store, "slow", [SLOW_GRADER])
+    async with drive(make_app(store)) as driver:
+        await driver.press("4")
+        screen = evals_screen(driver)
+        await driver.press("g")
+        assert screen.runner is not None
+        await driver.press("escape")
+        await driver.settle()
+        assert driver.app.screen is screen  # esc cancelled; it did not go back
+        live = screen.live
+        assert live is not None and live.info.status == "cancelled"
+        graded_before = db.rows("SELECT COUNT(*) FROM grades")[0][0]
+        assert graded_before < 10
+        assert "R resumes" in text_of(screen, "#progress")
+
+        await driver.press("R")
+        await driver.settle()
+        assert live is not screen.live or live.info.status == "done"
+        assert screen.live is not None and screen.live.info.status == "done"
+        assert db.rows("SELECT COUNT(*), SUM(passed) FROM grades") == [(10, 10)]
+        assert screen.table.row_count == 10
+        assert not driver.errors()
