@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import resource
 import sys
@@ -98,7 +99,10 @@ async def main(n: int) -> None:
             f"({n_grades / wall:,.0f} grades/s) — goal < 10 s"
         )
         # On a shared machine the wall time includes waiting for the CPU; this is the work.
-        print(f"CPU time of this process during the eval run: {cpu:.2f} s")
+        load = os.getloadavg()[0]
+        print(
+            f"CPU time of this process during the eval run: {cpu:.2f} s (load average {load:.1f})"
+        )
         print(f"status: {finished.status} — {finished.message}")
         for name, s in finished.results.items():
             rate = f"{s.pass_rate:.1%}" if s.pass_rate is not None else "n/a"

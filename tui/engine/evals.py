@@ -275,7 +275,7 @@ class EvalRunner:
         python_timeout: float = 10.0,
         backoff_base: float = 0.5,
         backoff_cap: float = 30.0,
-        batch_size: int = 5000,
+        batch_size: int = 20_000,
     ) -> None:
         if not 1 <= concurrency <= 256:
             raise ValueError("concurrency must be between 1 and 256")
@@ -352,6 +352,8 @@ class EvalRunner:
         writer.start()
         cpu = [g for g in graders if not g.is_async]
         waiting = [g for g in graders if g.is_async]
+        if total == before:  # a finished eval run started again: nothing to decide
+            cpu, waiting = [], []
         parts = [
             asyncio.create_task(self._cpu(rows, cpu, done, writer)),
             asyncio.create_task(self._waiting(rows, waiting, done, writer, on_event)),
