@@ -43,8 +43,8 @@ async def test_opens_on_the_dataset_screen_with_the_status_line(git_app: Distill
         assert line.startswith("local [/b] 127.0.0.1:9999 │ ")
 
 
-async def test_number_keys_reach_every_screen(git_app: DistillApp) -> None:
-    async with drive(git_app) as t:
+async def test_number_keys_reach_every_screen(small_app: DistillApp) -> None:
+    async with drive(small_app) as t:
         for spec in SCREENS_IN_ORDER:
             await t.press(spec.key)
             assert t.app.current_mode == spec.mode
@@ -63,17 +63,17 @@ async def test_number_keys_reach_every_screen(git_app: DistillApp) -> None:
             await t.app.run_action("switch_mode('dataset')")
             await t.pilot.pause()
         # From the settings screen (nothing typed into until a field is chosen) too.
-        await t.press("7", "4", "1")
+        await t.press("7", "1")
         assert t.app.current_mode == "dataset"
 
 
-async def test_escape_goes_back_and_question_mark_shows_the_keys(git_app: DistillApp) -> None:
-    async with drive(git_app) as t:
-        await t.press("7", "4")
-        assert t.app.current_mode == "evals"
-        await t.press("escape")
+async def test_escape_goes_back_and_question_mark_shows_the_keys(small_app: DistillApp) -> None:
+    async with drive(small_app) as t:
+        await t.press("7")
         assert t.app.current_mode == "settings"
-        await t.press("1", "p")
+        await t.press("escape")
+        assert t.app.current_mode == "dataset"
+        await t.press("7", "1", "p")
         assert type(t.app.screen).__name__ == "SystemPromptDialog"
         await t.press("escape")  # closes the dialog first
         assert isinstance(t.app.screen, DatasetScreen)
@@ -107,9 +107,9 @@ async def palette_prompts(t: Driver, first: str) -> list[str]:
 
 
 async def test_command_palette_offers_every_screen_and_the_dataset_actions(
-    git_app: DistillApp,
+    small_app: DistillApp,
 ) -> None:
-    async with drive(git_app) as t:
+    async with drive(small_app) as t:
         await t.press("ctrl+p")
         assert isinstance(t.app.screen, CommandPalette)
         prompts = await palette_prompts(t, "Go to Dataset")
@@ -132,8 +132,8 @@ async def test_command_palette_offers_every_screen_and_the_dataset_actions(
         assert type(t.app.screen).__name__ == "SystemPromptDialog"
 
 
-async def test_q_quits(git_app: DistillApp) -> None:
-    async with drive(git_app) as t:
+async def test_q_quits(small_app: DistillApp) -> None:
+    async with drive(small_app) as t:
         await t.press("q")
         assert not t.app.is_running
     assert t.app.return_code == 0
