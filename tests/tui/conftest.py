@@ -116,10 +116,10 @@ class Driver:
 
     async def settle(self) -> None:
         """Let every started worker finish and the screen catch up. A worker still waiting
-        on a dialog after 10 s is a test that forgot to close it: fail rather than hang."""
+        on a dialog after 30 s is a test that forgot to close it: fail rather than hang."""
         await self.pilot.pause()
         try:
-            await asyncio.wait_for(self.app.workers.wait_for_complete(), timeout=10)
+            await asyncio.wait_for(self.app.workers.wait_for_complete(), timeout=30)
         except TimeoutError:
             raise AssertionError(
                 f"workers still running with {self.app.screen!r} on top: {list(self.app.workers)}"

@@ -96,7 +96,7 @@ async def palette_prompts(t: Driver, first: str) -> list[str]:
     first one starts with `first`."""
     commands = t.app.screen.query_one(CommandList)
     prompts: list[str] = []
-    for _ in range(100):
+    for _ in range(200):  # up to 10 s on a busy machine
         prompts = [
             str(commands.get_option_at_index(i).prompt) for i in range(commands.option_count)
         ]
