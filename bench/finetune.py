@@ -88,37 +88,55 @@ def run_trainer(spec: dict[str, Any], workdir: Path) -> tuple[list[dict[str, Any
     return events, time.monotonic() - started
 
 
-def exact_match(model_path: Path, pairs: list[tuple[str, str]]) -> tuple[int, list[str]]:
+def load(model_path: Path, lora: Path | None, threads: int) -> Any:
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
-    hits = 0
-    outputs = []
-    for request, reference in pairs:
-        out = llm.create_chat_completion(chat(request), temperature=0, max_tokens=48)
-        text = (out["choices"][0]["message"]["content"] or "").strip()
-        outputs.append(text)
-        hits += " ".join(text.split()) == " ".join(reference.split())
-    return hits, outputs
+    kwargs = {"lora_path": str(lora)} if lora else {}
+    return llama_cpp.Llama(str(model_path), n_ctx=512, n_threads=threads, verbose=False, **kwargs)
 
 
-def decode_speed(model_path: Path, n_tokens: int = 64, repeats: int = 3) -> float:
-    """Greedy decode tok/s with end-of-text suppressed, best of ``repeats``."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(model_path), n_ctx=512, n_threads=os.cpu_count(), verbose=False)
+def compare(
+    variants: dict[str, tuple[Path, Path | None]],
+    held_out: list[tuple[str, str]],
+    threads: int,
+    rounds: int = 3,
+) -> None:
+    """Exact match on the held-out requests and decode tok/s for every variant. The variants
+    take turns prompt by prompt and round by round, so a busy machine slows them alike."""
+    models = {label: load(path, lora, threads) for label, (path, lora) in variants.items()}
+    hits = dict.fromkeys(models, 0)
+    outputs: dict[str, list[str]] = {label: [] for label in models}
+    for request, reference in held_out:
+        for label, llm in models.items():
+            out = llm.create_chat_completion(chat(request), temperature=0, max_tokens=48)
+            text = (out["choices"][0]["message"]["content"] or "").strip()
+            outputs[label].append(text)
+            hits[label] += " ".join(text.split()) == " ".join(reference.split())
+    # Decode speed: 64 greedy tokens with end-of-text suppressed, so every variant does the
+    # same work; best of the rounds.
     prompt = "<|im_start|>user\nExplain what git rebase does.<|im_end|>\n<|im_start|>assistant\n"
-    bias = {int(llm.token_eos()): -1e9}
-    best = 0.0
-    for _ in range(repeats):
-        llm.reset()
-        started = time.perf_counter()
-        out = llm.create_completion(
-            prompt, max_tokens=n_tokens, temperature=0, logit_bias=bias, stream=False
-        )
-        elapsed = time.perf_counter() - started
-        best = max(best, out["usage"]["completion_tokens"] / elapsed)  # type: ignore[index]
-    return best
+    best = dict.fromkeys(models, 0.0)
+    for _ in range(rounds):
+        for label, llm in models.items():
+            llm.reset()
+            started = time.perf_counter()
+            out = llm.create_completion(
+                prompt, max_tokens=64, temperature=0, logit_bias={int(llm.token_eos()): -1e9}
+            )
+            tok_s = out["usage"]["completion_tokens"] / (time.perf_counter() - started)
+            best[label] = max(best[label], tok_s)
+    print(f"\nllama.cpp, {threads} thread(s), load average {os.getloadavg()[0]:.1f}:")
+    for label, (path, lora) in variants.items():
+        size = (lora or path).stat().st_size / 1e6
+        line = f"  {label}: {best[label]:.1f} tok/s, file {size:.0f} MB"
+        if held_out:
+            line += f", exact match {hits[label]}/{len(held_out)}"
+        print(line, flush=True)
+    tuned = next((label for label in variants if label != "base"), None)
+    if held_out and tuned:
+        print(f"  answers of '{tuned}':")
+        for (request, reference), out in list(zip(held_out, outputs[tuned], strict=True))[:8]:
+            print(f"    {request!r}: {out!r} (reference {reference!r})")
 
 
 def main() -> int:
@@ -132,7 +150,16 @@ def main() -> int:
     ap.add_argument("--max-steps", type=int, default=None)
     ap.add_argument("--eval", type=int, default=54, help="held-out requests scored (0: none)")
     ap.add_argument("--export-type", default="Q8_0")
+    ap.add_argument(
+        "--threads", type=int, default=os.cpu_count(), help="llama.cpp threads when scoring"
+    )
     ap.add_argument("--keep", type=Path, default=None, help="keep the work directory here")
+    ap.add_argument(
+        "--compare-exports",
+        action="store_true",
+        help="also write the LoRA result as F16, requantized Q4_1 and a llama.cpp adapter, "
+        "and score each",
+    )
     args = ap.parse_args()
 
     from tui.local.models import default_gguf_path
@@ -190,15 +217,51 @@ def main() -> int:
     print(f"worker peak RSS: {peak_mb:.0f} MB; load average {load_before:.1f} -> "
           f"{os.getloadavg()[0]:.1f}")  # fmt: skip
     tuned = Path(result["path"])
-    print(f"\nbase tok/s: {decode_speed(base):.1f}   fine-tuned tok/s: {decode_speed(tuned):.1f}")
-    if held_out:
-        base_hits, _ = exact_match(base, held_out)
-        tuned_hits, outputs = exact_match(tuned, held_out)
-        print(f"exact match on {len(held_out)} held-out requests: base {base_hits}, "
-              f"fine-tuned {tuned_hits}")  # fmt: skip
-        for (request, reference), out in list(zip(held_out, outputs, strict=True))[:5]:
-            print(f"  {request!r}: {out!r} (reference {reference!r})")
+    variants: dict[str, tuple[Path, Path | None]] = {
+        "base": (base, None),
+        f"fine-tuned, merged {args.export_type}": (tuned, None),
+    }
+    checkpoints = [e for e in events if e["type"] == "checkpoint" and e.get("path")]
+    if args.compare_exports and checkpoints:
+        variants.update(other_exports(base, Path(checkpoints[-1]["path"]), workdir, cache))
+    compare(variants, held_out, args.threads)
     return 0
+
+
+def other_exports(
+    base: Path, adapter: Path, workdir: Path, cache: Path
+) -> dict[str, tuple[Path, Path | None]]:
+    """The same LoRA result written the other ways gguf_export could write it."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tui.local.gguf_export import export_lora_gguf, export_merged_gguf
+    from tui.local.trainer import gguf_cache_dir, weight_deltas
+
+    hf_dir = gguf_cache_dir(base, cache)
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    causal_lm = peft_model.base_model.model
+    deltas = weight_deltas(hf_dir, causal_lm, peft_model)
+    lora: dict[str, tuple[Any, Any]] = {}
+    alpha = 32.0
+    for name, module in causal_lm.named_modules():
+        if hasattr(module, "lora_A") and "default" in module.lora_A:
+            a = module.lora_A["default"].weight.detach().float().numpy()
+            b = module.lora_B["default"].weight.detach().float().numpy()
+            lora[name + ".weight"] = (a, b)
+            alpha = float(module.scaling["default"] * a.shape[0])
+    out: dict[str, tuple[Path, Path | None]] = {}
+    for kind in ("F16", "same"):
+        path = export_merged_gguf(base, workdir / f"merged-{kind}.gguf", deltas, trained_type=kind)
+        out["fine-tuned, merged " + ("Q4_1 (requantized)" if kind == "same" else kind)] = (
+            path,
+            None,
+        )
+    adapter_gguf = export_lora_gguf(base, workdir / "adapter.gguf", lora, alpha)
+    out["fine-tuned, base + LoRA adapter GGUF"] = (base, adapter_gguf)
+    return out
 
 
 if __name__ == "__main__":

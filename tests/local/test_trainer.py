@@ -142,33 +142,45 @@ def test_labels_are_the_answers_and_the_end_token_that_closes_them(tiny_hf: Path
 
 
 def test_the_fast_path_computes_the_same_loss_as_transformers(tiny_hf: Path) -> None:
+    """Frozen-layer cache, label-only output layer and packed batches (shared prefix once,
+    a custom mask, restarting positions) are all exact rearrangements of the plain loss."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tui.local.trainer import ChatEncoder, Runner, collate, loss_and_accuracy
 
     tok = AutoTokenizer.from_pretrained(tiny_hf)
-    model = AutoModelForCausalLM.from_pretrained(tiny_hf, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        tiny_hf, dtype=torch.float32, attn_implementation="sdpa"
+    )
     encoder = ChatEncoder(tok, tiny_hf, max_length=512)
     examples = [encoder.encode(chat(q, a)["messages"]) for q, a in git_pairs(6)]
-    keys = list(range(6))
-    batch = collate(examples, keys, tok.pad_token_id)
-    labels = torch.full_like(batch.input_ids, -100)
+    examples.append(examples[0])  # a duplicate lies entirely inside the shared prefix
+    keys = list(range(len(examples)))
+    padded = collate(examples, keys, tok.pad_token_id)
+    packed = collate(examples, keys, tok.pad_token_id, pack=True)
+    assert packed.input_ids.shape[0] == 1 and packed.prefix > 10
+    assert packed.input_ids.numel() < padded.attention_mask.sum()  # the prefix counted once
+    assert packed.n_tokens == padded.n_tokens
+    labels = torch.full_like(padded.input_ids, -100)
     for r, ex in enumerate(examples):
         labels[r, : len(ex.labels)] = torch.tensor(ex.labels)
     with torch.no_grad():
         reference = model(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=labels
+            input_ids=padded.input_ids, attention_mask=padded.attention_mask, labels=labels
         ).loss.item()
         cached = Runner(model, 1, fast=True)  # layer 0 frozen and computed once
         cached.precompute(examples, keys, tok.pad_token_id)
-        assert cached.cache is not None and len(cached.cache) == 6
+        assert cached.cache is not None and len(cached.cache) == len(examples)
         uncached = Runner(model, 1, fast=True)  # layer 0 recomputed without gradients
         full = Runner(model, 0, fast=True)  # every layer, output layer on labels only
+        for runner in (cached, uncached, full):
+            for batch in (padded, packed):
+                loss, _ = loss_and_accuracy(runner.label_logits(batch, keys), batch.targets)
+                assert loss.item() == pytest.approx(reference, rel=1e-5)
         generic = Runner(model, 0, fast=False)
-        for runner in (cached, uncached, full, generic):
-            loss, _ = loss_and_accuracy(runner.label_logits(batch, keys), batch.targets)
-            assert loss.item() == pytest.approx(reference, rel=1e-5)
+        loss, _ = loss_and_accuracy(generic.label_logits(padded, keys), padded.targets)
+        assert loss.item() == pytest.approx(reference, rel=1e-5)
     assert len(model.model.layers) == 2  # the full layer list is back
 
 

@@ -16,15 +16,22 @@ are in bench/finetune.py's output):
 - The output layer. 49,152 vocabulary rows x 576 is a fifth of the model's per-token work,
   and only the ~10 answer tokens of a ~60-token example have a label. The decoder runs to
   hidden states, the label positions are gathered, and the output layer runs on those only.
-- Padding. Batches are cut from length-sorted runs of examples, so a batch pads to a length
-  its examples nearly share (the order of the batches is still shuffled every epoch).
+- Padding and the shared prompt. A batch is packed into one row: the prefix its examples
+  share (the system prompt, in a distillation set the same for every example, ~40% of the
+  tokens of a short git example) once, then each example's own tokens, with a mask that lets
+  each example see the prefix and itself only and positions that restart after the prefix.
+  No padding, and the prompt is computed once per batch instead of once per example. (Long
+  batches, over PACK_LIMIT tokens, fall back to padding: a packed row's attention grows with
+  its length squared. Batches are cut from length-sorted runs of examples so that padding,
+  when used, stays small; the order of the batches is shuffled every epoch.)
 - Which layers train. With LoRA only the top ``lora_layers`` decoder layers get adapters;
   the layers below are frozen, so no gradient flows through them, and since their output for
   an example never changes it is computed once, before the first step, and reused in every
   epoch (and for the validation loss). Each step then runs only the trained layers.
-- Threads: torch uses every core (the process is alone in doing work while a job runs).
+- Threads: one per core (DISTILL_TRAIN_THREADS overrides), OpenMP told not to spin.
   Gradient checkpointing stays off: memory is not the limit here, time is.
-- fp32 throughout: bf16 autocast was measured slower on this CPU (AVX2, no native bf16).
+- fp32 throughout: bf16 autocast made a step 10-20x slower on this CPU (AVX2, no native
+  bf16 matmul).
 
 A GGUF base is trained through an fp32 transformers copy of the GGUF, converted once per
 base file into ``cache_dir`` (transformers parses the GGUF's vocabulary in Python, 40-65 s;
@@ -54,6 +61,11 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# OpenMP threads that finish a parallel region early sleep instead of spinning. The trainer
+# shares the machine (the server's llama.cpp threads, other work); measured under load, the
+# spinning doubled the trainer's CPU time per step for the same wall time, CPU taken from
+# everything else.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tui.engine.training_data import check_chat_jsonl, default_n_epochs, load_chat_jsonl
 
@@ -70,6 +82,8 @@ CACHE_BUDGET_BYTES = 2 << 30
 # Architectures whose decoder forward is plain enough (embeddings in, layers in order, a final
 # norm, a linear output layer) for the frozen-layer cache and the label-only output layer.
 FAST_PATH_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "smollm3", "olmo2")
+# Longest packed row: a packed batch's attention costs its length squared.
+PACK_LIMIT = 1024
 CHECKPOINTS_KEPT = 3  # OpenAI keeps the last three epochs' checkpoints
 
 
@@ -326,15 +340,32 @@ def convert_gguf(base: Path, cache_dir: Path) -> Path:
 
 @dataclass
 class Batch:
+    """A batch, either padded (B rows) or packed: one row holding the batch's common prefix
+    once, then each example's own tokens, with a mask that lets each example see the prefix
+    and itself only, and positions that restart after the prefix for every example."""
+
     indices: list[int]
-    input_ids: Any  # LongTensor (B, L)
-    attention_mask: Any  # LongTensor (B, L)
-    label_pos: Any  # (rows, cols) of positions whose next token is a label
+    input_ids: Any  # LongTensor, (B, L) padded or (1, N) packed
+    attention_mask: Any  # (B, L) 0/1 padded, or (1, 1, N, N) bool packed
+    position_ids: Any  # None padded, (1, N) packed
+    label_pos: Any  # index tuple of the hidden states whose next token is a label
     targets: Any  # LongTensor (n,)
-    n_tokens: int  # non-pad tokens
+    n_tokens: int  # the examples' tokens (what OpenAI counts as trained tokens)
+    prefix: int = 0  # packed: length of the shared prefix
+    starts: list[int] = field(default_factory=list)  # packed: where each example's own part starts
 
 
-def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
+def collate(
+    examples: Sequence[Example], indices: Sequence[int], pad_id: int, pack: bool = False
+) -> Batch:
+    if pack:
+        packed = _pack(examples, indices)
+        if packed is not None:
+            return packed
+    return _pad(examples, indices, pad_id)
+
+
+def _pad(examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
     import torch
 
     length = max(len(examples[i].input_ids) for i in indices)
@@ -360,9 +391,65 @@ def collate(examples: Sequence[Example], indices: Sequence[int], pad_id: int) ->
         indices=list(indices),
         input_ids=ids,
         attention_mask=att,
+        position_ids=None,
         label_pos=(torch.tensor(rows, dtype=torch.long), torch.tensor(cols, dtype=torch.long)),
         targets=torch.tensor(targets, dtype=torch.long),
         n_tokens=n_tokens,
+    )
+
+
+def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
+    first = seqs[0]
+    n = min(len(s) for s in seqs)
+    for p in range(n):
+        t = first[p]
+        if any(s[p] != t for s in seqs):
+            return p
+    return n
+
+
+def _pack(examples: Sequence[Example], indices: Sequence[int]) -> Batch | None:
+    import torch
+
+    seqs = [examples[i].input_ids for i in indices]
+    prefix = _common_prefix(seqs) if len(seqs) > 1 else 0
+    total = prefix + sum(len(s) - prefix for s in seqs)
+    # Attention over one packed row costs total^2, a padded batch B * L^2: pack short
+    # batches only.
+    if total > PACK_LIMIT:
+        return None
+    ids = list(seqs[0][:prefix])
+    positions = list(range(prefix))
+    segment = [-1] * prefix
+    starts: list[int] = []
+    for r, s in enumerate(seqs):
+        starts.append(len(ids))
+        ids += s[prefix:]
+        positions += range(prefix, len(s))
+        segment += [r] * (len(s) - prefix)
+    pos = torch.tensor(positions, dtype=torch.long)
+    seg = torch.tensor(segment, dtype=torch.long)
+    # key k is visible from query q when it is not later in q's sequence and belongs to the
+    # shared prefix or to q's own example.
+    mask = (pos[None, :] <= pos[:, None]) & ((seg[None, :] == -1) | (seg[None, :] == seg[:, None]))
+    rows: list[int] = []
+    targets: list[int] = []
+    for r, i in enumerate(indices):
+        ex = examples[i]
+        for p in range(len(ex.input_ids) - 1):
+            if ex.labels[p + 1] != -100:
+                rows.append(p if p < prefix else starts[r] + p - prefix)
+                targets.append(ex.labels[p + 1])
+    return Batch(
+        indices=list(indices),
+        input_ids=torch.tensor([ids], dtype=torch.long),
+        attention_mask=mask[None, None],
+        position_ids=pos[None],
+        label_pos=(torch.zeros(len(rows), dtype=torch.long), torch.tensor(rows, dtype=torch.long)),
+        targets=torch.tensor(targets, dtype=torch.long),
+        n_tokens=sum(len(s) for s in seqs),
+        prefix=prefix,
+        starts=starts,
     )
 
 
@@ -379,6 +466,15 @@ class Runner:
         self.all_layers: Any = decoder.layers if fast else None
         self.cache: dict[int, Any] | None = None  # example key -> frozen-layer output
 
+    @property
+    def pack(self) -> bool:
+        """Packing needs the decoder to take a custom 4-D mask and position ids, which the
+        architectures of the fast path do."""
+        return self.fast
+
+    def batch(self, examples: Sequence[Example], indices: Sequence[int], pad_id: int) -> Batch:
+        return collate(examples, indices, pad_id, pack=self.pack)
+
     # The decoder's layer list is swapped for a slice of itself while the frozen part runs
     # (or is skipped); restore() puts the full list back before saving or merging.
     def _use_layers(self, start: int, stop: int | None) -> None:
@@ -390,6 +486,27 @@ class Runner:
     def restore(self) -> None:
         if self.decoder is not None:
             self.decoder.layers = self.all_layers
+
+    def _run(self, batch: Batch, start: int, stop: int | None, hidden: Any = None) -> Any:
+        """Decoder layers [start, stop) on the batch's tokens (or on ``hidden``, the output
+        of layer start - 1); the final norm only when running to the top."""
+        import torch
+
+        norm = self.decoder.norm
+        if stop is not None:
+            self.decoder.norm = torch.nn.Identity()
+        self._use_layers(start, stop)
+        try:
+            inputs = {"input_ids": batch.input_ids} if hidden is None else {"inputs_embeds": hidden}
+            return self.decoder(
+                **inputs,
+                attention_mask=batch.attention_mask,
+                position_ids=batch.position_ids,
+                use_cache=False,
+            ).last_hidden_state
+        finally:
+            self.decoder.norm = norm
+            self.restore()
 
     def precompute(self, examples: Sequence[Example], keys: Sequence[int], pad_id: int) -> None:
         """Run the frozen layers once for every example and keep their outputs."""
@@ -404,70 +521,61 @@ class Runner:
                 "warn",
             )
             return
-        self.cache = {}
-        norm = self.decoder.norm
-        self.decoder.norm = torch.nn.Identity()
-        self._use_layers(0, self.split)
-        try:
-            order = sorted(keys, key=lambda k: len(examples[k].input_ids))
-            with torch.no_grad():
-                for i in range(0, len(order), 16):
-                    chunk = order[i : i + 16]
-                    b = collate(examples, chunk, pad_id)
-                    h = self.decoder(
-                        input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
-                    ).last_hidden_state
-                    for r, k in enumerate(chunk):
-                        self.cache[k] = h[r, : len(examples[k].input_ids)].clone()
-                    check_cancelled()
-        finally:
-            self.decoder.norm = norm
-            self.restore()
+        cache: dict[int, Any] = {}
+        # Sorted by token ids: neighbours share the longest prefixes (packing computes a
+        # shared prefix once) and, for the padded layout, often similar lengths.
+        order = sorted(keys, key=lambda k: examples[k].input_ids)
+        with torch.no_grad():
+            for i in range(0, len(order), 16):
+                chunk = order[i : i + 16]
+                b = self.batch(examples, chunk, pad_id)
+                h = self._run(b, 0, self.split)
+                for r, k in enumerate(chunk):
+                    cache[k] = self._rows(b, h, r, len(examples[k].input_ids)).clone()
+                check_cancelled()
+        self.cache = cache
 
-    def _frozen_output(self, batch: Batch, keys: Sequence[int]) -> Any:
+    @staticmethod
+    def _rows(b: Batch, h: Any, r: int, n: int) -> Any:
+        """The n hidden states of the batch's r-th example, (n, hidden)."""
         import torch
 
-        if self.cache is not None:
-            h = torch.zeros(
-                (*batch.input_ids.shape, self.lm.config.hidden_size), dtype=torch.float32
-            )
-            for r, k in enumerate(keys):
-                cached = self.cache[k]
-                h[r, : cached.shape[0]] = cached
-            return h
-        norm = self.decoder.norm
-        self.decoder.norm = torch.nn.Identity()
-        self._use_layers(0, self.split)
-        try:
-            with torch.no_grad():
-                return self.decoder(
-                    input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-                ).last_hidden_state
-        finally:
-            self.decoder.norm = norm
-            self.restore()
+        if b.position_ids is None:
+            return h[r, :n]
+        own = h[0, b.starts[r] : b.starts[r] + n - b.prefix]
+        return torch.cat([h[0, : b.prefix], own]) if b.prefix else own
 
-    def label_logits(self, batch: Batch, keys: Sequence[int]) -> Any:
+    def _frozen_output(self, b: Batch, keys: Sequence[int]) -> Any:
+        import torch
+
+        if self.cache is None:
+            with torch.no_grad():
+                return self._run(b, 0, self.split)
+        size = self.lm.config.hidden_size
+        h = torch.zeros((*b.input_ids.shape, size), dtype=torch.float32)
+        for r, k in enumerate(keys):
+            cached = self.cache[k]
+            if b.position_ids is None:
+                h[r, : cached.shape[0]] = cached
+            else:
+                own = cached[b.prefix :]
+                h[0, b.starts[r] : b.starts[r] + own.shape[0]] = own
+        if b.position_ids is not None and b.prefix:
+            h[0, : b.prefix] = self.cache[keys[0]][: b.prefix]
+        return h
+
+    def label_logits(self, b: Batch, keys: Sequence[int]) -> Any:
         """Logits at the label positions only, (n_labels, vocab)."""
         if not self.fast:
             logits = self.lm(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
+                input_ids=b.input_ids, attention_mask=b.attention_mask, use_cache=False
             ).logits
-            return logits[batch.label_pos]
+            return logits[b.label_pos]
         if self.split == 0:
-            hidden = self.decoder(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask, use_cache=False
-            ).last_hidden_state
+            hidden = self._run(b, 0, None)
         else:
-            frozen = self._frozen_output(batch, keys)
-            self._use_layers(self.split, None)
-            try:
-                hidden = self.decoder(
-                    inputs_embeds=frozen, attention_mask=batch.attention_mask, use_cache=False
-                ).last_hidden_state
-            finally:
-                self.restore()
-        return self.head(hidden[batch.label_pos])
+            hidden = self._run(b, self.split, None, hidden=self._frozen_output(b, keys))
+        return self.head(hidden[b.label_pos])
 
 
 def loss_and_accuracy(logits: Any, targets: Any) -> tuple[Any, float]:
@@ -542,7 +650,11 @@ def train(spec: Spec) -> dict[str, Any]:
         model_dir = spec.base_path
     check_cancelled()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    # sdpa: packed batches pass a boolean 4-D mask, which sdpa takes as is (eager attention
+    # would add it to the scores).
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation="sdpa"
+    )
     model.config.use_cache = False
     n_layers = int(model.config.num_hidden_layers)
     fast = model.config.model_type in FAST_PATH_MODEL_TYPES
@@ -633,7 +745,7 @@ def train(spec: Spec) -> dict[str, Any]:
         causal_lm.eval()
         with torch.no_grad():
             for idx in batches:
-                b = collate(everything, idx, pad_id)
+                b = runner.batch(everything, idx, pad_id)
                 if len(b.targets) == 0:
                     continue
                 logits = runner.label_logits(b, idx)
@@ -656,7 +768,7 @@ def train(spec: Spec) -> dict[str, Any]:
                 break
             check_cancelled()
             t0 = time.monotonic()
-            b = collate(train_set, idx, pad_id)
+            b = runner.batch(train_set, idx, pad_id)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
             if len(b.targets):
