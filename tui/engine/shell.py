@@ -388,10 +388,10 @@ def compare_commands(output: ShellCommand, reference: ShellCommand) -> tuple[flo
     out_flags, ref_flags = Counter(output.flags), Counter(reference.flags)
     union = sum((out_flags | ref_flags).values())
     flag_sim = sum((out_flags & ref_flags).values()) / union if union else 1.0
-    if output.args or reference.args:
-        arg_sim = difflib.SequenceMatcher(None, output.args, reference.args).ratio()
-    else:
+    if output.args == reference.args:
         arg_sim = 1.0
+    else:
+        arg_sim = difflib.SequenceMatcher(None, output.args, reference.args).ratio()
     problems: list[str] = []
     same_sub = output.subcommand == reference.subcommand
     if not same_sub:
