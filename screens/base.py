@@ -59,6 +59,18 @@ def _settings() -> Screen[None]:
     return SettingsScreen()
 
 
+def _generate() -> Screen[None]:
+    from screens.generate import GenerateScreen
+
+    return GenerateScreen()
+
+
+def _completions() -> Screen[None]:
+    from screens.completions import CompletionsScreen
+
+    return CompletionsScreen()
+
+
 def _evals() -> Screen[None]:
     from screens.evals import EvalsScreen
 
@@ -93,18 +105,14 @@ SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
         "Generate",
         "2",
         "Run the student or the teacher over the dataset",
-        _placeholder(
-            "Generate",
-            "Run a model over the dataset with live streaming, resume and cost.",
-            4,
-        ),
+        _generate,
     ),
     ScreenSpec(
         "completions",
         "Completions",
         "3",
         "Browse stored completions",
-        _placeholder("Completions", "Browse and filter stored completions across runs.", 4),
+        _completions,
     ),
     ScreenSpec(
         "evals",

@@ -3,6 +3,8 @@ each screen lives in its own module under screens/."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,6 +23,7 @@ from tui.engine.store import Store
 if TYPE_CHECKING:
     from tui.engine.backend import Backend
     from tui.engine.finetune import JobUpdate
+    from tui.engine.selection import CompletionSelection
 
 
 class DistillApp(App[int]):
@@ -49,6 +52,11 @@ class DistillApp(App[int]):
         self._mode_history: list[str] = []
         self.job_updates: dict[int, JobUpdate] = {}
         self._watching: set[int] = set()
+        # Shared between screens: the dataset open on the Dataset screen (the Generate
+        # screen's default), and the completions picked on the Completions screen for the
+        # Evals and Fine-tune screens.
+        self.current_dataset_id: int | None = None
+        self.selection: CompletionSelection | None = None
         self.backend_label = f"{settings.backend_kind()} (not started)"
 
     @property
@@ -75,6 +83,28 @@ class DistillApp(App[int]):
             self.pop_screen()
         elif self._mode_history:
             await self.switch_mode(self._mode_history.pop())
+
+    def start_generation_with(self, model: str, system_prompt: str = "") -> None:
+        """The Fine-tune screen's "generate with it": the Generate screen, set for the model."""
+        self.call_later(self._generate_with, model, system_prompt)
+
+    async def _generate_with(self, model: str, system_prompt: str) -> None:
+        await self.action_switch_mode("generate")
+        from screens.generate import GenerateScreen
+
+        if isinstance(self.screen, GenerateScreen):
+            self.screen.prefill(model=model, role="fine-tuned", system_prompt=system_prompt)
+
+    async def action_quit(self) -> None:
+        """q: a generation going on is cancelled first and given a moment to record its
+        in-flight items and its status, so the next session sees a cancelled run."""
+        running = [w for w in self.workers if w.group == "generate" and not w.is_finished]
+        for worker in running:
+            worker.cancel()
+        if running:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.workers.wait_for_complete(running), 10)
+        self.exit()
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

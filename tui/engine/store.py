@@ -667,6 +667,48 @@ class Store:
         )
         return [_completion_row(row) for row in rows]
 
+    def search_completions(
+        self,
+        *,
+        run_ids: Sequence[int],
+        statuses: Sequence[str] = (),
+        text: str = "",
+        limit: int | None = None,
+    ) -> list[CompletionRow]:
+        """Completions of the given runs, newest run first and in item order within a run;
+        `text` is looked for (case-insensitively) in the request and the output."""
+        if not run_ids:
+            return []
+        where = [f"c.run_id IN ({', '.join('?' for _ in run_ids)})"]
+        args: list[Any] = list(run_ids)
+        if statuses:
+            where.append(f"c.status IN ({', '.join('?' for _ in statuses)})")
+            args += list(statuses)
+        if text:
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            pattern += "%"
+            where.append("(i.input LIKE ? ESCAPE '\\' OR c.output LIKE ? ESCAPE '\\')")
+            args += [pattern, pattern]
+        sql = (
+            "SELECT c.*, i.input, i.reference, i.position FROM completions c"
+            f" JOIN items i ON i.id = c.item_id WHERE {' AND '.join(where)}"
+            " ORDER BY c.run_id DESC, i.position"
+        )
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [_completion_row(row) for row in self.query(sql, args)]
+
+    def get_completion(self, completion_id: int) -> CompletionRow:
+        rows = self.query(
+            "SELECT c.*, i.input, i.reference, i.position FROM completions c"
+            " JOIN items i ON i.id = c.item_id WHERE c.id = ?",
+            (completion_id,),
+        )
+        if not rows:
+            raise StoreError(f"no completion with id {completion_id}")
+        return _completion_row(rows[0])
+
     # -- fine-tuning jobs ----------------------------------------------------------------
 
     def save_job(

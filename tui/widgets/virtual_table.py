@@ -109,6 +109,7 @@ class VirtualTable(ScrollView, can_focus=True):
         self.columns = list(columns)
         self._rows: Sequence[Sequence[str]] = ()
         self._widths: list[int] = [c.width for c in self.columns]
+        self._laid_out_for = -1  # the width the columns were laid out for
         self._flagged = flagged
         # (row, column) → a Rich style for that cell (e.g. a verdict in green or red), or None.
         self._cell_style = cell_style
@@ -164,6 +165,7 @@ class VirtualTable(ScrollView, can_focus=True):
                 widths[i] += remaining - given
                 break
         self._widths = widths
+        self._laid_out_for = total
 
     @property
     def _page(self) -> int:
@@ -236,6 +238,9 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def render_line(self, y: int) -> Strip:
         width = self.scrollable_content_region.width
+        if width != self._laid_out_for:
+            # The width changed without a resize: a scrollbar came or went with new rows.
+            self._layout_columns(width)
         base = self.rich_style
         if y == 0:
             style = base + self.get_component_rich_style("virtual-table--header")

@@ -1,0 +1,312 @@
+"""The Completions screen: every stored completion across runs, filtered as the recipe filters
+OpenAI's dashboard (by model and metadata, here also by run, role, status and text), one
+opened with its full messages and figures, and the filtered set handed to "Evaluate" (step 4
+and 7) or "Distill" (step 6)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import Input, Label, Static
+
+from screens.base import DistillScreen
+from screens.dialogs import Dialog
+from tui.engine.selection import (
+    CompletionSelection,
+    Found,
+    completion_messages,
+    find_completions,
+    parse_filter,
+)
+from tui.engine.store import CompletionRow, RunInfo
+from tui.widgets.virtual_table import Column, VirtualTable
+
+COLUMNS = (
+    Column("Run", width=4, justify="right"),
+    Column("Model", weight=1),
+    Column("Role", width=10),
+    Column("#", width=5, justify="right"),
+    Column("Status", width=9),
+    Column("Request", weight=2),
+    Column("Output / error", weight=2),
+    Column("Tok", width=5, justify="right"),
+    Column("ms", width=6, justify="right"),
+)
+FILTER_HELP = "model:gpt-4o-mini run:3 role:teacher status:failed meta:task=git  free text"
+
+
+class _Rows(Sequence[tuple[str, ...]]):
+    def __init__(self, found: Found) -> None:
+        self.found = found
+
+    def __len__(self) -> int:
+        return len(self.found.completions)
+
+    def __getitem__(self, index: Any) -> Any:
+        row = self.found.completions[index]
+        run = self.found.runs.get(row.run_id)
+        return (
+            str(row.run_id),
+            run.model if run else "",
+            run.role if run else "",
+            str(row.position),
+            row.status,
+            row.input,
+            row.error if row.status == "failed" and row.error else row.output,
+            "" if row.completion_tokens is None else str(row.completion_tokens),
+            "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
+        )
+
+
+class CompletionsScreen(DistillScreen):
+    CSS_PATH = "completions.tcss"
+    BINDINGS = [
+        Binding("slash", "filter", "Filter", key_display="/", id="completions.filter"),
+        Binding("enter", "open", "Open", id="completions.open"),
+        Binding("e", "evaluate", "Evaluate", id="completions.evaluate"),
+        Binding("d", "distill", "Distill", id="completions.distill"),
+        Binding("r", "refresh", "Refresh", id="completions.refresh"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found = Found({}, [], False)
+        self.filter_text = ""
+
+    def compose_body(self) -> ComposeResult:
+        yield Input(placeholder=f"filter: {FILTER_HELP}", id="filter")
+        yield Static("", id="summary")
+        yield VirtualTable(COLUMNS, flagged=self._flagged, id="completions")
+        yield Static("", id="completion-detail")
+
+    def on_mount(self) -> None:
+        self.sub_title = "Completions"
+        self.table.focus()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh()
+
+    def palette_commands(self) -> Iterable[SystemCommand]:
+        for binding in self.BINDINGS:
+            if isinstance(binding, Binding):
+                yield SystemCommand(
+                    f"Completions: {binding.description}",
+                    f"key {binding.key_display or binding.key}",
+                    lambda action=binding.action: self.run_action(action),
+                )
+
+    @property
+    def table(self) -> VirtualTable:
+        return self.query_one("#completions", VirtualTable)
+
+    # -- filtering -----------------------------------------------------------------------
+
+    def action_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    def action_refresh(self) -> None:
+        self._search(self.filter_text, keep_cursor=True)
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        self.filter_text = event.value
+        self._search(event.value)
+
+    @on(Input.Submitted, "#filter")
+    def _filter_done(self) -> None:
+        self.table.focus()
+
+    def on_key(self, event: Any) -> None:
+        # esc in the filter box returns to the table (keeping the filter), not to a screen.
+        if event.key == "escape" and self.query_one("#filter", Input).has_focus:
+            event.stop()
+            event.prevent_default()
+            self.table.focus()
+
+    @work(exclusive=True, group="completions-search", exit_on_error=False)
+    async def _search(self, query: str, keep_cursor: bool = False) -> None:
+        store = self.distill.store
+        parsed = parse_filter(query)
+        found = await store.run(find_completions, store, parsed)
+        self.found = found
+        self.table.set_rows(_Rows(found), keep_cursor=keep_cursor)
+        self._show_summary(parsed.problems)
+        self._show_detail()
+
+    def _show_summary(self, problems: list[str]) -> None:
+        found = self.found
+        counts: dict[str, int] = {}
+        for row in found.completions:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        n = len(found.completions)
+        text = Text()
+        text.append(f"{n:,}{'+' if found.truncated else ''} completions", style="bold")
+        if found.runs:
+            runs = sorted(found.runs)
+            shown = ", ".join(str(r) for r in runs[:8]) + ("…" if len(runs) > 8 else "")
+            text.append(f" in {len(runs)} run{'s' if len(runs) != 1 else ''} ({shown})")
+        for status in ("done", "failed", "cancelled"):
+            if counts.get(status):
+                style = {"failed": "red", "cancelled": "yellow"}.get(status, "")
+                text.append(f" · {counts[status]:,} {status}", style=style)
+        models = sorted({r.model for r in found.runs.values()})
+        if models:
+            text.append(" · " + ", ".join(models[:4]) + ("…" if len(models) > 4 else ""))
+        if problems:
+            text.append("  ignored: " + "; ".join(problems), style="yellow")
+        if n:
+            text.append("   enter opens · e evaluate · d distill", style="dim")
+        self.query_one("#summary", Static).update(text)
+
+    def _flagged(self, index: int) -> bool:
+        rows = self.found.completions
+        return index < len(rows) and rows[index].status != "done"
+
+    def current(self) -> CompletionRow | None:
+        rows = self.found.completions
+        cursor = self.table.cursor
+        return rows[cursor] if rows and cursor < len(rows) else None
+
+    @on(VirtualTable.Highlighted, "#completions")
+    def _show_detail(self) -> None:
+        detail = self.query_one("#completion-detail", Static)
+        row = self.current()
+        if row is None:
+            detail.update(
+                Text(
+                    "No completions match the filter."
+                    if self.filter_text.strip()
+                    else "No completions yet: generate a run on the Generate screen (2).",
+                    style="dim",
+                )
+            )
+            return
+        run = self.found.runs.get(row.run_id)
+        text = Text()
+        text.append(f"run {row.run_id} #{row.position}", style="bold")
+        if run is not None:
+            text.append(f" · {run.model}" + (f" ({run.role})" if run.role else ""))
+        text.append(f" · {row.status}")
+        text.append("\nRequest ", style="bold")
+        text.append(row.input)
+        if row.status == "failed" and row.error:
+            text.append("\nError   ", style="bold red")
+            text.append(row.error)
+        else:
+            text.append("\nOutput  ", style="bold")
+            text.append(row.output)
+        detail.update(text)
+
+    # -- opening one ---------------------------------------------------------------------
+
+    @on(VirtualTable.Selected, "#completions")
+    def _selected(self) -> None:
+        self.action_open()
+
+    @work(group="completions-open", exit_on_error=False)
+    async def action_open(self) -> None:
+        row = self.current()
+        if row is None:
+            return
+        run = self.found.runs.get(row.run_id)
+        if run is None:
+            return
+        store = self.distill.store
+        messages = await store.run(completion_messages, store, run, row)
+        await self.app.push_screen(CompletionDialog(run, row, messages))
+
+    # -- handing the selection on --------------------------------------------------------
+
+    async def action_evaluate(self) -> None:
+        await self._hand_over("evals", "evaluation")
+
+    async def action_distill(self) -> None:
+        await self._hand_over("finetune", "distillation")
+
+    async def _hand_over(self, mode: str, purpose: str) -> None:
+        if not self.found.completions:
+            self.notify(
+                "Nothing matches the filter: there is nothing to select.", severity="warning"
+            )
+            return
+        selection = CompletionSelection.of(self.found, self.filter_text.strip())
+        self.distill.selection = selection
+        runs = ", ".join(str(r) for r in selection.run_ids)
+        plural = "s" if len(selection.run_ids) > 1 else ""
+        self.notify(
+            f"{len(selection.completion_ids):,} completions of run{plural} {runs}"
+            f" ({selection.description}).",
+            title=f"Selected for {purpose}",
+            markup=False,
+        )
+        await self.distill.action_switch_mode(mode)
+
+
+class CompletionDialog(Dialog[None]):
+    """One completion: what was sent (rebuilt from the run's prompt settings), the reply,
+    and its figures."""
+
+    CSS_PATH = "completions.tcss"
+
+    def __init__(self, run: RunInfo, row: CompletionRow, messages: list[dict[str, str]]) -> None:
+        super().__init__()
+        self.run = run
+        self.row = row
+        self.messages = messages
+
+    def compose(self) -> ComposeResult:
+        run, row = self.run, self.row
+        title = f"Completion {row.id} · run {run.id} · {run.model}" + (
+            f" ({run.role})" if run.role else ""
+        )
+        with Vertical(classes="box wide", id="completion-box"):
+            yield Label(Text(title), classes="title")
+            with VerticalScroll(id="completion-body"):
+                yield Label("Messages sent", classes="section")
+                for message in self.messages:
+                    with Horizontal(classes="message-row"):
+                        yield Label(message["role"], classes="role")
+                        yield Static(Text(message["content"]), classes="message")
+                yield Label("Output", classes="section")
+                yield Static(Text(row.output or "(empty)"), id="output", classes="message")
+                if row.reference:
+                    yield Label("Reference", classes="section")
+                    yield Static(Text(row.reference), classes="message")
+                yield Label("Figures", classes="section")
+                yield Static(self._figures(), id="figures", classes="message")
+            yield Static("esc closes", classes="hint")
+
+    def _figures(self) -> Text:
+        row = self.row
+
+        def ms(value: float | None) -> str:
+            return "–" if value is None else f"{value:,.0f} ms"
+
+        def n(value: int | None) -> str:
+            return "–" if value is None else f"{value:,}"
+
+        figures = [
+            ("status", row.status),
+            ("tokens", f"{n(row.prompt_tokens)} prompt · {n(row.completion_tokens)} completion"),
+            ("latency", ms(row.latency_ms)),
+            ("first token", ms(row.first_token_ms)),
+            ("finish reason", row.finish_reason or "–"),
+            ("remote id", row.remote_id or "–"),
+            ("attempts", str(row.attempts)),
+            ("created", row.created_at[:19].replace("T", " ")),
+        ]
+        if row.error:
+            figures.append(("error", row.error))
+        text = Text()
+        for i, (name, value) in enumerate(figures):
+            if i:
+                text.append("\n")
+            text.append(f"{name:>13}  ", style="bold")
+            text.append(value, style="red" if name == "error" else "")
+        return text

@@ -1,0 +1,273 @@
+"""The Generate screen driven with real keys against a real OpenAI-compatible server on
+127.0.0.1 (the fault-injecting fake): rows turn done, the stream panel fills as tokens arrive,
+esc cancels (in-flight items recorded as cancelled), resume generates exactly the rest, and a
+refused key stops the run with a readable error. What the workspace holds is read on a
+connection of its own."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import openai
+import pytest
+from pydantic import SecretStr
+from textual.widgets import Button, Input, Select, Static, TextArea
+
+from screens.generate import GenerateScreen
+from tests.helpers.fake_openai import FakeOpenAI
+from tests.tui.conftest import (
+    SMALL_ITEMS,
+    SMALL_NAME,
+    SMALL_PROMPT,
+    Db,
+    Driver,
+    drive,
+    make_app,
+    plain,
+)
+from tui.app import DistillApp
+from tui.engine.backend import Backend, BackendSpec
+from tui.engine.datasets import ItemDraft
+from tui.engine.store import Store
+
+N_ITEMS = len(SMALL_ITEMS)
+# Distinct requests, so the server's per-message counts are per item.
+TEN = [f"Create a branch called feature-{i}" for i in range(10)]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    # 12 tokens a reply; tests that watch a run slow the tokens down (token_delay).
+    with FakeOpenAI(tokens_per_reply=12, token_delay=0.01) as server:
+        yield server
+
+
+@pytest.fixture
+def ten_app(store: Store) -> DistillApp:
+    store.create_dataset("ten", SMALL_PROMPT, [ItemDraft(r, "") for r in TEN])
+    return make_app(store)
+
+
+def backend_for(fake: FakeOpenAI, api_key: str | None = None) -> Backend:
+    key = api_key or fake.api_key
+    spec = BackendSpec("url", fake.base_url, SecretStr(key), "test")
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=key, max_retries=0, timeout=10)
+    return Backend(spec, client, "test")
+
+
+def generate_screen(t: Driver) -> GenerateScreen:
+    screen = t.app.screen
+    assert isinstance(screen, GenerateScreen), screen
+    return screen
+
+
+async def open_generate(t: Driver, model: str = "fake-model") -> GenerateScreen:
+    await t.press("2")
+    await t.settle()
+    screen = generate_screen(t)
+    # The dataset open on the Dataset screen is the default.
+    assert screen.dataset is not None
+    assert screen.dataset.id == t.app.current_dataset_id
+    # The runs table has the focus (number keys still switch screens); click the model box
+    # and replace the default with the fake server's model.
+    assert t.app.focused is screen.runs_table
+    await t.pilot.click("#model")
+    assert t.app.focused is screen.query_one("#model", Input)
+    await t.press("end", "ctrl+u")
+    await t.type(model)
+    return screen
+
+
+async def wait_until(t: Driver, condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """The run streams in real time: let the app work until `condition` holds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the live view"
+        await t.pilot.pause(0.05)
+
+
+def statuses(screen: GenerateScreen) -> list[str]:
+    table = screen.items_table
+    return [table._rows[i][1] for i in range(table.row_count)]
+
+
+def stream_text(screen: GenerateScreen) -> str:
+    return plain(screen.query_one("#stream-text", Static))
+
+
+def progress_text(screen: GenerateScreen) -> str:
+    return plain(screen.query_one("#progress", Static))
+
+
+async def test_form_defaults_and_estimate(small_app: DistillApp, fake: FakeOpenAI) -> None:
+    small_app.backend = backend_for(fake)
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        await t.settle()
+        assert screen.query_one("#system-prompt", TextArea).text == SMALL_PROMPT
+        assert screen.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=student"
+        # The backend's models fill the picker.
+        assert screen.models == ["fake-model", "gpt-4o", "gpt-4o-mini"]
+        estimate = plain(screen.query_one("#estimate", Static))
+        assert f"{N_ITEMS} items" in estimate and "unpriced" in estimate
+
+        # The teacher role changes the metadata default; a priced model shows a cost.
+        screen.query_one("#role", Select).value = "teacher"
+        await t.pilot.pause(0.4)
+        await t.settle()
+        assert screen.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=teacher"
+        assert screen.query_one("#model", Input).value == "fake-model"  # typed: kept
+        screen.query_one("#split", Select).value = "train"
+        screen.query_one("#model", Input).value = "gpt-4o"
+        await t.pilot.pause(0.4)
+        await t.settle()
+        estimate = plain(screen.query_one("#estimate", Static))
+        assert "4 items" in estimate and "≈$" in estimate
+
+        # A wrong field says which and how, and nothing starts.
+        screen.query_one("#temperature", Input).value = "hot"
+        await t.press("ctrl+s")
+        await t.settle()
+        assert any("temperature: 'hot' is not a number" in e for e in t.errors())
+        assert screen.runs == []
+
+
+async def test_start_streams_every_item_to_done(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    small_app.backend = backend_for(fake)
+    # Three seconds a reply: pilot.press waits for the app to go idle (up to a second or two)
+    # and the run must still be going when it returns.
+    fake.token_delay = 0.25
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        await t.press("ctrl+s")
+        # While it runs: rows stream, the panel shows the text as it arrives, esc means cancel.
+        await wait_until(t, lambda: "streaming" in statuses(screen))
+        await wait_until(t, lambda: stream_text(screen).startswith("echo:"))
+        assert screen.query_one("#gen-form").disabled
+        assert screen.check_action("cancel_run", ())
+        assert "streaming" in progress_text(screen)
+
+        await t.settle()
+        await t.pilot.pause(0.2)  # one more repaint after the last event
+        assert statuses(screen) == ["done"] * N_ITEMS
+        assert "echo: " in stream_text(screen)
+        assert f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen)
+        assert not screen.query_one("#gen-form").disabled  # the form is back
+        assert not screen.check_action("cancel_run", ())
+
+        rows = db.rows("SELECT status, output, remote_id, finish_reason FROM completions")
+        assert len(rows) == N_ITEMS
+        assert all(r[0] == "done" and r[1].startswith("echo:") and r[2] for r in rows)
+        run = db.rows("SELECT model, role, status, metadata FROM runs")
+        assert run == [("fake-model", "student", "done", '{"role": "student", "task": "small"}')]
+        # A URL backend gets no store=True (only OpenAI and the local backend keep completions).
+        assert all(r.store is None for r in fake.chat_requests)
+        assert screen.runs_table.row_count == 1
+        assert screen.runs_table._rows[0][4:8] == ("done", str(N_ITEMS), "0", str(N_ITEMS))
+        assert any("finished" in title for _, title, _ in t.notifications())
+
+
+async def test_escape_cancels_then_resume_generates_exactly_the_rest(
+    ten_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    ten_app.backend = backend_for(fake)
+    ten_app.settings.concurrency = 2
+    fake.token_delay = 0.08  # about a second a reply, five seconds for the run
+    async with drive(ten_app) as t:
+        screen = await open_generate(t)
+        await t.press("ctrl+s")
+        await wait_until(t, lambda: statuses(screen).count("done") >= 2)
+        await wait_until(t, lambda: "streaming" in statuses(screen))
+        await t.press("escape")
+        await t.settle()
+        await t.pilot.pause(0.2)
+
+        assert t.app.current_mode == "generate", "esc during a run cancels, it does not leave"
+        assert not screen.query_one("#gen-form").disabled
+        assert not screen.query_one("#cancel", Button).display
+        first = dict(
+            db.rows("SELECT i.input, c.status FROM completions c JOIN items i ON i.id = c.item_id")
+        )
+        done_before = {k for k, v in first.items() if v == "done"}
+        cancelled = {k for k, v in first.items() if v == "cancelled"}
+        assert len(done_before) >= 2 and cancelled, first
+        assert len(done_before) < len(TEN)
+        assert set(first.values()) == {"done", "cancelled"}
+        assert db.rows("SELECT status FROM runs") == [("cancelled",)]
+        shown = statuses(screen)
+        assert shown.count("cancelled") == len(cancelled)
+        assert shown.count("pending") == len(TEN) - len(first)
+        assert screen.runs_table._rows[0][4] == "cancelled"
+        before = {text: fake.count(text) for text in TEN}
+        assert all(before[text] == 1 for text in done_before)
+        # A cancelled item may have been cancelled before its request went out.
+        assert all(before[text] <= 1 for text in cancelled)
+        assert all(before[text] == 0 for text in TEN if text not in first)
+
+        # Resume the highlighted run (the latest): only what is not done is asked for again.
+        await t.press("ctrl+r")
+        await t.settle()
+        await t.pilot.pause(0.2)
+        assert statuses(screen) == ["done"] * len(TEN)
+        assert db.rows("SELECT COUNT(*), COUNT(DISTINCT item_id) FROM completions") == [
+            (len(TEN), len(TEN))
+        ]
+        assert db.rows("SELECT DISTINCT status FROM completions") == [("done",)]
+        assert db.rows("SELECT status FROM runs") == [("done",)]
+        # Done items were not asked again; every other item exactly once more.
+        for text in TEN:
+            expected = before[text] + (0 if text in done_before else 1)
+            assert fake.count(text) == expected, text
+        assert fake.duplicates() == []
+        assert f"{len(TEN)}/{len(TEN)} done" in progress_text(screen)
+
+        # Nothing left: resume says so and asks nothing.
+        requests = len(fake.chat_requests)
+        await t.press("ctrl+r")
+        await t.settle()
+        assert len(fake.chat_requests) == requests
+        assert any("nothing left" in m for _, _, m in t.notifications())
+
+        # Not running any more: esc goes back to the previous screen.
+        await t.press("escape")
+        assert t.app.current_mode == "dataset"
+
+
+async def test_a_refused_key_stops_the_run_with_a_clear_error(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    small_app.backend = backend_for(fake, api_key="sk-wrong")
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        await t.press("ctrl+s")
+        await t.settle()
+        errors = t.errors()
+        assert any("HTTP 401" in e and "API key" in e for e in errors), errors
+        assert db.rows("SELECT status FROM runs") == [("failed",)]
+        # Stopped at once: no more requests than the concurrency allowed in flight.
+        assert len(fake.chat_requests) <= small_app.settings.concurrency
+        assert not screen.query_one("#gen-form").disabled
+        assert "failed" in progress_text(screen)
+
+
+async def test_quitting_mid_run_records_a_cancelled_run(
+    ten_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    ten_app.backend = backend_for(fake)
+    ten_app.settings.concurrency = 2
+    fake.token_delay = 0.08
+    async with drive(ten_app) as t:
+        screen = await open_generate(t)
+        await t.press("ctrl+s")
+        await wait_until(t, lambda: "streaming" in statuses(screen))
+        await t.press("q")
+    requested = len(fake.chat_requests)
+    counts = dict(db.rows("SELECT status, COUNT(*) FROM completions GROUP BY status"))
+    assert db.rows("SELECT status FROM runs") == [("cancelled",)]
+    assert 0 < counts.get("cancelled", 0) <= 2
+    assert requested <= sum(counts.values()) < len(TEN)  # started, maybe not yet sent
+    time.sleep(0.3)
+    assert len(fake.chat_requests) == requested, "nothing is requested after quitting"

@@ -1,0 +1,65 @@
+"""Cancelling the task that runs a generation (what a UI does when it closes: Textual cancels a
+screen's workers) stops the run at once, like Generator.cancel(): in-flight items are recorded
+as cancelled, nothing new is requested, the run is marked cancelled, and a resume finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.helpers.fake_openai import FakeOpenAI
+from tui.engine.datasets import ItemDraft
+from tui.engine.generation import Generator, ItemStarted, RunSpec, create_run
+from tui.engine.store import Store
+
+N = 40
+CONCURRENCY = 4
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store.open(tmp_path / "ws")
+    yield s
+    s.close()
+
+
+async def test_cancelling_the_run_task_stops_it_like_cancel(store: Store) -> None:
+    dataset = store.create_dataset("x", "", [ItemDraft(f"request {i}", "") for i in range(N)])
+    run_id = create_run(store, RunSpec(dataset, "fake-model"))
+    with FakeOpenAI(tokens_per_reply=10, token_delay=0.05) as fake:
+        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key) as client:
+            started: list[int] = []
+            generator = Generator(store, client, concurrency=CONCURRENCY)
+            task = asyncio.create_task(
+                generator.run(
+                    run_id,
+                    lambda e: started.append(e.item_id) if isinstance(e, ItemStarted) else None,
+                )
+            )
+            while len(started) < 2 * CONCURRENCY:  # the second batch is in flight
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            requested = len(fake.chat_requests)
+
+            counts = dict(
+                store.query("SELECT status, COUNT(*) FROM completions GROUP BY status")  # type: ignore[arg-type]
+            )
+            assert counts.get("cancelled", 0) <= CONCURRENCY
+            assert sum(counts.values()) == len(set(started)) < N
+            assert requested <= len(started)  # a started item may not have been sent yet
+            assert store.get_run(run_id).status == "cancelled"
+
+            await asyncio.sleep(0.3)
+            assert len(fake.chat_requests) == requested, "nothing is requested after the cancel"
+
+            finished = await Generator(store, client, concurrency=CONCURRENCY).run(run_id)
+            assert finished.status == "done"
+            rows = store.completions(run_id)
+            assert len(rows) == N and all(r.status == "done" for r in rows)
+            assert fake.duplicates() == []

@@ -1,0 +1,149 @@
+"""What the Generate screen's form means: its text fields turned into a `RunSpec`, with a
+message naming the field when one is wrong, and the defaults it starts from. No textual here,
+so the rules are the same for the TUI and its tests."""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from tui.engine.generation import RunSpec, SamplingParams
+from tui.engine.store import DatasetInfo, RunInfo, Store
+
+ROLES = ("student", "teacher", "fine-tuned")
+SPLIT_CHOICES = ("all", "train", "eval")
+
+# OpenAI's limits on stored-completion metadata; other backends accept the same.
+MAX_METADATA_KEYS = 16
+MAX_KEY_LENGTH = 64
+MAX_VALUE_LENGTH = 512
+
+
+class FormError(ValueError):
+    """A field of the form is wrong; `field` names it, the message says how."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+def parse_metadata(text: str) -> dict[str, str]:
+    """`task=git role=student note="two words"` → {"task": "git", ...}; commas also separate."""
+    try:
+        words = shlex.split(text.replace(",", " "))
+    except ValueError as error:
+        raise FormError("metadata", f"metadata: {error} (close the quotes)") from error
+    metadata: dict[str, str] = {}
+    for word in words:
+        key, sep, value = word.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise FormError("metadata", f"metadata: {word!r} is not key=value")
+        if len(key) > MAX_KEY_LENGTH:
+            raise FormError("metadata", f"metadata: key {key[:20]!r}… is over 64 characters")
+        if len(value) > MAX_VALUE_LENGTH:
+            raise FormError("metadata", f"metadata: the value of {key!r} is over 512 characters")
+        metadata[key] = value
+    if len(metadata) > MAX_METADATA_KEYS:
+        raise FormError("metadata", f"metadata: at most {MAX_METADATA_KEYS} keys")
+    return metadata
+
+
+def format_metadata(metadata: dict[str, str]) -> str:
+    return " ".join(
+        f"{key}={shlex.quote(value) if value else value}" for key, value in metadata.items()
+    )
+
+
+def default_metadata(dataset_name: str, role: str) -> dict[str, str]:
+    """The recipe's `metadata={"task": ...}`, plus the role so runs can be told apart."""
+    metadata = {"task": dataset_name}
+    if role:
+        metadata["role"] = role
+    return metadata
+
+
+def latest_fine_tuned_model(store: Store) -> str | None:
+    for job in store.list_jobs():  # newest first
+        if job.status == "succeeded" and job.fine_tuned_model:
+            return job.fine_tuned_model
+    return None
+
+
+def run_size(run: RunInfo, dataset: DatasetInfo | None) -> int | None:
+    """How many items a run covers, from its dataset's counts (None when unknown)."""
+    selection = run.params.get("item_ids")
+    if selection:
+        return len(selection)
+    if dataset is None:
+        return None
+    return {"": dataset.n_items, "train": dataset.n_train, "eval": dataset.n_eval}.get(
+        run.split, dataset.n_items
+    )
+
+
+def _number(field: str, text: str, kind: type, low: float, high: float) -> float | int | None:
+    text = text.strip()
+    if not text:
+        return None
+    label = field.replace("_", " ")
+    try:
+        value = kind(text)
+    except ValueError as error:
+        what = "a whole number" if kind is int else "a number"
+        raise FormError(field, f"{label}: {text!r} is not {what}") from error
+    if not low <= value <= high:
+        raise FormError(field, f"{label}: must be between {low:g} and {high:g}")
+    return value
+
+
+@dataclass
+class RunForm:
+    """The form as typed. Empty numbers mean "the backend's default" (or no cap)."""
+
+    dataset_id: int | None
+    model: str
+    role: str = "student"
+    split: str = "all"
+    system_prompt: str = ""
+    temperature: str = ""
+    max_tokens: str = ""
+    seed: str = ""
+    metadata: str = ""
+    retrieve_k: str = "0"
+    budget: str = ""
+
+    def to_spec(self) -> RunSpec:
+        if self.dataset_id is None:
+            raise FormError("dataset", "choose a dataset (or create one on the Dataset screen)")
+        model = self.model.strip()
+        if not model:
+            raise FormError("model", "model: give the model to run (pick one or type its name)")
+        if self.split not in SPLIT_CHOICES:
+            raise FormError("split", f"split: {self.split!r} is not all, train or eval")
+        temperature = _number("temperature", self.temperature, float, 0, 2)
+        max_tokens = _number("max_tokens", self.max_tokens, int, 1, 1_000_000)
+        seed = _number("seed", self.seed, int, -(2**63), 2**63 - 1)
+        k = _number("few_shot", self.retrieve_k, int, 0, 64) or 0
+        self.budget_cap()
+        return RunSpec(
+            dataset_id=self.dataset_id,
+            model=model,
+            role=self.role,
+            system_prompt=self.system_prompt.strip(),
+            split=None if self.split == "all" else self.split,
+            params=SamplingParams(
+                temperature=None if temperature is None else float(temperature),
+                max_tokens=None if max_tokens is None else int(max_tokens),
+                seed=None if seed is None else int(seed),
+            ),
+            metadata=parse_metadata(self.metadata),
+            retrieve_k=int(k),
+        )
+
+    def budget_cap(self) -> float | None:
+        text = self.budget.strip().lstrip("$")
+        value = _number("budget", text, float, 0, 1e9)
+        if value == 0:
+            raise FormError("budget", "budget: leave it empty for no cap, or give more than $0")
+        return None if value is None else float(value)
