@@ -28,7 +28,7 @@ class DistillScreen(Screen[None]):
         yield Header()
         yield from self.compose_body()
         yield StatusLine()
-        yield Footer()
+        yield Footer(compact=True)
 
     def compose_body(self) -> ComposeResult:
         yield from ()
@@ -45,6 +45,12 @@ class ScreenSpec:
     key: str
     help: str
     factory: Callable[[], Screen[None]]
+
+
+def _recipe() -> Screen[None]:
+    from screens.recipe import RecipeScreen
+
+    return RecipeScreen()
 
 
 def _dataset() -> Screen[None]:
@@ -99,6 +105,7 @@ def _placeholder(title: str, what: str, issue: int) -> Callable[[], Screen[None]
 
 
 SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
+    ScreenSpec("recipe", "Recipe", "0", "The seven steps and which are done", _recipe),
     ScreenSpec("dataset", "Dataset", "1", "Edit the requests, references and split", _dataset),
     ScreenSpec(
         "generate",

@@ -46,7 +46,7 @@ COLUMNS = (
     Column("Request", weight=3),
     Column("Reference", weight=2),
     Column("Split", width=5),
-    Column("Dup", width=5),
+    Column("Dup", width=10),
     Column("~Tok", width=5, justify="right"),
 )
 NEXT_SPLIT = {"": "train", "train": "eval", "eval": ""}
@@ -106,10 +106,11 @@ class DatasetScreen(DistillScreen):
         Binding("d,delete", "delete", "Delete", id="dataset.delete"),
         Binding("u,ctrl+z", "undo", "Undo", id="dataset.undo"),
         Binding("slash", "filter", "Filter", key_display="/", id="dataset.filter"),
-        Binding("t", "toggle_split", "Split ±", id="dataset.toggle_split"),
+        # Less-used keys stay out of the footer (it must fit 120 columns); `?` lists them.
+        Binding("t", "toggle_split", "Split ±", show=False, id="dataset.toggle_split"),
         Binding("s", "random_split", "Split…", id="dataset.random_split"),
-        Binding("x", "remove_duplicates", "Dedupe", id="dataset.dedupe"),
-        Binding("p", "edit_prompt", "Prompt", id="dataset.prompt"),
+        Binding("x", "remove_duplicates", "Dedupe", show=False, id="dataset.dedupe"),
+        Binding("p", "edit_prompt", "Prompt", show=False, id="dataset.prompt"),
         Binding("i", "import", "Import", id="dataset.import"),
         Binding("E", "export", "Export", id="dataset.export"),
         Binding("o", "datasets", "Datasets", id="dataset.datasets"),

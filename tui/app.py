@@ -32,7 +32,15 @@ class DistillApp(App[int]):
     MODES = {spec.mode: spec.factory for spec in SCREENS_IN_ORDER}
     BINDINGS = [
         *(
-            Binding(spec.key, f"switch_mode('{spec.mode}')", spec.title, id=f"go.{spec.mode}")
+            # Only the Recipe key is in the footer (it lists the others); all are in `?` and
+            # the palette. Eight screen keys leave no room for a screen's own keys at 120 cols.
+            Binding(
+                spec.key,
+                f"switch_mode('{spec.mode}')",
+                spec.title,
+                show=spec.mode == "recipe",
+                id=f"go.{spec.mode}",
+            )
             for spec in SCREENS_IN_ORDER
         ),
         Binding("question_mark", "toggle_help", "Keys", key_display="?", id="app.help"),
@@ -186,7 +194,12 @@ class DistillApp(App[int]):
         error = event.worker.error
         if event.worker.group == "backend":
             self.backend_label = f"{self.settings.backend_kind()} (failed: {error})"
-        self.notify(f"{error}", title=f"{event.worker.name or 'task'} failed", severity="error")
+        self.notify(
+            f"{error}",
+            title=f"{event.worker.name or 'task'} failed",
+            severity="error",
+            markup=False,
+        )
 
 
 def screen_spec(mode: str) -> ScreenSpec:
