@@ -27,7 +27,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -41,6 +41,7 @@ from tui.engine.graders import (
     errored,
     parse_graders,
 )
+from tui.engine.progress import Progress
 from tui.engine.settings import Price, Settings
 from tui.engine.store import (
     CompletionRow,
@@ -130,34 +131,20 @@ EvalEvent = EvalStarted | GradesRecorded | GradeRetry | EvalFinished
 
 
 @dataclass
-class EvalStats:
+class EvalStats(Progress):
     """Running totals, updated in place; safe to read from the UI loop at any time."""
 
-    total: int = 0
-    todo: int = 0
-    done_before: int = 0
     passed: int = 0
     failed: int = 0
     errored: int = 0
-    in_flight: int = 0
-    retries: int = 0
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
 
     @property
     def graded(self) -> int:
         return self.passed + self.failed + self.errored
 
     @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    @property
-    def eta(self) -> float | None:
-        left = self.todo - self.graded
-        if self.graded == 0 or left <= 0:
-            return None if left > 0 else 0.0
-        return self.elapsed / self.graded * left
+    def finished_items(self) -> int:
+        return self.graded
 
 
 # -- the runner ------------------------------------------------------------------------------

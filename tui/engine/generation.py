@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import openai
 
+from tui.engine.progress import Progress
 from tui.engine.retrieval import SimilarExamples
 from tui.engine.retry import FATAL, RETRYABLE, backoff_delay
 from tui.engine.retry import describe as _describe
@@ -146,42 +147,23 @@ Event = RunStarted | ItemStarted | ItemDelta | ItemRetry | ItemFinished | RunFin
 
 
 @dataclass
-class RunStats:
+class RunStats(Progress):
     """Running totals, updated in place; safe to read from the UI loop at any time."""
 
-    total: int = 0
-    todo: int = 0
-    done_before: int = 0
     done: int = 0
     failed: int = 0
     cancelled: int = 0
-    in_flight: int = 0
-    retries: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
-    started: float = field(default_factory=time.monotonic)
-    finished: float | None = None
 
     @property
     def finished_items(self) -> int:
         return self.done + self.failed + self.cancelled
 
     @property
-    def elapsed(self) -> float:
-        return (self.finished or time.monotonic()) - self.started
-
-    @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
-
-    @property
-    def eta(self) -> float | None:
-        """Seconds left at the rate so far; None until something finished."""
-        left = self.todo - self.finished_items
-        if self.finished_items == 0 or left <= 0:
-            return None if left > 0 else 0.0
-        return self.elapsed / self.finished_items * left
 
 
 class RunStopped(Exception):
