@@ -334,26 +334,45 @@ class ExportRequest:
 
 
 class ExportDialog(Dialog[ExportRequest]):
-    def __init__(self, default_path: Path) -> None:
+    """Choose a format and a file to write. The file name's suffix follows the format."""
+
+    def __init__(
+        self,
+        default_path: Path,
+        *,
+        title: str = "Export the dataset",
+        formats: list[tuple[str, str]] = EXPORT_FORMATS,
+        suffixes: dict[str, str] | None = None,
+    ) -> None:
         super().__init__()
         self.default_path = default_path
+        self.title_text = title
+        self.formats = formats
+        self.suffixes = suffixes or {
+            "json": ".json",
+            "jsonl": ".jsonl",
+            "chat-jsonl": ".jsonl",
+            "csv": ".csv",
+        }
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="box wide"):
-            yield Label("Export the dataset", classes="title")
+            yield Label(self.title_text, classes="title")
             yield Label("Format")
-            yield Select(EXPORT_FORMATS, value="json", allow_blank=False, id="format")
+            yield Select(self.formats, value=self.formats[0][1], allow_blank=False, id="format")
             yield Label("File")
             yield Input(str(self.default_path), id="path")
             yield from self.buttons("Export")
 
+    def on_mount(self) -> None:
+        self.query_one("#path", Input).focus()
+
     @on(Select.Changed, "#format")
     def _suffix(self, event: Select.Changed) -> None:
         path_input = self.query_one("#path", Input)
-        suffix = {"json": ".json", "jsonl": ".jsonl", "chat-jsonl": ".jsonl", "csv": ".csv"}
-        path = Path(path_input.value)
-        if isinstance(event.value, str) and event.value in suffix:
-            path_input.value = str(path.with_suffix(suffix[event.value]))
+        if isinstance(event.value, str) and event.value in self.suffixes:
+            path = Path(path_input.value)
+            path_input.value = str(path.with_suffix(self.suffixes[event.value]))
 
     @on(Input.Submitted)
     def submit(self) -> None:
@@ -365,8 +384,11 @@ class ExportDialog(Dialog[ExportRequest]):
         if path.is_dir():
             self.show_error(f"{path} is a directory: give a file name.")
             return
+        if not path.parent.is_dir():
+            self.show_error(f"{path.parent}: no such directory")
+            return
         fmt = self.query_one("#format", Select).value
-        self.dismiss(ExportRequest(path, fmt if isinstance(fmt, str) else "json"))
+        self.dismiss(ExportRequest(path, fmt if isinstance(fmt, str) else self.formats[0][1]))
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from textual.widgets import (
 from textual.widgets.option_list import Option
 from textual.widgets.selection_list import Selection
 
-from screens.dialogs import Dialog
+from screens.dialogs import Dialog, ExportDialog
 from tui.engine.eval_views import GraderPreset, Target, run_label
 from tui.engine.evals import ResultRow
 from tui.engine.graders import (
@@ -495,60 +495,19 @@ class ResultItemDialog(Dialog[None]):
 # -- export --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ResultsExport:
-    path: Path
-    format: str  # "csv" | "jsonl"
+RESULTS_FORMATS = [
+    ("CSV (a score, result and explanation column per grader)", "csv"),
+    ("JSONL (one object per item with every grade)", "jsonl"),
+]
 
 
-class ResultsExportDialog(Dialog[ResultsExport]):
-    CSS_PATH = "evals.tcss"
-
-    def __init__(self, default_path: Path) -> None:
-        super().__init__()
-        self.default_path = default_path
-
-    def compose(self) -> ComposeResult:
-        with Vertical(classes="box wide"):
-            yield Label("Export the results", classes="title")
-            yield Label("Format")
-            yield Select(
-                [
-                    ("CSV (a score, result and explanation column per grader)", "csv"),
-                    ("JSONL (one object per item with every grade)", "jsonl"),
-                ],
-                value="csv",
-                allow_blank=False,
-                id="format",
-            )
-            yield Label("File")
-            yield Input(str(self.default_path), id="path")
-            yield from self.buttons("Export")
-
-    def on_mount(self) -> None:
-        self.query_one("#path", Input).focus()
-
-    @on(Select.Changed, "#format")
-    def _suffix(self, event: Select.Changed) -> None:
-        box = self.query_one("#path", Input)
-        if isinstance(event.value, str):
-            box.value = str(Path(box.value).with_suffix(f".{event.value}"))
-
-    @on(Input.Submitted)
-    def submit(self) -> None:
-        raw = self.query_one("#path", Input).value.strip()
-        if not raw:
-            self.show_error("Give the path of the file to write.")
-            return
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            self.show_error(f"{path} is a directory: give a file name.")
-            return
-        if not path.parent.is_dir():
-            self.show_error(f"{path.parent}: no such directory")
-            return
-        fmt = self.query_one("#format", Select).value
-        self.dismiss(ResultsExport(path, fmt if isinstance(fmt, str) else "csv"))
+def results_export_dialog(default_path: Path) -> ExportDialog:
+    return ExportDialog(
+        default_path,
+        title="Export the results",
+        formats=RESULTS_FORMATS,
+        suffixes={"csv": ".csv", "jsonl": ".jsonl"},
+    )
 
 
 # -- the Compare screen's choices ------------------------------------------------------------------

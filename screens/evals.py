@@ -32,9 +32,9 @@ from screens.eval_dialogs import (
     GradersJsonDialog,
     PresetDialog,
     ResultItemDialog,
-    ResultsExportDialog,
     TargetDialog,
     form_can_edit,
+    results_export_dialog,
     score_text,
     verdict,
 )
@@ -845,7 +845,7 @@ class EvalsScreen(DistillScreen):
         store = self.distill.store
         info = live.info
         name = f"{_slug(info.eval_name)}-run{info.run_id}-eval-run{info.id}.csv"
-        request = await self.app.push_screen_wait(ResultsExportDialog(store.exports_dir / name))
+        request = await self.app.push_screen_wait(results_export_dialog(store.exports_dir / name))
         if request is None:
             return
         fmt = "jsonl" if request.format == "jsonl" else "csv"

@@ -14,12 +14,12 @@ from pathlib import Path
 from rich.console import Console
 from textual.widgets import Input, Select, Static, TextArea
 
+from screens.dialogs import ExportDialog
 from screens.eval_dialogs import (
     GraderDialog,
     GradersJsonDialog,
     PresetDialog,
     ResultItemDialog,
-    ResultsExportDialog,
 )
 from screens.evals import EvalsScreen
 from tests.tui.conftest import Db, Driver, drive, make_app
@@ -120,7 +120,7 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
         # x: export as CSV into the workspace's exports dir, then as JSONL.
         await driver.press("x")
         export = driver.app.screen
-        assert isinstance(export, ResultsExportDialog)
+        assert isinstance(export, ExportDialog)
         path = Path(export.query_one("#path", Input).value)
         assert path.parent == store.directory / "exports" and path.suffix == ".csv"
         await driver.press("enter")
@@ -133,7 +133,7 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
 
         await driver.press("x")
         export = driver.app.screen
-        assert isinstance(export, ResultsExportDialog)
+        assert isinstance(export, ExportDialog)
         export.query_one("#format", Select).value = "jsonl"
         await driver.pilot.pause()
         jsonl = Path(export.query_one("#path", Input).value)
