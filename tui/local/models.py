@@ -431,13 +431,14 @@ class LlamaEngine:
             n_max = -n
 
     def detokenize(self, tokens: Iterable[int]) -> str:
-        return b"".join(self._piece(t) for t in tokens).decode("utf-8", errors="replace")
+        buf = ctypes.create_string_buffer(256)  # its own: the decoding thread uses _piece_buf
+        return b"".join(self._piece(t, buf) for t in tokens).decode("utf-8", errors="replace")
 
-    def _piece(self, token: int) -> bytes:
+    def _piece(self, token: int, buf: Any = None) -> bytes:
         piece = self._piece_cache.get(token)
         if piece is None:
             ll = self._ll
-            buf = self._piece_buf
+            buf = buf if buf is not None else self._piece_buf
             # special=False: control tokens (<|im_start|>…) are not part of the answer text.
             n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
@@ -448,6 +449,8 @@ class LlamaEngine:
         return piece
 
     def prompt_tokens(self, messages: Sequence[dict[str, str]]) -> list[int]:
+        if self._closing:  # the model's vocabulary is freed with it
+            raise RuntimeError(f"model {self.model_id} has been unloaded")
         return self.tokenize(self.template.render(messages))
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
@@ -805,7 +808,7 @@ class ModelRegistry:
         *,
         n_parallel: int = 8,
         context_length: int = 2048,
-        max_loaded: int = 4,
+        max_loaded: int = 3,
     ) -> None:
         self.n_threads = n_threads or os.cpu_count() or 1
         self.max_queue = max_queue
