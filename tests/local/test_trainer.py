@@ -281,6 +281,22 @@ def test_a_lora_fine_tune_learns_and_its_model_serves(tmp_path: Path, tiny_hf: P
     assert 0 < chunks[-1].completion_tokens <= 8
 
 
+def test_training_only_the_top_layers_reuses_the_frozen_ones(tmp_path: Path, tiny_hf: Path) -> None:
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in MEMORISE])
+    valid = write_jsonl(tmp_path / "valid.jsonl", [chat(q, a) for q, a in MEMORISE[:4]])
+    spec = spec_for(
+        tmp_path, tiny_hf, "hf", train, validation_file=str(valid), n_epochs=2, lora_layers=1
+    )
+    code, events, stderr = run_trainer(spec)
+    assert code == 0, stderr
+    texts = [e["message"] for e in of_type(events, "message")]
+    assert any("top 1 of 2 layers" in t for t in texts)
+    assert any("Frozen layers 1-1 computed once" in t for t in texts)
+    checkpoints = of_type(events, "checkpoint")
+    assert all(c["metrics"]["full_valid_loss"] > 0 for c in checkpoints)
+    assert of_type(events, "result")[0]["kind"] == "hf"
+
+
 def test_a_full_fine_tune_of_a_gguf_base_gives_a_gguf(tmp_path: Path, tiny_gguf: Path) -> None:
     import llama_cpp
 
