@@ -269,6 +269,8 @@ class HFEngine:
             while n_generated < limit:
                 if cancelled.is_set():
                     return
+                if self._closed:  # aclose() waits for this thread: stop at once
+                    raise RuntimeError(f"engine {self.model_id} was closed")
                 token = sample_next(out.logits[0, -1], req.temperature, req.top_p, generator)
                 if token in self.eos_ids:
                     finish = "stop"
