@@ -209,6 +209,11 @@ def main() -> int:
         f"s/step: mean {statistics.fmean(steps):.2f}, median {statistics.median(steps):.2f} "
         f"(first {steps[0]:.2f})"
     )
+    cpu = [m.get("step_cpu_seconds", 0.0) for m in metrics]
+    print(
+        f"CPU s/step (all threads): mean {statistics.fmean(cpu):.2f}; on {os.cpu_count()} idle "
+        f"cores a step takes at least {statistics.fmean(cpu) / (os.cpu_count() or 1):.2f} s"
+    )
     print("s/epoch (training steps): " + ", ".join(f"{v:.0f}" for v in per_epoch.values()))
     print(
         f"worker wall time: {wall:.0f} s (load, conversion cache, cache of frozen layers, export)"

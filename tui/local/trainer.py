@@ -772,6 +772,7 @@ def train(spec: Spec) -> dict[str, Any]:
                 break
             check_cancelled()
             t0 = time.monotonic()
+            c0 = time.process_time()
             b = runner.batch(train_set, idx, pad_id)
             for group in optimizer.param_groups:
                 group["lr"] = lr_at(step)
@@ -788,6 +789,7 @@ def train(spec: Spec) -> dict[str, Any]:
             step += 1
             progress.trained_tokens += b.n_tokens
             progress.step_times.append(time.monotonic() - t0)
+            step_cpu = time.process_time() - c0
             valid_loss = valid_acc = None
             if valid_batches and (step % eval_every == 0 or step == total_steps):
                 vb = valid_batches[(step // eval_every) % len(valid_batches)]
@@ -810,6 +812,9 @@ def train(spec: Spec) -> dict[str, Any]:
                     "trained_tokens": progress.trained_tokens,
                     "estimated_finish": int(time.time() + remaining),
                     "step_seconds": round(progress.step_times[-1], 3),
+                    # CPU time of all the process's threads: on a busy machine, what the step
+                    # would take alone is about this divided by the cores.
+                    "step_cpu_seconds": round(step_cpu, 3),
                 }
             )
         # The end of an epoch (or of a max_steps run): full validation loss and a checkpoint.
