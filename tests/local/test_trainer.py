@@ -432,7 +432,7 @@ def test_a_real_smollm2_fine_tune_round_trip(tmp_path: Path) -> None:
     llm = llama_cpp.Llama(str(out), n_ctx=256, n_threads=2, verbose=False)
     reply = llm.create_chat_completion(
         chat("Show the status of the working tree.", "")["messages"][:2],
-        max_tokens=12,
+        max_tokens=40,  # three steps teach little: the command may follow a sentence
         temperature=0,
     )
     assert "git" in (reply["choices"][0]["message"]["content"] or "")  # type: ignore[index]
