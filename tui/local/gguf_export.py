@@ -6,25 +6,31 @@ is written here as a new GGUF: every metadata field of the base (tokenizer, merg
 template, hyperparameters) and every untouched tensor is copied byte for byte; each trained
 tensor becomes ``dequantize(base tensor) + delta``, stored as Q8_0.
 
-Why merged Q8_0. Measured on SmolLM2-135M-Instruct Q4_1 after a LoRA fine-tune (top 15
-layers, 400 git examples, 3 epochs), scored on the 54 held-out requests of
-data/git_requests.json with llama.cpp (greedy, exact match), decode speed 64 tokens, one
-thread, all variants interleaved on a shared machine (load average ~4):
+Why merged Q8_0. Measured on SmolLM2-135M-Instruct Q4_1 after a LoRA fine-tune (400 git
+examples, 3 epochs; adapters on the top 15 layers for this comparison), scored on the 54
+held-out requests of data/git_requests.json with llama.cpp: greedy exact match, the mean
+negative log-likelihood of the reference answer's tokens, and decode speed (64 tokens, one
+thread, all variants interleaved on a shared machine, load average ~4):
 
-    variant                              tok/s   exact match   file
-    base (no fine-tune)                   73.2      0/54        98 MB
-    merged, trained tensors Q8_0          70.7      6/54       122 MB   <- chosen
-    merged, trained tensors F16           62.9      6/54       171 MB
-    merged, requantized to Q4_1           74.1      0/54        98 MB
-    base + LoRA adapter GGUF (F32)        63.1      6/54        10 MB (+ base)
+    variant                              tok/s   exact   ref. NLL   file
+    base (no fine-tune)                   73.2    0/54     2.79      98 MB
+    merged, trained tensors Q8_0          70.7    6/54     1.014    122 MB   <- chosen
+    merged, trained tensors F16           62.9    6/54     1.008    171 MB
+    merged, requantized to Q4_1           74.1    0/54     2.54      98 MB
+    base + LoRA adapter GGUF (F32)        63.1    6/54     1.011     10 MB (+ base)
+
+With the default (adapters on all 30 layers: every projection Q8_0, 145 MB, 12/54 exact),
+2 threads, load ~3, median of 10 runs: base 101.9 tok/s, fine-tuned 96.8 (0.95x).
 
 - Requantising a trained tensor to the base's Q4_1 erases the fine-tune. The LoRA update is
-  small (RMS ~0.6% of the weights' RMS in those runs) while Q4_1's step within a 32-weight
-  block is 1/15 of the block's range: what requantising changes correlates with the update
-  at only ~0.03, i.e. it is rounding noise, and the answers are the base's (0/54).
-- Q8_0 (step 1/127 of a block's range) keeps the whole gain, as F16 and the adapter do, at
-  97% of the base's speed: llama.cpp's 8-bit dot product is about as fast as its 4-bit one
-  here; F16 matmuls and the adapter's two extra matmuls per projection cost 14%.
+  small (its RMS 0.3-0.5% of the weights' RMS in those runs) while Q4_1's step within a
+  32-weight block is 1/15 of the block's range: what requantising changes correlates with
+  the update at only ~0.07, i.e. it is rounding noise, and the answers are the base's.
+- Q8_0 (step 1/127 of a block's largest weight) keeps the gain, as F16 and the adapter do:
+  its rounding error is 1-2x the update's RMS, but random, while the update is low-rank and
+  acts coherently. It runs at 95-97% of the base's speed: llama.cpp's 8-bit dot product is
+  nearly as fast as its 4-bit one here; F16 matmuls and the adapter's two extra matmuls per
+  projection cost ~14%. (Q5_0/Q5_1 would be smaller; not measured.)
 - A merged file stands alone: the registry serves it like any GGUF, with no base to find.
 
 llama.cpp's converter permutes the rows of the q and k projections (``permute_qk``: HF rotates
