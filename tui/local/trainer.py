@@ -1,9 +1,28 @@
 """The fine-tuning worker: ``python -m tui.local.trainer SPEC.json``.
 
 It runs in its own process so the server stays responsive, prints one JSON object per line on
-stdout (the protocol in tui/local/PLAN.md: message, hyperparameters, metrics, checkpoint,
-result, error) and nothing else there; libraries' chatter goes to stderr. Exit code 0 on
-success; SIGTERM cancels promptly.
+stdout and nothing else there (libraries' chatter goes to stderr). Exit code 0 on success,
+1 after an error event, 143 after SIGTERM (cancel; the process exits within seconds).
+
+SPEC.json: base_model_id, base_kind ("gguf" | "hf"), base_path, training_file,
+validation_file (or null), output_dir, cache_dir (where a GGUF base's transformers copy is
+kept), method ("lora" | "full"), n_epochs / batch_size / learning_rate_multiplier (number or
+"auto"), seed, suffix; optional extras: lora_layers (N top layers | "all" | "auto"),
+max_steps, export_type (type of trained tensors in an exported GGUF, default "Q8_0").
+
+Events, in order:
+    {"type": "message", "level": "info"|"warn"|"error", "message": ...}
+    {"type": "hyperparameters", "n_epochs", "batch_size", "learning_rate_multiplier"}
+    {"type": "metrics", "step", "total_steps", "epoch", "train_loss",
+     "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy" (null without a
+     validation file; one validation batch every ~5% of the steps), "trained_tokens",
+     "estimated_finish" (unix time), "step_seconds", "step_cpu_seconds"}
+    {"type": "checkpoint", "step", "epoch", "metrics": {the metrics' names, plus
+     full_valid_loss / full_valid_mean_token_accuracy over the whole validation file},
+     "path": the epoch's LoRA adapter directory (the last three are kept) or null}
+    {"type": "result", "kind": "gguf"|"hf", "path": model file or directory, "trained_tokens"}
+    {"type": "error", "code": "invalid_training_file"|"invalid_validation_file"|
+     "invalid_hyperparameters"|"training_failed", "message", "param"}
 
 Supervised training on a chat JSONL: LoRA through peft (default: r 16, alpha 32 on
 q/k/v/o/gate/up/down) or a full fine-tune, with the loss on assistant tokens only. Labels are
