@@ -131,6 +131,7 @@ def build_tiny_gguf(path: Path, seed: int = 0, quant: str = "F32") -> Path:
     the default SmolLM2 file's type; embeddings stay Q8_0 then, as a stand-in for its Q8_0
     token_embd). Norms are always F32.
     """
+    import json
     import tempfile
 
     import gguf
@@ -142,9 +143,9 @@ def build_tiny_gguf(path: Path, seed: int = 0, quant: str = "F32") -> Path:
     path = Path(path)
     with tempfile.TemporaryDirectory() as tmp:
         hf = build_tiny_model(Path(tmp), seed=seed)
-        tokenizer = build_tokenizer()
-        import json
+        from transformers import AutoTokenizer
 
+        tokenizer = AutoTokenizer.from_pretrained(hf)
         cfg = json.loads((hf / "config.json").read_text())
         tensors = load_file(str(hf / "model.safetensors"))
 

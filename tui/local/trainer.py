@@ -22,7 +22,7 @@ Events, in order:
      "path": the epoch's LoRA adapter directory (the last three are kept) or null}
     {"type": "result", "kind": "gguf"|"hf", "path": model file or directory, "trained_tokens"}
     {"type": "error", "code": "invalid_training_file"|"invalid_validation_file"|
-     "invalid_hyperparameters"|"training_failed", "message", "param"}
+     "invalid_hyperparameters"|"invalid_method"|"training_failed", "message", "param"}
 
 Supervised training on a chat JSONL: LoRA through peft (default: r 16, alpha 32 on
 q/k/v/o/gate/up/down) or a full fine-tune, with the loss on assistant tokens only. Labels are
