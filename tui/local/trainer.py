@@ -61,13 +61,14 @@ load average 5-7 on its 2 cores, so CPU seconds per step are the comparable figu
     LoRA on all layers, as before: full logits, random batches padded   ~6.0 CPU s/step
     + output layer on label positions only                              ~5.3
     + length-bucketed padding                                           ~4.3
-    packed batches instead (the default)                                ~2.8
+    packed batches instead (the default)                                ~2.6
     adapters on the top 15 layers only, frozen layers cached, packed    ~1.4
     bf16 autocast                                                       10-20x slower
 
-A whole default run (150 steps): 5.8 s/step, 280-310 s per epoch, 15 min of worker time
-at that load (including loading and the export), 2.6 GB peak; on idle cores a step costs
-about 2.8 / 2 s. Held-out exact match went from 0/54 to 12/54.
+A whole default run (150 steps = 3 epochs), bench/finetune.py: at load ~2, 2.0 s/step
+(2.6 CPU s), 71-121 s per epoch, 315 s of worker time in all (loading and the GGUF export
+included), 2.6 GB peak; at load ~6, 5.8 s/step and 15 min. Held-out exact match went from
+0/54 to 12/54 (the issue's goal: under 15 min; FINDINGS' starting point: 8 s/step).
 
 A GGUF base is trained through an fp32 transformers copy of the GGUF, converted once per
 base file into ``cache_dir`` (transformers parses the GGUF's vocabulary in Python, 40-65 s;
