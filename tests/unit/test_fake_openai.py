@@ -3,6 +3,7 @@ shapes, usage, errors with their headers, cut streams, markers and what it recor
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -91,6 +92,11 @@ async def test_non_streaming_reply_usage_and_recorded_store_metadata(
     (request,) = server.requests
     assert request.store is True and request.metadata == {"task": "git"}
     assert request.body["model"] == "gpt-4o-mini" and request.key == ASK
+    # The server thread records the outcome just after the last byte goes out, which can be
+    # after the client has read it.
+    deadline = time.monotonic() + 5
+    while request.ended is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
     assert request.outcome == "ok" and request.status == 200 and request.ended is not None
 
 
