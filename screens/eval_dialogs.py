@@ -8,7 +8,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from rich.text import Text
 from textual import on
@@ -35,6 +35,7 @@ from tui.engine.graders import (
     GRADER_TYPES,
     TEMPLATE_VARIABLES,
     GraderConfigError,
+    Metric,
     parse_grader,
     parse_graders,
 )
@@ -42,19 +43,8 @@ from tui.engine.store import EvalInfo, GradeRow, RunInfo
 
 # -- the grader form ---------------------------------------------------------------------------
 
-METRICS = (
-    "fuzzy_match",
-    "bleu",
-    "gleu",
-    "meteor",
-    "cosine",
-    "rouge_1",
-    "rouge_2",
-    "rouge_3",
-    "rouge_4",
-    "rouge_5",
-    "rouge_l",
-)
+# The grader module's own list, so the form offers exactly what the engine accepts.
+METRICS = get_args(Metric)
 OPERATIONS = (
     ("eq: equal", "eq"),
     ("ne: different", "ne"),
