@@ -41,7 +41,7 @@ from tui.engine.graders import (
     errored,
     parse_graders,
 )
-from tui.engine.progress import Progress
+from tui.engine.progress import Progress, Stoppable
 from tui.engine.settings import Price, Settings
 from tui.engine.store import (
     CompletionRow,
@@ -246,7 +246,7 @@ class _GradeWriter:
             await self.task
 
 
-class EvalRunner:
+class EvalRunner(Stoppable):
     """Grades an eval run's missing grades. `run()` returns when every grade is decided, the
     run was cancelled, or the backend refused the judge (bad key, unknown model)."""
 
@@ -280,9 +280,7 @@ class EvalRunner:
             python_concurrency=min(concurrency, 4),
         )
         self.stats = EvalStats()
-        self._cancel = asyncio.Event()
-        self._stop_reason: tuple[str, str] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._init_stop()
 
     @classmethod
     def from_settings(
@@ -306,15 +304,6 @@ class EvalRunner:
         """Stop promptly: nothing new starts; grades being decided are dropped (a rerun
         decides them); everything already decided is kept."""
         self._stop("cancelled", "cancelled by the user")
-
-    def _stop(self, status: str, message: str) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = (status, message)
-        self._cancel.set()
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
 
     async def run(
         self, eval_run_id: int, on_event: Callable[[EvalEvent], None] | None = None

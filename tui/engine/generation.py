@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import openai
 
-from tui.engine.progress import Progress
+from tui.engine.progress import Progress, Stoppable
 from tui.engine.retrieval import SimilarExamples
 from tui.engine.retry import FATAL, RETRYABLE, backoff_delay
 from tui.engine.retry import describe as _describe
@@ -296,7 +296,7 @@ class _Attempt:
     remote_id: str | None = None
 
 
-class Generator:
+class Generator(Stoppable):
     """Generates a run's missing completions. `run()` returns when every item has finished,
     the run was cancelled, the budget was reached, or the backend refused the run."""
 
@@ -326,23 +326,12 @@ class Generator:
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.stats = RunStats()
-        self._cancel = asyncio.Event()
-        self._stop_reason: tuple[str, str] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._init_stop()
         self._recorded: set[int] = set()
 
     def cancel(self) -> None:
         """Stop promptly: nothing new starts, in-flight items are recorded as cancelled."""
         self._stop("cancelled", "cancelled by the user")
-
-    def _stop(self, status: str, message: str) -> None:
-        if self._stop_reason is None:
-            self._stop_reason = (status, message)
-        self._cancel.set()
-        current = asyncio.current_task()
-        for task in self._tasks:
-            if task is not current:
-                task.cancel()
 
     async def run(
         self, run_id: int, on_event: Callable[[Event], None] | None = None

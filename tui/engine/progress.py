@@ -3,8 +3,10 @@ engine and read by a screen at its own pace."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -33,3 +35,22 @@ class Progress:
         if self.finished_items == 0 or left <= 0:
             return None if left > 0 else 0.0
         return self.elapsed / self.finished_items * left
+
+
+class Stoppable:
+    """What a runner needs to stop promptly: a reason, a flag its workers check, and its
+    in-flight tasks to cancel (not the one asking, which finishes its own record first)."""
+
+    def _init_stop(self) -> None:
+        self._cancel = asyncio.Event()
+        self._stop_reason: tuple[str, str] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    def _stop(self, status: str, message: str) -> None:
+        if self._stop_reason is None:
+            self._stop_reason = (status, message)
+        self._cancel.set()
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
