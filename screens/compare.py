@@ -191,7 +191,7 @@ class CompareScreen(DistillScreen):
             return
         store = self.distill.store
         try:
-            comparison = await store.run(
+            comparison = await store.in_thread(
                 compare,
                 store,
                 request.eval_id,
@@ -471,8 +471,8 @@ class CompareScreen(DistillScreen):
     @work(group="compare-choose", exit_on_error=False)
     async def action_choose(self) -> None:
         store = self.distill.store
-        evals = await store.run(store.list_evals)
-        runs = await store.run(store.list_runs)
+        evals = await store.in_thread(store.list_evals)
+        runs = await store.in_thread(store.list_runs)
         if not evals:
             self.notify("No eval yet: define one on the Evals screen (4).", severity="warning")
             return
@@ -511,7 +511,9 @@ class CompareScreen(DistillScreen):
                 if column.eval_run_id is not None and column.eval_status != "done":
                     eval_run_id = column.eval_run_id
                 else:
-                    eval_run_id = await store.run(start_eval_run, store, comparison.eval_id, run_id)
+                    eval_run_id = await store.in_thread(
+                        start_eval_run, store, comparison.eval_id, run_id
+                    )
                 runner = EvalRunner.from_settings(
                     store, backend.client if backend else None, self.distill.settings
                 )

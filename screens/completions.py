@@ -133,7 +133,7 @@ class CompletionsScreen(DistillScreen):
     async def _search(self, query: str, keep_cursor: bool = False) -> None:
         store = self.distill.store
         parsed = parse_filter(query)
-        found = await store.run(find_completions, store, parsed)
+        found = await store.in_thread(find_completions, store, parsed)
         self.found = found
         self.table.set_rows(_Rows(found), keep_cursor=keep_cursor)
         self._show_summary(parsed.problems)
@@ -218,7 +218,7 @@ class CompletionsScreen(DistillScreen):
         if run is None:
             return
         store = self.distill.store
-        messages = await store.run(completion_messages, store, run, row)
+        messages = await store.in_thread(completion_messages, store, run, row)
         await self.app.push_screen(CompletionDialog(run, row, messages))
 
     # -- handing the selection on --------------------------------------------------------

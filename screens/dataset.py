@@ -333,7 +333,9 @@ class DatasetScreen(DistillScreen):
         if edit is None:
             return
         store = self.distill.store
-        item = await store.run(store.add_item, dataset.id, edit.input, edit.reference, edit.split)
+        item = await store.in_thread(
+            store.add_item, dataset.id, edit.input, edit.reference, edit.split
+        )
         self._push_undo("add", lambda: store.delete_items([item.id]))
         self.reload()
         self._move_to(item.id)
@@ -348,7 +350,7 @@ class DatasetScreen(DistillScreen):
         if edit is None:
             return
         store = self.distill.store
-        await store.run(
+        await store.in_thread(
             store.update_item, item.id, input=edit.input, reference=edit.reference, split=edit.split
         )
         self._push_undo(
@@ -364,7 +366,7 @@ class DatasetScreen(DistillScreen):
         if item is None:
             return
         store = self.distill.store
-        await store.run(store.delete_items, [item.id])
+        await store.in_thread(store.delete_items, [item.id])
         self._push_undo("delete", lambda: store.restore_items([item.id]))
         self.reload()
         self.notify(f"Deleted item #{item.position}. Press u to undo.")
@@ -374,7 +376,7 @@ class DatasetScreen(DistillScreen):
             self.notify("Nothing to undo.")
             return
         step = self.undo_stack.pop()
-        await self.distill.store.run(step.undo)
+        await self.distill.store.in_thread(step.undo)
         self.reload()
         self.notify(f"Undid {step.description}.")
 
@@ -383,7 +385,7 @@ class DatasetScreen(DistillScreen):
         if item is None:
             return
         store = self.distill.store
-        await store.run(store.set_splits, {item.id: NEXT_SPLIT[item.split]})
+        await store.in_thread(store.set_splits, {item.id: NEXT_SPLIT[item.split]})
         self._push_undo("split change", lambda: store.set_splits({item.id: item.split}))
         self.reload()
 
@@ -399,7 +401,7 @@ class DatasetScreen(DistillScreen):
             return
         store = self.distill.store
         before = {item.id: item.split for item in self.items}
-        n_train, n_eval = await store.run(
+        n_train, n_eval = await store.in_thread(
             store.random_split, dataset.id, request.eval_fraction, request.seed
         )
         self._push_undo("split", lambda: store.set_splits(before))
@@ -429,7 +431,7 @@ class DatasetScreen(DistillScreen):
         if not ok:
             return
         store = self.distill.store
-        await store.run(store.delete_items, ids)
+        await store.in_thread(store.delete_items, ids)
         self._push_undo("removing duplicates", lambda: store.restore_items(ids))
         self.reload()
         self.notify(f"Removed {len(ids):,} duplicates. Press u to undo.")
@@ -444,7 +446,7 @@ class DatasetScreen(DistillScreen):
             return
         store = self.distill.store
         old = dataset.system_prompt
-        await store.run(store.set_system_prompt, dataset.id, text)
+        await store.in_thread(store.set_system_prompt, dataset.id, text)
         self._push_undo("system prompt edit", lambda: store.set_system_prompt(dataset.id, old))
         self.reload()
 
@@ -485,13 +487,13 @@ class DatasetScreen(DistillScreen):
         try:
             if request.new_dataset or self.dataset is None:
                 name = request.new_dataset or request.path.stem
-                new_id = await store.run(
+                new_id = await store.in_thread(
                     store.create_dataset, name, parsed.system_prompt or "", parsed.items
                 )
                 self._push_undo(f"import into {name}", lambda: store.delete_dataset(new_id))
                 self.load_dataset(new_id)
             else:
-                ids = await store.run(store.add_items, self.dataset.id, parsed.items)
+                ids = await store.in_thread(store.add_items, self.dataset.id, parsed.items)
                 self._push_undo("import", lambda: store.delete_items(ids))
                 self.reload()
         except StoreError as exc:
@@ -554,7 +556,7 @@ class DatasetScreen(DistillScreen):
                 TextPromptDialog("New dataset", placeholder="name", validate=_name_check)
             )
             if name:
-                new_id = await store.run(store.create_dataset, name)
+                new_id = await store.in_thread(store.create_dataset, name)
                 self.undo_stack.clear()
                 self.load_dataset(new_id)
         elif choice.action == "rename" and target is not None:
@@ -562,14 +564,14 @@ class DatasetScreen(DistillScreen):
                 TextPromptDialog("Rename dataset", target.name, validate=_name_check)
             )
             if name:
-                await store.run(store.rename_dataset, target.id, name)
+                await store.in_thread(store.rename_dataset, target.id, name)
                 self.reload()
         elif choice.action == "copy" and target is not None:
             name = await self.app.push_screen_wait(
                 TextPromptDialog("Copy dataset as", f"{target.name} copy", validate=_name_check)
             )
             if name:
-                new_id = await store.run(store.duplicate_dataset, target.id, name)
+                new_id = await store.in_thread(store.duplicate_dataset, target.id, name)
                 self.undo_stack.clear()
                 self.load_dataset(new_id)
         elif choice.action == "delete" and target is not None:
@@ -582,7 +584,7 @@ class DatasetScreen(DistillScreen):
                 )
             )
             if ok:
-                await store.run(store.delete_dataset, target.id)
+                await store.in_thread(store.delete_dataset, target.id)
                 remaining = store.list_datasets()
                 self.undo_stack.clear()
                 if self.dataset and self.dataset.id == target.id:

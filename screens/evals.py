@@ -322,7 +322,7 @@ class EvalsScreen(DistillScreen):
         assert self.eval is not None
         store = self.distill.store
         try:
-            await store.run(update_eval, store, self.eval.id, graders=graders)
+            await store.in_thread(update_eval, store, self.eval.id, graders=graders)
         except (GraderConfigError, StoreError) as error:
             self.notify(str(error), title="Graders not saved", severity="error", markup=False)
             return False
@@ -336,7 +336,7 @@ class EvalsScreen(DistillScreen):
             return self.eval
         store = self.distill.store
         name = "git commands" if store.eval_by_name("git commands") is None else "new eval"
-        eval_id = await store.run(store.create_eval, name, [])
+        eval_id = await store.in_thread(store.create_eval, name, [])
         self._load_evals(select=eval_id)
         return self.eval
 
@@ -349,7 +349,7 @@ class EvalsScreen(DistillScreen):
             return
         store = self.distill.store
         try:
-            eval_id = await store.run(store.create_eval, name, [])
+            eval_id = await store.in_thread(store.create_eval, name, [])
         except StoreError as error:
             self.notify(str(error), severity="error", markup=False)
             return
@@ -368,7 +368,7 @@ class EvalsScreen(DistillScreen):
             return
         store = self.distill.store
         try:
-            await store.run(update_eval, store, self.eval.id, name=name)
+            await store.in_thread(update_eval, store, self.eval.id, name=name)
         except StoreError as error:
             self.notify(str(error), severity="error", markup=False)
             return
@@ -381,7 +381,7 @@ class EvalsScreen(DistillScreen):
         if evaluation is None:
             return
         store = self.distill.store
-        n_runs = len(await store.run(store.list_eval_runs, evaluation.id))
+        n_runs = len(await store.in_thread(store.list_eval_runs, evaluation.id))
         ok = await self.app.push_screen_wait(
             ConfirmDialog(
                 "Delete eval",
@@ -392,7 +392,7 @@ class EvalsScreen(DistillScreen):
         )
         if not ok:
             return
-        await store.run(store.delete_eval, evaluation.id)
+        await store.in_thread(store.delete_eval, evaluation.id)
         self.eval = None
         self._load_evals()
         self._load_results()
@@ -501,8 +501,8 @@ class EvalsScreen(DistillScreen):
         store = self.distill.store
         targets: list[Target] = []
         if self.distill.selection is not None:
-            targets += await store.run(selection_targets, store, self.distill.selection)
-        targets += await store.run(run_targets, store)
+            targets += await store.in_thread(selection_targets, store, self.distill.selection)
+        targets += await store.in_thread(run_targets, store)
         if not targets:
             self.notify("No run has finished completions: generate one first (2).")
             return
@@ -559,7 +559,7 @@ class EvalsScreen(DistillScreen):
             return
         store = self.distill.store
         try:
-            eval_run_id = await store.run(
+            eval_run_id = await store.in_thread(
                 start_eval_run,
                 store,
                 evaluation.id,
@@ -584,7 +584,7 @@ class EvalsScreen(DistillScreen):
 
     async def _run(self, eval_run_id: int) -> None:
         store = self.distill.store
-        live = await store.run(LiveResults.load, store, eval_run_id)
+        live = await store.in_thread(LiveResults.load, store, eval_run_id)
         backend = self.distill.backend
         if backend is None and any(
             g.type in ("score_model", "label_model") for g in parse_graders(live.info.graders)
@@ -613,7 +613,7 @@ class EvalsScreen(DistillScreen):
             finished = await runner.run(live.info.id, on_event=live.on_event)
         finally:
             self.runner = None
-            live.info = await store.run(store.get_eval_run, live.info.id)
+            live.info = await store.in_thread(store.get_eval_run, live.info.id)
             live.version += 1
             if self.is_mounted:
                 self._set_running(False)
@@ -850,7 +850,7 @@ class EvalsScreen(DistillScreen):
             return
         fmt = "jsonl" if request.format == "jsonl" else "csv"
         try:
-            count = await store.run(export_results, store, info.id, request.path, fmt)
+            count = await store.in_thread(export_results, store, info.id, request.path, fmt)
         except OSError as error:
             self.notify(
                 f"{request.path}: {error}", title="Export failed", severity="error", markup=False

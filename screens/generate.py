@@ -477,7 +477,7 @@ class GenerateScreen(DistillScreen):
         store = self.distill.store
         price = self.distill.settings.price(spec.model)
         try:
-            estimate = await store.run(estimate_spec, store, spec, price)
+            estimate = await store.in_thread(estimate_spec, store, spec, price)
         except StoreError as error:
             line.update(Text(str(error), style="red"))
             return
@@ -646,7 +646,7 @@ class GenerateScreen(DistillScreen):
             self._form_error(error)
             return
         store = self.distill.store
-        run_id = await store.run(create_run, store, spec)
+        run_id = await store.in_thread(create_run, store, spec)
         self._load_runs()
         self.runs_table.cursor = 0
         self._begin(run_id, budget)
@@ -659,7 +659,7 @@ class GenerateScreen(DistillScreen):
             self.notify("No run to resume: pick one in the runs table.", severity="warning")
             return
         store = self.distill.store
-        pending = await store.run(store.pending_items, run.id)
+        pending = await store.in_thread(store.pending_items, run.id)
         if not pending:
             self.notify(f"Run {run.id} has nothing left to generate: every item is done.")
             return

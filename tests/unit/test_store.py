@@ -197,8 +197,8 @@ def test_manual_split(store: Store) -> None:
 
 
 async def test_async_access_runs_off_the_loop(store: Store) -> None:
-    ds = await store.run(store.create_dataset, "async", "", drafts("a"))
-    items = await store.run(store.items, ds)
+    ds = await store.in_thread(store.create_dataset, "async", "", drafts("a"))
+    items = await store.in_thread(store.items, ds)
     assert [i.input for i in items] == ["a"]
 
 

@@ -220,7 +220,7 @@ class _GradeWriter:
             self.wake.clear()
             while self.buffer:
                 batch, self.buffer = self.buffer, []
-                await store.run(store.save_grades, self.eval_run_id, batch)
+                await store.in_thread(store.save_grades, self.eval_run_id, batch)
                 self._count(batch)
                 self.drained.set()
             if self.closing:
@@ -309,10 +309,10 @@ class EvalRunner(Stoppable):
         self, eval_run_id: int, on_event: Callable[[EvalEvent], None] | None = None
     ) -> EvalFinished:
         store = self.store
-        info = await store.run(store.get_eval_run, eval_run_id)
+        info = await store.in_thread(store.get_eval_run, eval_run_id)
         graders = parse_graders(info.graders)
-        rows = await store.run(store.eval_run_completions, eval_run_id)
-        done = await store.run(
+        rows = await store.in_thread(store.eval_run_completions, eval_run_id)
+        done = await store.in_thread(
             store.graded_keys, eval_run_id, redo_detail_prefix=BACKEND_ERROR.rstrip()
         )
         names = {g.name for g in graders}
@@ -320,7 +320,7 @@ class EvalRunner(Stoppable):
         ids = {r.completion_id for r in rows}
         before = sum(1 for cid, name in done if cid in ids and name in names)
         self.stats = EvalStats(total=total, todo=total - before, done_before=before)
-        await store.run(store.set_eval_run_status, eval_run_id, "running")
+        await store.in_thread(store.set_eval_run_status, eval_run_id, "running")
         if on_event is not None:
             on_event(EvalStarted(eval_run_id, total, total - before))
 
@@ -355,10 +355,10 @@ class EvalRunner(Stoppable):
             if failure is not None:
                 self._stop_reason = ("failed", f"the eval run failed: {failure}")
             self.stats.finished = time.monotonic()
-            counts = await store.run(store.grade_counts, eval_run_id)
+            counts = await store.in_thread(store.grade_counts, eval_run_id)
             results = {g.name: counts.get(g.name, GraderSummary(0, 0, 0, None)) for g in graders}
             status, message = self._final_status(results)
-            await store.run(
+            await store.in_thread(
                 store.set_eval_run_status,
                 eval_run_id,
                 status,

@@ -347,7 +347,7 @@ async def launch_job(
         if "model" in str(error).lower() and "fine_tuning" not in str(error.request.url):
             raise
         raise _unsupported(base_url, error) from error
-    job_id = await store.run(
+    job_id = await store.in_thread(
         store.save_job,
         remote_id=job.id,
         base_url=base_url,
@@ -357,7 +357,7 @@ async def launch_job(
         validation_file=validation_file.id if validation_file else None,
         hyperparameters=hyperparameters.as_dict(),
     )
-    return await store.run(store.get_job, job_id)
+    return await store.in_thread(store.get_job, job_id)
 
 
 # -- watching -------------------------------------------------------------------------------
@@ -410,10 +410,10 @@ class JobWatcher:
         self._known: dict[int, set[str]] = {}
 
     async def poll_once(self, job_id: int) -> JobUpdate:
-        job = await self.store.run(self.store.get_job, job_id)
+        job = await self.store.in_thread(self.store.get_job, job_id)
         known = self._known.get(job_id)
         if known is None:
-            stored = await self.store.run(self.store.job_events, job_id)
+            stored = await self.store.in_thread(self.store.job_events, job_id)
             known = self._known[job_id] = {e.remote_id for e in stored}
         remote = await self.client.fine_tuning.jobs.retrieve(job.remote_id)
         fresh: list[Any] = []
@@ -435,7 +435,7 @@ class JobWatcher:
             after = data[-1].id
         events = [_event(raw) for raw in reversed(fresh)]  # oldest first
         if events:
-            await self.store.run(self.store.add_job_events, job_id, events)
+            await self.store.in_thread(self.store.add_job_events, job_id, events)
             known.update(e.remote_id for e in events)
         checkpoints: list[dict[str, Any]] = []
         with contextlib.suppress(openai.NotFoundError):
@@ -444,14 +444,14 @@ class JobWatcher:
         error = None
         if remote.error is not None and remote.error.message:
             error = f"{remote.error.code}: {remote.error.message}"
-        await self.store.run(
+        await self.store.in_thread(
             self.store.update_job,
             job_id,
             status=remote.status,
             fine_tuned_model=remote.fine_tuned_model,
             error=error,
         )
-        job = await self.store.run(self.store.get_job, job_id)
+        job = await self.store.in_thread(self.store.get_job, job_id)
         return JobUpdate(
             job=job,
             new_events=events,

@@ -338,12 +338,12 @@ class Generator(Stoppable):
     ) -> RunFinished:
         emit = on_event or (lambda event: None)
         store = self.store
-        run = await store.run(store.get_run, run_id)
-        total = len(await store.run(store.run_items, run_id))
-        pending = await store.run(store.pending_items, run_id)
-        builder = await store.run(PromptBuilder.for_run, store, run)
+        run = await store.in_thread(store.get_run, run_id)
+        total = len(await store.in_thread(store.run_items, run_id))
+        pending = await store.in_thread(store.pending_items, run_id)
+        builder = await store.in_thread(PromptBuilder.for_run, store, run)
         self.stats = RunStats(total=total, todo=len(pending), done_before=total - len(pending))
-        await store.run(store.set_run_status, run_id, "running")
+        await store.in_thread(store.set_run_status, run_id, "running")
         emit(RunStarted(run_id, total, len(pending)))
 
         queue: asyncio.Queue[Item] = asyncio.Queue()
@@ -363,7 +363,7 @@ class Generator(Stoppable):
         finally:
             self.stats.finished = time.monotonic()
             status, message = self._final_status()
-            await store.run(store.set_run_status, run_id, status, finished=True)
+            await store.in_thread(store.set_run_status, run_id, status, finished=True)
             finished = RunFinished(run_id, status, message)
             emit(finished)
         return finished
@@ -565,7 +565,9 @@ class Generator(Stoppable):
         self._recorded.add(item.id)
         self._count(finished)
         emit(finished)
-        await asyncio.shield(self.store.run(self.store.save_completion, run.id, item.id, **fields))
+        await asyncio.shield(
+            self.store.in_thread(self.store.save_completion, run.id, item.id, **fields)
+        )
 
     def _finish(
         self,

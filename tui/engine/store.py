@@ -1,7 +1,7 @@
 """The workspace: a directory holding `distill.db` (SQLite, WAL) and exported files.
 
 One `Store` per workspace. Its methods are synchronous and safe to call from any thread (one
-connection behind a lock); async callers use `await store.run(store.method, ...)`, which runs
+connection behind a lock); async callers use `await store.in_thread(store.method, ...)`, which runs
 the call on the store's own thread so the UI loop never waits on disk.
 
 The schema carries a version (`PRAGMA user_version`) and a list of migrations from the first
@@ -285,7 +285,7 @@ class Store:
             cur.row_factory = sqlite3.Row
             return cur.fetchall()
 
-    async def run(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    async def in_thread(self, func: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a store method on the store's own thread, off the caller's event loop."""
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
