@@ -102,6 +102,7 @@ async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:
             f"[b]{recipe.teacher}[/b]"
             + (f" with {recipe.teacher_examples} examples" if recipe.teacher_examples else "")
         )
+        await recipe.check_before_spending()  # before asking to spend: a refusal costs nothing
         estimates = recipe.estimates()
         priced = any(e.priced for _, e in estimates)
         if priced:

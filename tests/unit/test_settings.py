@@ -104,10 +104,19 @@ def test_save_writes_no_secrets(isolated_env: Path, monkeypatch: pytest.MonkeyPa
     assert not any(p.suffix == ".tmp" for p in path.parent.iterdir())
 
 
-def test_fine_tuned_models_cost_like_their_base() -> None:
+def test_fine_tuned_models_cost_their_own_rates() -> None:
     s = load_settings()
-    assert s.price("ft:gpt-4o-mini:org:suffix:abc123") == s.prices["gpt-4o-mini"]
+    # OpenAI bills gpt-4o-mini fine-tuned at $0.30 / $1.20, twice the base: a real id (with
+    # its snapshot) and a short one are both priced so, never as the base or as free.
+    for model in ("ft:gpt-4o-mini-2024-07-18:org:suffix:abc123", "ft:gpt-4o-mini:org::x"):
+        price = s.price(model)
+        assert (price.input, price.output) == (0.30, 1.20)
+    assert s.price("gpt-4o-mini-2024-07-18") == s.prices["gpt-4o-mini"]  # a snapshot: its alias
     assert s.price("unknown-model").input == 0
+    # Overridable: a fine-tuned base the table doesn't know bills as its base.
+    custom = load_settings(prices={"my-model": {"input": 1, "output": 2}}, fine_tuned_prices={})
+    assert custom.price("ft:my-model:org:x:1").output == 2
+    assert custom.price("ft:gpt-4o-mini-2024-07-18:org:x:1").output == 0  # no base price now
 
 
 def test_loading_settings_does_not_touch_the_workspace(isolated_env: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import openai
 from pydantic import BaseModel, Field, ValidationError
 
+from tui.engine import preflight
 from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset
 from tui.engine.finetune import (
     FineTuneError,
@@ -186,12 +187,15 @@ class Recipe:
         self.reporter = reporter or Reporter()
         self.state_path = store.directory / STATE_FILE
         self.state = RecipeState.load(self.state_path)
+        self._checked = False
 
     # -- configuration resolved ------------------------------------------------------------
 
     @property
     def student(self) -> str:
-        return self.config.student_model or self.settings.student
+        # On OpenAI the dated snapshot: fine-tuning needs it, and the baseline uses it too.
+        model = self.config.student_model or self.settings.student
+        return preflight.student_model(self.settings, self.backend_kind, model)
 
     @property
     def teacher(self) -> str:
@@ -301,6 +305,7 @@ class Recipe:
 
     async def _run(self) -> dict[str, Any]:
         self.dataset_id()
+        await self.check_before_spending()
         await self._generate("baseline", "baseline_run", "student")
         await self._evaluate("baseline_eval", "baseline_run", "baseline_eval")
         await self._generate("teacher", "teacher_run", "teacher")
@@ -309,6 +314,27 @@ class Recipe:
         await self._generate("finetuned", "finetuned_run", "fine-tuned")
         await self._evaluate("finetuned_eval", "finetuned_run", "finetuned_eval")
         return self._compare()
+
+    async def check_before_spending(self) -> None:
+        """What the steps still to run need, checked before the first paid request (once)."""
+        if self._checked:
+            return
+        todo = {key for key, _ in STEPS if not self._done(key)}
+        models = {"student": self.student if todo & {"baseline", "finetune"} else ""}
+        models["teacher"] = self.teacher if "teacher" in todo else ""
+        fine_tune = "finetune" in todo and self.state.job_id is None
+        problems = await preflight.check_before_spending(
+            self.client,
+            self.settings,
+            self.backend_kind,
+            models=models,
+            fine_tune=self.student if fine_tune else None,
+            dataset=self.store.get_dataset(self.dataset_id()) if fine_tune else None,
+            validation_fraction=self.config.finetune.validation_fraction,
+        )
+        if problems:
+            raise RecipeError("stopped before any paid request: " + "; ".join(problems))
+        self._checked = True
 
     def _title(self, key: str) -> str:
         return dict(STEPS)[key]

@@ -22,7 +22,10 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-LOCAL_DEFAULT_MODEL = "smollm2-135m-instruct"
+from tui.engine import openai_models
+
+from tui.engine.local_model import LOCAL_DEFAULT_MODEL
+
 OPENAI_TEACHER = "gpt-4o"
 OPENAI_STUDENT = "gpt-4o-mini"
 
@@ -37,12 +40,15 @@ class Price(BaseModel):
     training: float = 0.0
 
 
-# OpenAI's list prices (per 1M tokens) for the tutorial's models; anything unknown costs 0,
+def _prices(table: dict[str, tuple[float, float, float]]) -> dict[str, Price]:
+    return {m: Price(input=i, output=o, training=t) for m, (i, o, t) in table.items()}
+
+
+# OpenAI's list prices (per 1M tokens, see openai_models.PUBLISHED); anything unknown costs 0,
 # which is right for the local backend and shown as "unpriced" for other URLs.
-DEFAULT_PRICES: dict[str, Price] = {
-    "gpt-4o": Price(input=2.50, output=10.00, training=25.00),
-    "gpt-4o-mini": Price(input=0.15, output=0.60, training=3.00),
-}
+DEFAULT_PRICES: dict[str, Price] = _prices(openai_models.BASE_PRICES)
+# What a fine-tuned model costs, by its base (alias or snapshot): its own rates, not the base's.
+DEFAULT_FINE_TUNED_PRICES: dict[str, Price] = _prices(openai_models.FINE_TUNED_PRICES)
 
 
 def config_path() -> Path:
@@ -77,6 +83,13 @@ class Settings(BaseSettings):
     request_timeout: float = Field(default=60.0, gt=0, le=3600)
     max_retries: int = Field(default=5, ge=0, le=20)
     prices: dict[str, Price] = Field(default_factory=lambda: dict(DEFAULT_PRICES))
+    fine_tuned_prices: dict[str, Price] = Field(
+        default_factory=lambda: dict(DEFAULT_FINE_TUNED_PRICES)
+    )
+    # OpenAI alias -> the dated snapshot fine-tuning jobs (and the recipe's baseline) use.
+    fine_tunable: dict[str, str] = Field(
+        default_factory=lambda: dict(openai_models.FINE_TUNABLE)
+    )
     workspace: Path = Path("distill-workspace")
     local_models: list[Path] = Field(default_factory=list)
     local_api_key: SecretStr | None = None
@@ -135,14 +148,19 @@ class Settings(BaseSettings):
         return self.judge_model or self.teacher
 
     def price(self, model: str) -> Price:
-        """Price for a model; fine-tuned OpenAI models (ft:gpt-4o-mini:...) bill as their base."""
+        """What a model costs (estimates, live cost, budget stops, Compare). A model priced
+        by name wins; a fine-tuned model (`ft:gpt-4o-mini-2024-07-18:org:suffix:id`) bills
+        at the fine-tuned rate of its base, or as its base where no such rate is set (a
+        model on another backend priced by the user); a snapshot bills as its alias."""
         if model in self.prices:
             return self.prices[model]
-        if model.startswith("ft:"):
-            base = model.split(":")[1]
-            if base in self.prices:
-                return self.prices[base]
-        return Price()
+        base = openai_models.fine_tuned_base(model)
+        if base is not None:
+            for name in (base, openai_models.alias_of(base)):
+                if name in self.fine_tuned_prices:
+                    return self.fine_tuned_prices[name]
+            return self.price(base)
+        return self.prices.get(openai_models.alias_of(model), Price())
 
 
 # Fields a user may edit in the Settings screen and that are saved to the TOML file. Secrets
@@ -157,6 +175,8 @@ SAVED_FIELDS = (
     "request_timeout",
     "max_retries",
     "prices",
+    "fine_tuned_prices",
+    "fine_tunable",
     "workspace",
     "local_models",
 )
@@ -174,7 +194,7 @@ def save_settings(settings: Settings, path: Path | None = None) -> Path:
         value = getattr(settings, name)
         if value is None:
             continue
-        if name == "prices":
+        if name in ("prices", "fine_tuned_prices"):
             value = {model: price.model_dump() for model, price in value.items()}
         elif name == "workspace":
             value = str(value)
