@@ -4,10 +4,11 @@ terminal. Loopback by default: anyone who can reach the port drives the app, wit
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import shlex
 import sys
 from pathlib import Path
+
+from tui.engine.host import is_loopback
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,15 +20,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allow binding to a non-loopback address (anyone who reaches it controls the app)",
     )
     parser.add_argument("--public-url", help="the URL browsers use, when behind a proxy")
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def run(args: argparse.Namespace, workspace: Path | None) -> int:

@@ -6,7 +6,6 @@ restarts and process-lifetime tests). Either way tests talk to it over real HTTP
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -108,18 +107,6 @@ async def wait_job(
         if time.monotonic() > deadline:
             raise TimeoutError(f"job {job_id} still {job.status} after {timeout} s")
         await asyncio.sleep(0.1)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def model_id(models: list[Any], stem: str) -> str:

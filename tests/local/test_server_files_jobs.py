@@ -20,11 +20,11 @@ from tests.local.server_harness import (
     TERMINAL,
     client,
     model_id,
-    pid_alive,
     start_process_server,
     start_thread_server,
     wait_job,
 )
+from tui.engine.host import pid_alive
 from tui.local.db import LocalDB
 
 SYSTEM = "Reply with the git command only."

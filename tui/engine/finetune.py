@@ -253,8 +253,8 @@ def token_counter_for(
     find (the default model, or one added by path); None means "estimate"."""
     if backend_kind != "local":
         return None
+    from tui.engine.local_model import default_gguf_path
     from tui.engine.settings import LOCAL_DEFAULT_MODEL
-    from tui.local.models import default_gguf_path
 
     candidates: list[Path] = []
     if model == LOCAL_DEFAULT_MODEL:

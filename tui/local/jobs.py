@@ -27,9 +27,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tui.engine.host import pid_alive
 from tui.engine.training_data import check_chat_jsonl
 from tui.local.db import ACTIVE_JOB_STATUSES, LocalDB, new_id, now
-from tui.local.lifetime import die_with_parent, pid_alive
+from tui.local.lifetime import die_with_parent
 
 log = logging.getLogger("distill.local.jobs")
 

@@ -5,7 +5,6 @@ on SIGKILL); elsewhere, and as a second line on Linux, callers also poll the par
 from __future__ import annotations
 
 import ctypes
-import os
 import signal
 import sys
 
@@ -25,13 +24,3 @@ def die_with_parent(sig: int = signal.SIGTERM) -> bool:
         return bool(libc.prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0) == 0)
     except (OSError, AttributeError):
         return False
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

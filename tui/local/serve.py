@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import secrets
@@ -20,6 +19,7 @@ import socket
 import sys
 from pathlib import Path
 
+from tui.engine.host import is_loopback, pid_alive
 from tui.local.lifetime import die_with_parent
 
 log = logging.getLogger("distill.local.serve")
@@ -88,15 +88,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--access-log", action="store_true", help="log every request")
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -114,21 +105,6 @@ def _write_port_file(path: Path, port: int) -> None:
     os.replace(tmp, path)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        import psutil
-
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except Exception:
-        return True
-
-
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -137,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     )
     api_key = args.api_key or os.environ.get(ENV_API_KEY) or None
     if api_key is None:
-        if not _is_loopback(args.host):
+        if not is_loopback(args.host):
             print(
                 f"distill-tui serve: refusing to listen on {args.host} without an API key; "
                 f"pass --api-key or set {ENV_API_KEY}.",
@@ -224,7 +200,7 @@ async def _watch_parent(server: object, parent_pid: int) -> None:
     # Our direct parent's death shows as re-parenting (getppid changes); for a parent further
     # up (started through a wrapper) we watch its pid instead.
     direct = os.getppid() == parent_pid
-    while (os.getppid() == parent_pid) if direct else _alive(parent_pid):
+    while (os.getppid() == parent_pid) if direct else pid_alive(parent_pid):
         await asyncio.sleep(PARENT_POLL_SECONDS)
     log.warning("parent process %d is gone; shutting down", parent_pid)
     server.should_exit = True  # type: ignore[attr-defined]
