@@ -7,12 +7,14 @@ import asyncio
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.helpers.tiny_model import build_tiny_model
-from tui.local.hf_engine import HFEngine, StopScanner
-from tui.local.models import GenChunk, GenRequest, QueueFull
+from tui.local.hf_engine import HFEngine
+from tui.local.protocol import GenChunk, GenRequest, QueueFull
+from tui.local.text_stream import TextOut
 
 MESSAGES = [
     {"role": "system", "content": "You turn requests into git commands."},
@@ -90,20 +92,57 @@ async def test_a_full_queue_says_so(engine: HFEngine) -> None:
         assert (await task)[-1].completion_tokens == 2
 
 
+async def choices(engine: HFEngine, n: int, **kw: Any) -> list[list[GenChunk]]:
+    async def drain(stream: AsyncIterator[GenChunk]) -> list[GenChunk]:
+        return [c async for c in stream]
+
+    streams = engine.generate_choices(GenRequest(MESSAGES, **kw), n)
+    return list(await asyncio.gather(*(drain(s) for s in streams)))
+
+
+async def test_n_choices_share_one_prefill(engine: HFEngine) -> None:
+    real = engine.model
+    fed: list[int] = []  # input lengths of the model's forward calls
+
+    def counting(**kw: Any) -> Any:
+        fed.append(int(kw["input_ids"].shape[1]))
+        return real(**kw)
+
+    engine.model = counting
+    sampled = await choices(engine, 3, max_tokens=6, temperature=1.0, seed=7)
+    prompt = engine.count_tokens(MESSAGES)
+    assert [n for n in fed if n > 1] == [prompt]  # the prompt went through the model once
+    # Then one token at a time: every sampled token is fed back but the one that hit max_tokens.
+    decoded = sum(c[-1].completion_tokens - (c[-1].finish_reason == "length") for c in sampled)
+    assert len(fed) == 1 + decoded
+    assert all(c[-1].prompt_tokens == prompt for c in sampled)
+    # Choice 0 is the n=1 answer for that seed; the others are other samples; all repeat.
+    assert text(sampled[0]) == text(await collect(engine, max_tokens=6, temperature=1.0, seed=7))
+    assert len({text(c) for c in sampled}) > 1
+    again = await choices(engine, 3, max_tokens=6, temperature=1.0, seed=7)
+    assert [text(c) for c in again] == [text(c) for c in sampled]
+    greedy = await choices(engine, 2, max_tokens=6, temperature=0)
+    assert (
+        text(greedy[0])
+        == text(greedy[1])
+        == text(await collect(engine, max_tokens=6, temperature=0))
+    )
+
+
 async def test_a_prompt_longer_than_the_context_is_refused(engine: HFEngine) -> None:
     long = [{"role": "user", "content": "git status " * 600}]
     with pytest.raises(ValueError, match="tokens"):
         await anext(engine.generate(GenRequest(long)))
 
 
-def test_stop_scanner_holds_back_a_possible_stop() -> None:
-    scanner = StopScanner(["STOP"])
-    assert scanner.push("abc ST") == "abc "
-    assert scanner.push("x") == "STx"
-    assert scanner.push("yy STO") == "yy "
-    assert scanner.push("P and more") == ""
-    assert scanner.stopped
-    assert scanner.flush() == ""
-    plain = StopScanner([])
-    assert plain.push("ST") == "ST"
+def test_text_out_holds_back_only_a_possible_stop() -> None:
+    out = TextOut(["STOP"])
+    assert out.feed("abc ST") == "abc "
+    assert out.feed("x") == "STx"
+    assert out.feed("yy STO") == "yy "
+    assert out.feed("P and more") == ""
+    assert out.stopped
+    assert out.flush() == ""
+    plain = TextOut([])
+    assert plain.feed("ST") == "ST"
     assert plain.flush() == ""

