@@ -35,6 +35,7 @@ from tui.engine.finetune import (
 from tui.engine.store import JobInfo, StoreError
 from tui.engine.training_data import TokenCounter
 from tui.widgets.loss_chart import LossChart
+from tui.widgets.progress_line import Figures, ProgressLine
 
 AUTO = "auto"
 
@@ -110,6 +111,7 @@ class FineTuneScreen(DistillScreen):
                 yield Label("Jobs", classes="section")
                 yield ListView(id="jobs")
                 yield Static("", id="job-detail")
+                yield ProgressLine(id="job-clock")
                 yield LossChart(id="loss")
                 yield RichLog(id="events", wrap=True, markup=False, max_lines=2000)
 
@@ -307,6 +309,7 @@ class FineTuneScreen(DistillScreen):
         detail = self.query_one("#job-detail", Static)
         if self.selected_job is None:
             detail.update("No jobs yet: validate, then launch (L).")
+            self.query_one("#job-clock", ProgressLine).show("")
             return
         store = self.distill.store
         job = store.get_job(self.selected_job)
@@ -314,10 +317,9 @@ class FineTuneScreen(DistillScreen):
         lines = [f"[b]{job.remote_id}[/b]  {job.status}  base {job.base_model}"]
         if update is not None and update.trained_tokens:
             lines.append(f"trained tokens {update.trained_tokens:,}")
-        lines.append(f"created {job.created_at[:19].replace('T', ' ')}  {_elapsed(job)}")
-        if update is not None and update.estimated_finish and not job.finished:
-            left = max(0, int(update.estimated_finish - time.time()))
-            lines.append(f"ETA {left // 60} min {left % 60} s")
+        lines.append(f"created {job.created_at[:19].replace('T', ' ')}")
+        finish = update.estimated_finish if update is not None and not job.finished else None
+        self.query_one("#job-clock", ProgressLine).follow(lambda: _clock_figures(job, finish))
         if job.fine_tuned_model:
             lines.append(f"[green]fine-tuned model {job.fine_tuned_model}[/green] — g generates")
         if job.error:
@@ -376,14 +378,17 @@ def _fmt(metrics: dict[str, Any]) -> str:
     return " ".join(f"{k}={v:.3f}" for k, v in metrics.items() if isinstance(v, float))
 
 
-def _elapsed(job: JobInfo) -> str:
+def _clock_figures(job: JobInfo, estimated_finish: int | None) -> Figures | None:
+    """The job's clocks: time since it was created (until it finished), and the backend's
+    estimate of when it ends."""
     try:
         start = datetime.fromisoformat(job.created_at)
         end = datetime.fromisoformat(job.updated_at) if job.finished else None
     except ValueError:
-        return ""
-    seconds = int(((end or datetime.now(start.tzinfo)) - start).total_seconds())
-    return f"elapsed {seconds // 60} min {seconds % 60} s"
+        return None
+    elapsed = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
+    eta = max(0.0, estimated_finish - time.time()) if estimated_finish else None
+    return Figures(elapsed=elapsed, running=eta is not None, eta=eta)
 
 
 def _report_text(training: TrainingSet, validation: Validation) -> str:
