@@ -1,0 +1,368 @@
+"""The run form: dataset, split, role, model, system prompt, sampling, metadata, few-shot
+retrieval, budget, the estimate of what the run will cost, and the Start / Resume / Cancel
+buttons. It reads itself into a `RunForm` (tui/engine/run_form.py) and says what the user
+asked for with its own messages; starting, resuming and cancelling are the screen's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
+
+import openai
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.message import Message
+from textual.suggester import SuggestFromList
+from textual.timer import Timer
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+from tui.engine.generation import Estimate, estimate_spec
+from tui.engine.run_form import (
+    ROLES,
+    SPLIT_CHOICES,
+    FormError,
+    RunForm,
+    default_metadata,
+    format_metadata,
+    latest_fine_tuned_model,
+)
+from tui.engine.store import DatasetInfo, StoreError
+
+if TYPE_CHECKING:
+    from screens.base import DistillHost
+
+# Form fields whose errors can be pointed at: FormError.field → widget id.
+FIELD_IDS = {
+    "dataset": "dataset",
+    "model": "model",
+    "split": "split",
+    "temperature": "temperature",
+    "max_tokens": "max-tokens",
+    "seed": "seed",
+    "metadata": "metadata",
+    "few_shot": "few-shot",
+    "budget": "budget",
+}
+
+
+def backend_kind(distill: DistillHost) -> str:
+    """The backend's kind ("openai", "url", "local"), or the one the settings will start."""
+    backend = distill.backend
+    return backend.spec.kind if backend is not None else distill.settings.backend_kind()
+
+
+def estimate_text(estimate: Estimate, *, local: bool) -> Text:
+    text = Text("Estimate ", style="bold")
+    text.append(
+        f"{estimate.items:,} items · ≈{estimate.prompt_tokens:,} prompt + "
+        f"{estimate.completion_tokens:,} completion tokens · "
+    )
+    if estimate.priced:
+        text.append(f"≈${estimate.cost:,.4f}", style="bold")
+    elif local:
+        text.append("free (local)")
+    else:
+        text.append("unpriced", style="yellow")
+    return text
+
+
+class RunFormPanel(Vertical):
+    """The form of a new run. Reads the app's store, settings and backend for its defaults,
+    its model picker and its estimate."""
+
+    @dataclass
+    class Submitted(Message):
+        """Start (ctrl+s or the button): a new run from `form`."""
+
+        form: RunForm
+
+    @dataclass
+    class ResumeRequested(Message):
+        """Resume (ctrl+r or the button); `form` holds the budget for the rest."""
+
+        form: RunForm
+
+    class CancelRequested(Message):
+        """The Cancel button (shown while a run goes)."""
+
+    @dataclass
+    class DatasetChanged(Message):
+        """Another dataset was chosen (by the user or by loading)."""
+
+        dataset: DatasetInfo | None
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.datasets: list[DatasetInfo] = []
+        self.models: list[str] = []
+        self._dataset_options: list[tuple[str, int]] = []
+        self._estimate_timer: Timer | None = None
+        # What the form's defaults were, to replace them (and only them) when inputs change.
+        self._default_model = ""
+        self._default_prompt = ""
+        self._default_metadata = ""
+
+    @property
+    def distill(self) -> DistillHost:
+        return cast("DistillHost", self.app)
+
+    # -- layout --------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        field = self._field
+        with VerticalScroll(id="gen-form"):
+            yield from field("Dataset", Select[int]([], id="dataset", compact=True))
+            splits = [(s, s) for s in SPLIT_CHOICES]
+            yield from field(
+                "Split", Select(splits, value="all", allow_blank=False, id="split", compact=True)
+            )
+            roles = [(r, r) for r in ROLES]
+            yield from field(
+                "Role", Select(roles, value="student", allow_blank=False, id="role", compact=True)
+            )
+            yield from field("Model", Input(placeholder="model name", id="model", compact=True))
+            yield from field(
+                "", Select[str]([], id="models", prompt="backend not connected", compact=True)
+            )
+            yield Label("System prompt", classes="field-label")
+            yield TextArea(id="system-prompt", compact=True)
+            yield from field(
+                "Temperature", Input(placeholder="default", id="temperature", compact=True)
+            )
+            yield from field(
+                "Max tokens", Input(placeholder="default", id="max-tokens", compact=True)
+            )
+            yield from field("Seed", Input(placeholder="none", id="seed", compact=True))
+            yield from field(
+                "Metadata", Input(placeholder="key=value …", id="metadata", compact=True)
+            )
+            yield from field("Few-shot k", Input("0", id="few-shot", compact=True, type="integer"))
+            yield from field("Budget $", Input(placeholder="no cap", id="budget", compact=True))
+        yield Static("", id="estimate")
+        with Horizontal(id="gen-buttons"):
+            yield Button("Start ^s", id="start", variant="primary", compact=True)
+            yield Button("Resume ^r", id="resume", compact=True)
+            yield Button("Cancel esc", id="cancel", variant="error", compact=True)
+
+    @staticmethod
+    def _field(label: str, widget: Widget) -> ComposeResult:
+        with Horizontal(classes="field"):
+            yield Label(label)
+            yield widget
+
+    def on_mount(self) -> None:
+        self.query_one("#cancel").display = False
+
+    # -- what the user asks for ----------------------------------------------------------
+
+    def submit(self) -> None:
+        self.post_message(self.Submitted(self.read_form()))
+
+    def request_resume(self) -> None:
+        self.post_message(self.ResumeRequested(self.read_form()))
+
+    @on(Button.Pressed, "#start")
+    def _start_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.submit()
+
+    @on(Button.Pressed, "#resume")
+    def _resume_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.request_resume()
+
+    @on(Button.Pressed, "#cancel")
+    def _cancel_pressed(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(self.CancelRequested())
+
+    def set_running(self, running: bool) -> None:
+        """While a run goes: the form and Start/Resume are disabled and Cancel is shown."""
+        self.query_one("#gen-form").disabled = running
+        self.query_one("#start", Button).disabled = running
+        self.query_one("#resume", Button).disabled = running
+        cancel = self.query_one("#cancel", Button)
+        cancel.display = running
+        cancel.disabled = False
+
+    def cancelling(self) -> None:
+        """The run was asked to stop: one press of Cancel is enough."""
+        self.query_one("#cancel", Button).disabled = True
+
+    def show_error(self, error: FormError) -> None:
+        """Say what is wrong and put the cursor in the field at fault."""
+        self.notify(str(error), title="Not started", severity="error", markup=False)
+        widget_id = FIELD_IDS.get(error.field)
+        if widget_id:
+            self.query_one(f"#{widget_id}").focus()
+
+    # -- reading and filling the form ----------------------------------------------------
+
+    @property
+    def dataset(self) -> DatasetInfo | None:
+        value = self.query_one("#dataset", Select).value
+        return next((d for d in self.datasets if d.id == value), None)
+
+    def read_form(self) -> RunForm:
+        dataset = self.dataset
+
+        def value(widget_id: str) -> str:
+            return self.query_one(f"#{widget_id}", Input).value
+
+        return RunForm(
+            dataset_id=dataset.id if dataset else None,
+            model=value("model"),
+            role=str(self.query_one("#role", Select).value),
+            split=str(self.query_one("#split", Select).value),
+            system_prompt=self.query_one("#system-prompt", TextArea).text,
+            temperature=value("temperature"),
+            max_tokens=value("max-tokens"),
+            seed=value("seed"),
+            metadata=value("metadata"),
+            retrieve_k=value("few-shot"),
+            budget=value("budget"),
+        )
+
+    def load_datasets(self) -> None:
+        """The workspace's datasets; keeps the one chosen, else the app's current one."""
+        self.datasets = self.distill.store.list_datasets()
+        select = self.query_one("#dataset", Select)
+        current = select.value
+        options = [(f"{d.name} ({d.n_items:,})", d.id) for d in self.datasets]
+        if options == self._dataset_options:
+            return
+        self._dataset_options = options
+        # Text, not markup: a dataset may be called "ops [b]".
+        select.set_options([(Text(label), value) for label, value in options])
+        ids = [d.id for d in self.datasets]
+        preferred = self.distill.current_dataset_id
+        if isinstance(current, int) and current in ids:
+            select.value = current
+        elif preferred in ids:
+            select.value = preferred
+        elif ids:
+            select.value = ids[0]
+
+    def prefill(self, *, model: str, role: str, system_prompt: str | None = None) -> None:
+        """Set up the form for a given model (the Fine-tune screen's "generate with it")."""
+        self.query_one("#role", Select).value = role
+        self.query_one("#model", Input).value = model
+        if system_prompt:
+            self.query_one("#system-prompt", TextArea).text = system_prompt
+        self._schedule_estimate()
+
+    def _apply_defaults(self) -> None:
+        """Fill the prompt, model and metadata from the dataset and role, unless edited."""
+        dataset = self.dataset
+        role = str(self.query_one("#role", Select).value)
+        prompt = self.query_one("#system-prompt", TextArea)
+        new_prompt = dataset.system_prompt if dataset else ""
+        if prompt.text in ("", self._default_prompt) and prompt.text != new_prompt:
+            prompt.text = new_prompt
+        self._default_prompt = new_prompt
+        model = self.query_one("#model", Input)
+        new_model = self._model_for(role)
+        if model.value in ("", self._default_model):
+            model.value = new_model
+        self._default_model = new_model
+        metadata = self.query_one("#metadata", Input)
+        new_metadata = format_metadata(default_metadata(dataset.name if dataset else "", role))
+        if metadata.value in ("", self._default_metadata):
+            metadata.value = new_metadata
+        self._default_metadata = new_metadata
+
+    def _model_for(self, role: str) -> str:
+        settings = self.distill.settings
+        if role == "teacher":
+            return settings.teacher
+        if role == "fine-tuned":
+            return latest_fine_tuned_model(self.distill.store) or ""
+        return settings.student
+
+    @on(Select.Changed, "#dataset")
+    def _dataset_changed(self) -> None:
+        dataset = self.dataset
+        if dataset is not None:
+            split = self.query_one("#split", Select)
+            chosen = split.value
+            split.set_options(
+                [
+                    (f"all ({dataset.n_items:,})", "all"),
+                    (f"train ({dataset.n_train:,})", "train"),
+                    (f"eval ({dataset.n_eval:,})", "eval"),
+                ]
+            )
+            split.value = chosen if chosen in SPLIT_CHOICES else "all"
+        self._apply_defaults()
+        self.post_message(self.DatasetChanged(dataset))
+        self._schedule_estimate()
+
+    @on(Select.Changed, "#role")
+    def _role_changed(self) -> None:
+        self._apply_defaults()
+        self._schedule_estimate()
+
+    @on(Select.Changed, "#models")
+    def _model_picked(self, event: Select.Changed) -> None:
+        if isinstance(event.value, str):
+            self.query_one("#model", Input).value = event.value
+
+    @on(Select.Changed, "#split")
+    @on(Input.Changed)
+    @on(TextArea.Changed)
+    def _form_changed(self) -> None:
+        self._schedule_estimate()
+
+    # -- the estimate --------------------------------------------------------------------
+
+    def _schedule_estimate(self) -> None:
+        if self._estimate_timer is not None:
+            self._estimate_timer.stop()
+        self._estimate_timer = self.set_timer(0.25, self._estimate)
+
+    @work(exclusive=True, group="estimate", exit_on_error=False)
+    async def _estimate(self) -> None:
+        line = self.query_one("#estimate", Static)
+        try:
+            spec = self.read_form().to_spec()
+        except FormError as error:
+            line.update(Text(str(error), style="red"))
+            return
+        store = self.distill.store
+        price = self.distill.settings.price(spec.model)
+        try:
+            estimate = await store.in_thread(estimate_spec, store, spec, price)
+        except StoreError as error:
+            line.update(Text(str(error), style="red"))
+            return
+        line.update(estimate_text(estimate, local=backend_kind(self.distill) == "local"))
+
+    # -- models at the backend -----------------------------------------------------------
+
+    @work(exclusive=True, group="models", exit_on_error=False)
+    async def load_models(self) -> None:
+        """The backend's models, for the picker and the model box's suggestions."""
+        backend = self.distill.backend
+        if backend is None:
+            return
+        select = self.query_one("#models", Select)
+        try:
+            page = await backend.client.models.list()
+        except openai.OpenAIError as error:
+            select.prompt = "could not list models"
+            self.notify(
+                f"{error}",
+                title="Listing the backend's models failed",
+                severity="warning",
+                markup=False,
+            )
+            return
+        self.models = sorted(model.id for model in page.data)
+        select.prompt = f"pick one of {len(self.models)} models"
+        select.set_options([(Text(m), m) for m in self.models])
+        self.query_one("#model", Input).suggester = SuggestFromList(
+            self.models, case_sensitive=False
+        )

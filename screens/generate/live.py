@@ -1,0 +1,341 @@
+"""The run on view: what is known of each item (`LiveRun`), the view that draws it
+(`LiveRunView`: the item table, the stream panel and which item it follows), and the figures
+of its progress line (`run_figures`).
+
+With 64 replies streaming at once the engine reports thousands of tokens a second. Its events
+only write into `LiveRun` (dict and list operations); the view redraws the table and the stream
+panel REPAINT_HZ times a second, and only when something changed."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Vertical, VerticalScroll
+from textual.widgets import Static
+
+from tui.engine.generation import (
+    Event,
+    ItemDelta,
+    ItemFinished,
+    ItemRetry,
+    ItemStarted,
+    RunFinished,
+    RunStats,
+    cost_of,
+)
+from tui.engine.run_form import format_metadata
+from tui.engine.settings import Price
+from tui.engine.store import CompletionRow, Item, RunInfo
+from tui.widgets.progress_line import REPAINT_HZ, Figures
+from tui.widgets.virtual_table import Column, VirtualTable
+
+ITEM_COLUMNS = (
+    Column("#", width=5, justify="right"),
+    Column("Status", width=9),
+    Column("Request", weight=2),
+    Column("Output / error", weight=3),
+    Column("Tok", width=5, justify="right"),
+    Column("ms", width=6, justify="right"),
+)
+FLAGGED = ("failed", "cancelled", "retrying")
+# What the stream panel says for an item with no text yet.
+EMPTY_BODY = {
+    "streaming": "… (waiting for the first token)",
+    "cancelled": "(cancelled before the reply finished)",
+    "pending": "(not generated yet)",
+    "queued": "(queued)",
+}
+
+
+class LiveRun:
+    """The run on view: its items and what is known of each. Engine events write here and
+    nothing else happens per event; the view reads it when it repaints."""
+
+    def __init__(self, run: RunInfo, items: list[Item], completions: list[CompletionRow]) -> None:
+        self.run = run
+        self.items = items
+        self.row_of = {item.id: row for row, item in enumerate(items)}
+        self.status: dict[int, str] = {}
+        self.text: dict[int, list[str]] = {}
+        self.error: dict[int, str] = {}
+        self.tokens: dict[int, int] = {}
+        self.latency: dict[int, float] = {}
+        self.streaming: dict[int, None] = {}  # items streaming now, in the order they started
+        self.idle = "pending"  # what an item with no completion shows: "queued" while running
+        self.version = 0  # bumped by every change; the view repaints when it moved
+        self.finished: RunFinished | None = None
+        self.prompt_tokens = self.completion_tokens = 0
+        self._counts: tuple[int, dict[str, int]] = (-1, {})
+        for c in completions:
+            self.status[c.item_id] = c.status
+            self.text[c.item_id] = [c.output]
+            if c.error:
+                self.error[c.item_id] = c.error
+            if c.completion_tokens is not None:
+                self.tokens[c.item_id] = c.completion_tokens
+            if c.latency_ms is not None:
+                self.latency[c.item_id] = c.latency_ms
+            self.prompt_tokens += c.prompt_tokens or 0
+            self.completion_tokens += c.completion_tokens or 0
+
+    def on_event(self, event: Event) -> None:
+        if isinstance(event, ItemDelta):
+            self.text[event.item_id].append(event.text)
+        elif isinstance(event, ItemStarted):
+            self.status[event.item_id] = "streaming"
+            self.text[event.item_id] = []  # a retry streams from the start again
+            self.streaming[event.item_id] = None
+        elif isinstance(event, ItemRetry):
+            self.status[event.item_id] = "retrying"
+            self.error[event.item_id] = (
+                f"{event.error} · attempt {event.attempt}, retrying in {event.delay:.1f} s"
+            )
+            self.streaming.pop(event.item_id, None)
+        elif isinstance(event, ItemFinished):
+            item_id = event.item_id
+            self.status[item_id] = event.status
+            self.text[item_id] = [event.output]
+            if event.error:
+                self.error[item_id] = event.error
+            else:
+                self.error.pop(item_id, None)
+            if event.completion_tokens is not None:
+                self.tokens[item_id] = event.completion_tokens
+            if event.latency_ms is not None:
+                self.latency[item_id] = event.latency_ms
+            self.streaming.pop(item_id, None)
+        elif isinstance(event, RunFinished):
+            self.finished = event
+            self.idle = "pending"
+        self.version += 1
+
+    def status_of(self, item_id: int) -> str:
+        return self.status.get(item_id, self.idle)
+
+    def output_of(self, item_id: int) -> str:
+        status = self.status_of(item_id)
+        if status in ("failed", "retrying"):
+            return self.error.get(item_id, "")
+        parts = self.text.get(item_id)
+        if not parts:
+            return ""
+        if len(parts) > 1:
+            # Joined once here and kept joined, so a long stream is not re-joined per paint.
+            parts[:] = ["".join(parts)]
+        return parts[0]
+
+    def counts(self) -> dict[str, int]:
+        """Items per status; counted again only after a change (the progress line asks
+        REPAINT_HZ times a second)."""
+        version, counts = self._counts
+        if version != self.version:
+            counts = {}
+            for item in self.items:
+                status = self.status_of(item.id)
+                counts[status] = counts.get(status, 0) + 1
+            self._counts = (self.version, counts)
+        return counts
+
+
+class _Rows(Sequence[tuple[str, ...]]):
+    """The item table's rows, computed when drawn: only the visible ones ever are."""
+
+    def __init__(self, live: LiveRun) -> None:
+        self.live = live
+
+    def __len__(self) -> int:
+        return len(self.live.items)
+
+    def __getitem__(self, index: Any) -> Any:
+        live = self.live
+        item = live.items[index]
+        tokens = live.tokens.get(item.id)
+        latency = live.latency.get(item.id)
+        return (
+            str(item.position),
+            live.status_of(item.id),
+            item.input,
+            live.output_of(item.id),
+            "" if tokens is None else str(tokens),
+            "" if latency is None else f"{latency:.0f}",
+        )
+
+
+def run_figures(
+    live: LiveRun, stats: RunStats | None, *, running: bool, price: Price, local: bool
+) -> Figures:
+    """The progress line of the run on view: the engine's totals while it runs (and after,
+    until another run is viewed), else the counts of what the store holds."""
+    if stats is not None:
+        done = stats.done_before + stats.done
+        failed, cancelled, streaming = stats.failed, stats.cancelled, stats.in_flight
+        cost = stats.cost
+    else:
+        counts = live.counts()
+        done = counts.get("done", 0)
+        failed, cancelled, streaming = counts.get("failed", 0), counts.get("cancelled", 0), 0
+        cost = cost_of(price, live.prompt_tokens, live.completion_tokens)
+    parts: list[str | Text] = []
+    if failed:
+        parts.append(Text(f"{failed:,} failed", style="red"))
+    if cancelled:
+        parts.append(Text(f"{cancelled:,} cancelled", style="yellow"))
+    if streaming:
+        parts.append(f"{streaming} streaming")
+    notes: list[str | Text] = []
+    if price.input or price.output:
+        notes.append(f"${cost:,.4f}")
+    else:
+        notes.append("free (local)" if local else "unpriced")
+    if not running:
+        status = live.finished.status if live.finished else live.run.status
+        if status == "running":
+            status = "interrupted"  # nothing generates here: a session ended mid-run
+        notes.append(Text(status, style="bold"))
+    figures = Figures(done=done, total=len(live.items), counts=tuple(parts), notes=tuple(notes))
+    if stats is None:
+        return figures
+    return Figures.of(
+        stats,
+        done=figures.done,
+        total=figures.total,
+        counts=figures.counts,
+        notes=figures.notes,
+        rate=stats.tokens_per_second,
+        rate_unit=" tok/s",
+        running=running,
+        eta=stats.eta if running else None,
+    )
+
+
+class LiveRunView(Vertical):
+    """The run on view: its title, the item table and the stream panel, which follows the
+    reply that started last (or, once the user moves the item cursor, stays on that item
+    until `follow_latest`)."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.live: LiveRun | None = None
+        self.follow = True
+        self._followed: int | None = None
+        self._painted = -1
+        self._stream_key: tuple[Any, ...] = ()
+        self._skip_highlights = 0  # cursor moves made by code, not by the user
+
+    def compose(self) -> ComposeResult:
+        yield Static("", id="run-title")
+        yield VirtualTable(ITEM_COLUMNS, flagged=self._row_flagged, id="items")
+        with VerticalScroll(id="stream"):
+            yield Static("", id="stream-text", markup=False)
+
+    def on_mount(self) -> None:
+        self.query_one("#stream", VerticalScroll).border_title = "Stream"
+        self.set_interval(1 / REPAINT_HZ, self._repaint)
+
+    @property
+    def items_table(self) -> VirtualTable:
+        return self.query_one("#items", VirtualTable)
+
+    def show_run(self, live: LiveRun) -> None:
+        self.live = live
+        self._followed = None
+        self.follow = True
+        self._painted = -1
+        self._stream_key = ()
+        if live.items:
+            self._skip_highlights += 1
+        self.items_table.set_rows(_Rows(live), keep_cursor=False)
+        run = live.run
+        parts = [f"run {run.id}", run.model]
+        if run.role:
+            parts.append(run.role)
+        parts.append(run.split or "all items")
+        if run.metadata:
+            parts.append(format_metadata(run.metadata))
+        self.query_one("#run-title", Static).update(Text(" · ".join(parts), style="bold"))
+        self._repaint()
+
+    def clear(self, message: str) -> None:
+        self.live = None
+        self.items_table.set_rows([])
+        self.query_one("#run-title", Static).update(Text(message))
+        self.query_one("#stream-text", Static).update("")
+
+    def follow_latest(self) -> None:
+        self.follow = True
+        self._followed = None
+        self._stream_key = ()
+        self._painted = -1  # shown on the next tick, even if no event comes
+
+    def invalidate(self) -> None:
+        """Draw everything on the next tick, changed or not."""
+        self._painted = -1
+
+    def _row_flagged(self, row: int) -> bool:
+        live = self.live
+        if live is None or row >= len(live.items):
+            return False
+        return live.status_of(live.items[row].id) in FLAGGED
+
+    @on(VirtualTable.Highlighted, "#items")
+    def _item_highlighted(self) -> None:
+        # Moving the cursor by hand pins the stream panel to that item; f follows again.
+        if self._skip_highlights:
+            self._skip_highlights -= 1
+            return
+        live = self.live
+        if live is not None and self.items_table.has_focus:
+            self.follow = False
+            self._paint_stream(live)
+
+    def shown_item(self) -> Item | None:
+        """The item the stream panel shows."""
+        live = self.live
+        if live is None or not live.items:
+            return None
+        if not self.follow:
+            cursor = self.items_table.cursor
+            return live.items[cursor] if cursor < len(live.items) else None
+        # Stay on one reply until it ends, then take the one that started last: readable
+        # even with 64 streams, where "the latest delta" would jump 64 times a second.
+        followed = self._followed
+        if (followed is None or followed not in live.streaming) and live.streaming:
+            # The latest that has begun to answer (a new batch starts with no text yet).
+            candidates = list(reversed(live.streaming))
+            followed = next((i for i in candidates[:64] if live.text.get(i)), candidates[0])
+        if followed is None:
+            return live.items[self.items_table.cursor]
+        self._followed = followed
+        return live.items[live.row_of[followed]]
+
+    def _repaint(self) -> None:
+        """The only place the live view is drawn (REPAINT_HZ times a second at most)."""
+        live = self.live
+        if live is None or live.version == self._painted:
+            return
+        self._painted = live.version
+        self.items_table.refresh()
+        self._paint_stream(live)
+
+    def _paint_stream(self, live: LiveRun) -> None:
+        item = self.shown_item()
+        if item is None:
+            return
+        status = live.status_of(item.id)
+        body = live.output_of(item.id)  # the error, for a failed or retrying item
+        key = (item.id, status, len(body))
+        if key == self._stream_key:
+            return
+        self._stream_key = key
+        panel = self.query_one("#stream", VerticalScroll)
+        mode = "following" if self.follow else "selected"
+        panel.border_title = f"#{item.position} · {status} · {mode}"
+        panel.border_subtitle = item.input[:60]
+        self.query_one("#stream-text", Static).update(
+            body or EMPTY_BODY.get(status, "(empty reply)")
+        )
+        panel.scroll_end(animate=False)

@@ -1,0 +1,313 @@
+"""The Generate screen: steps 3 and 5 of the recipe (and 7, with the fine-tuned student).
+
+Left, the run form (`RunFormPanel`). Right, the dataset's runs (`RunsPanel`), the run on view
+(`LiveRunView`: its items with their status and the text of one item as it streams), and the
+progress line. The screen composes the panels, routes their messages, and owns what spans
+them: starting, resuming and cancelling a run, and the generation worker."""
+
+from __future__ import annotations
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+
+from screens.base import DistillScreen
+from screens.generate.form import RunFormPanel, backend_kind
+from screens.generate.live import LiveRun, LiveRunView, run_figures
+from screens.generate.runs import RunsPanel
+from tui.engine.generation import Generator, RunFinished, RunStats, create_run
+from tui.engine.run_form import FormError
+from tui.engine.store import DatasetInfo, RunInfo
+from tui.widgets.progress_line import Figures, ProgressLine
+from tui.widgets.virtual_table import VirtualTable
+
+
+class GenerateScreen(DistillScreen):
+    CSS_PATH = "generate.tcss"
+    BINDINGS = [
+        Binding("ctrl+s", "start", "Start", id="generate.start"),
+        Binding("ctrl+r", "resume", "Resume run", id="generate.resume"),
+        Binding("escape", "cancel_run", "Cancel run", id="generate.cancel"),
+        Binding("f", "follow", "Follow latest", id="generate.follow"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.generator: Generator | None = None
+        self.stats: RunStats | None = None  # of the last generator, kept after it ends
+
+    # -- layout --------------------------------------------------------------------------
+
+    def compose_body(self) -> ComposeResult:
+        with Horizontal(id="generate"):
+            yield RunFormPanel(id="gen-left")
+            with Vertical(id="gen-live"):
+                yield RunsPanel(id="runs-panel")
+                yield LiveRunView(id="live-run")
+                yield ProgressLine(id="progress")
+
+    def on_mount(self) -> None:
+        self.sub_title = "Generate"
+        self.run_form.load_datasets()
+        self.watch(self.app, "backend_label", self._backend_changed)
+        # Not a text box: the number keys that switch screens must keep working on arrival.
+        self.runs_table.focus()
+
+    def on_screen_resume(self) -> None:
+        if self.generator is None:
+            self.run_form.load_datasets()
+            self._load_runs()
+        if not self.models:
+            self._backend_changed()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "cancel_run":
+            # Not running: esc falls through to the app's "back".
+            return self.generator is not None
+        if action == "follow":
+            return self.live is not None
+        return True
+
+    # -- the panels ----------------------------------------------------------------------
+
+    @property
+    def run_form(self) -> RunFormPanel:
+        return self.query_one(RunFormPanel)
+
+    @property
+    def runs_panel(self) -> RunsPanel:
+        return self.query_one(RunsPanel)
+
+    @property
+    def live_view(self) -> LiveRunView:
+        return self.query_one(LiveRunView)
+
+    @property
+    def progress_line(self) -> ProgressLine:
+        return self.query_one(ProgressLine)
+
+    @property
+    def runs_table(self) -> VirtualTable:
+        return self.runs_panel.table
+
+    @property
+    def items_table(self) -> VirtualTable:
+        return self.live_view.items_table
+
+    @property
+    def dataset(self) -> DatasetInfo | None:
+        return self.run_form.dataset
+
+    @property
+    def runs(self) -> list[RunInfo]:
+        return self.runs_panel.runs
+
+    @property
+    def models(self) -> list[str]:
+        return self.run_form.models
+
+    @property
+    def live(self) -> LiveRun | None:
+        return self.live_view.live
+
+    def prefill(self, *, model: str, role: str, system_prompt: str | None = None) -> None:
+        """Set up the form for a given model (the Fine-tune screen's "generate with it")."""
+        self.run_form.prefill(model=model, role=role, system_prompt=system_prompt)
+
+    def _backend_changed(self) -> None:
+        if self.distill.backend is not None and not self.models:
+            self.run_form.load_models()
+
+    # -- runs ----------------------------------------------------------------------------
+
+    @on(RunFormPanel.DatasetChanged)
+    def _dataset_changed(self) -> None:
+        self._load_runs(view_latest=True)
+
+    def _load_runs(self, *, view_latest: bool = False) -> None:
+        dataset = self.dataset
+        runs = self.distill.store.list_runs(dataset.id) if dataset else []
+        self.runs_panel.show_runs(runs, dataset, keep_cursor=not view_latest)
+        if view_latest and self.generator is None:
+            if runs:
+                self._view_run(runs[0].id)
+            else:
+                self._clear_view()
+
+    @on(RunsPanel.Highlighted)
+    def _run_highlighted(self, event: RunsPanel.Highlighted) -> None:
+        live = self.live
+        if self.generator is None and (live is None or live.run.id != event.run.id):
+            self._view_run(event.run.id)
+
+    @on(RunsPanel.Chosen)
+    def _run_chosen(self) -> None:
+        self.items_table.focus()
+
+    def _view_run(self, run_id: int) -> None:
+        store = self.distill.store
+        live = LiveRun(store.get_run(run_id), store.run_items(run_id), store.completions(run_id))
+        self.stats = None
+        self.live_view.show_run(live)
+        self.progress_line.follow(self._figures)
+        self.refresh_bindings()
+
+    def _clear_view(self) -> None:
+        self.live_view.clear(
+            "No runs of this dataset yet: fill in the form and start one (ctrl+s)."
+        )
+        self.progress_line.show("")
+        self.refresh_bindings()
+
+    def _figures(self) -> Figures | None:
+        """The progress line of the run on view (read REPAINT_HZ times a second)."""
+        live = self.live
+        if live is None:
+            return None
+        generator = self.generator
+        # The generator replaces its totals when its run starts: read them each time.
+        stats = generator.stats if generator is not None else self.stats
+        return run_figures(
+            live,
+            stats if generator is not None or live.finished is not None else None,
+            running=generator is not None,
+            price=self.distill.settings.price(live.run.model),
+            local=backend_kind(self.distill) == "local",
+        )
+
+    # -- start, resume, cancel -----------------------------------------------------------
+
+    def action_start(self) -> None:
+        self.run_form.submit()
+
+    def action_resume(self) -> None:
+        self.run_form.request_resume()
+
+    def action_cancel_run(self) -> None:
+        if self.generator is not None:
+            self.generator.cancel()
+            self.run_form.cancelling()
+
+    def action_follow(self) -> None:
+        self.live_view.follow_latest()
+        self.notify("The stream panel follows the latest reply.", timeout=2)
+
+    @on(RunFormPanel.CancelRequested)
+    def _cancel_requested(self) -> None:
+        self.action_cancel_run()
+
+    @on(RunFormPanel.Submitted)
+    async def _submitted(self, event: RunFormPanel.Submitted) -> None:
+        if self._busy():
+            return
+        try:
+            spec = event.form.to_spec()
+            budget = event.form.budget_cap()
+        except FormError as error:
+            self.run_form.show_error(error)
+            return
+        store = self.distill.store
+        run_id = await store.in_thread(create_run, store, spec)
+        self._load_runs()
+        self.runs_panel.move_to(0)
+        self._begin(run_id, budget)
+
+    @on(RunFormPanel.ResumeRequested)
+    async def _resume_requested(self, event: RunFormPanel.ResumeRequested) -> None:
+        if self._busy():
+            return
+        run = self.runs_panel.selected()
+        if run is None:
+            self.notify("No run to resume: pick one in the runs table.", severity="warning")
+            return
+        store = self.distill.store
+        pending = await store.in_thread(store.pending_items, run.id)
+        if not pending:
+            self.notify(f"Run {run.id} has nothing left to generate: every item is done.")
+            return
+        try:
+            budget = event.form.budget_cap()
+        except FormError as error:
+            self.run_form.show_error(error)
+            return
+        self._begin(run.id, budget)
+
+    def _busy(self) -> bool:
+        if self.generator is not None:
+            self.notify("A run is going: esc cancels it first.", severity="warning")
+            return True
+        if self.distill.backend is None:
+            self.notify(
+                "The backend is not connected yet (see the status line).", severity="warning"
+            )
+            return True
+        return False
+
+    def _begin(self, run_id: int, budget: float | None) -> None:
+        backend = self.distill.backend
+        assert backend is not None
+        settings = self.distill.settings
+        run = self.distill.store.get_run(run_id)
+        generator = Generator(
+            self.distill.store,
+            backend.client,
+            concurrency=settings.concurrency,
+            max_retries=settings.max_retries,
+            price=settings.price(run.model),
+            budget=budget,
+            # Stored completions (and their metadata) exist on OpenAI and the local backend.
+            store_completions=backend.spec.kind in ("openai", "local"),
+        )
+        self.generator = generator
+        self._view_run(run_id)
+        live = self.live
+        assert live is not None
+        live.idle = "queued"
+        self.runs_panel.track(run_id, lambda: generator.stats)
+        self._set_running(True)
+        self._generate(generator, live)
+
+    @work(exclusive=True, group="generate", exit_on_error=False)
+    async def _generate(self, generator: Generator, live: LiveRun) -> None:
+        try:
+            finished = await generator.run(live.run.id, on_event=live.on_event)
+        finally:
+            self.stats = generator.stats
+            self.generator = None
+            if self.is_mounted:
+                self.runs_panel.untrack()
+                self._set_running(False)
+                self._load_runs()
+                self.live_view.invalidate()
+        self._report(finished)
+
+    def _report(self, finished: RunFinished) -> None:
+        title = f"Run {finished.run_id}"
+        if finished.status == "failed":
+            message = finished.message
+            if "HTTP 401" in message or "HTTP 403" in message:
+                message += (
+                    "\nThe backend refused the request: check the API key (OPENAI_API_KEY or "
+                    "DISTILL_API_KEY) and that it may use this model."
+                )
+            self.notify(
+                message, title=f"{title} stopped", severity="error", timeout=15, markup=False
+            )
+        elif finished.status == "budget":
+            self.notify(
+                finished.message, title=f"{title} stopped", severity="warning", markup=False
+            )
+        elif finished.status == "cancelled":
+            self.notify(
+                "In-flight items were recorded as cancelled; ctrl+r resumes the rest.",
+                title=f"{title} cancelled",
+            )
+        else:
+            self.notify(finished.message, title=f"{title} finished", markup=False)
+
+    def _set_running(self, running: bool) -> None:
+        self.run_form.set_running(running)
+        if running:
+            self.items_table.focus()
+        self.refresh_bindings()

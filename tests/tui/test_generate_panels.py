@@ -1,0 +1,282 @@
+"""The Generate screen's panels, each alone in a tiny app on a real workspace, driven with real
+keys: what the run form posts and shows, what the runs table posts and how it shows a running
+run, and which item the stream panel of the live view shows as events arrive and the user
+moves the cursor."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.app import App, ComposeResult
+from textual.message import Message
+from textual.pilot import Pilot
+from textual.widget import Widget
+from textual.widgets import Button, Input, Static, TextArea
+
+import screens.generate
+from screens.generate.form import RunFormPanel
+from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.runs import RunsPanel
+from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
+from tui.engine.generation import ItemDelta, ItemFinished, ItemStarted, RunStats, create_run
+from tui.engine.run_form import FormError, RunForm
+from tui.engine.settings import Settings, load_settings
+from tui.engine.store import Store
+
+CSS = Path(screens.generate.__file__).parent / "generate.tcss"
+
+
+class PanelApp(App[None]):
+    """One panel on a real workspace: the app attributes the panels read, nothing else."""
+
+    CSS_PATH = CSS
+
+    def __init__(self, panel: Widget, store: Store, settings: Settings) -> None:
+        super().__init__()
+        self.panel = panel
+        self.store = store
+        self.settings = settings
+        self.backend = None
+        self.current_dataset_id: int | None = None
+
+    def compose(self) -> ComposeResult:
+        yield self.panel
+
+
+class Harness:
+    def __init__(self, app: PanelApp, pilot: Pilot[None], messages: list[Message]) -> None:
+        self.app, self.pilot, self.messages = app, pilot, messages
+
+    def posted(self, kind: type[Message]) -> list[Any]:
+        """The messages of a kind, each once (the hook sees one at every node it bubbles to)."""
+        seen: dict[int, Message] = {}
+        for m in self.messages:
+            if isinstance(m, kind):
+                seen.setdefault(id(m), m)
+        return list(seen.values())
+
+    async def settle(self) -> None:
+        await self.pilot.pause()
+        await self.app.workers.wait_for_complete()
+        await self.pilot.pause()
+
+
+@asynccontextmanager
+async def host(panel: Widget, store: Store) -> AsyncIterator[Harness]:
+    app = PanelApp(panel, store, load_settings(workspace=store.directory))
+    messages: list[Message] = []
+    async with app.run_test(size=(120, 40), message_hook=messages.append) as pilot:
+        yield Harness(app, pilot, messages)
+
+
+@pytest.fixture
+def small(store: Store) -> int:
+    return store.create_dataset(SMALL_NAME, SMALL_PROMPT, SMALL_ITEMS)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(tmp_path / "ws")
+    yield store
+    store.close()
+
+
+# -- the run form ------------------------------------------------------------------------
+
+
+async def test_form_fills_defaults_and_submits_what_was_typed(store: Store, small: int) -> None:
+    panel = RunFormPanel(id="gen-left")
+    async with host(panel, store) as h:
+        panel.load_datasets()
+        await h.settle()
+        assert panel.dataset is not None and panel.dataset.id == small
+        assert panel.query_one("#system-prompt", TextArea).text == SMALL_PROMPT
+        assert panel.query_one("#model", Input).value == h.app.settings.student
+        assert panel.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=student"
+        assert h.posted(RunFormPanel.DatasetChanged)[-1].dataset.id == small
+
+        # The teacher role, picked with the keyboard, changes the untouched defaults.
+        panel.query_one("#role").focus()
+        await h.pilot.press("enter", "down", "enter")
+        await h.settle()
+        assert panel.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=teacher"
+        assert panel.query_one("#model", Input).value == h.app.settings.teacher
+
+        await h.pilot.click("#model")
+        await h.pilot.press("end", "ctrl+u", *"my-model", "tab")
+        await h.pilot.click("#start")
+        await h.settle()
+        (submitted,) = h.posted(RunFormPanel.Submitted)
+        form: RunForm = submitted.form
+        assert (form.dataset_id, form.model, form.role) == (small, "my-model", "teacher")
+        assert form.metadata == f"task={SMALL_NAME} role=teacher"
+        assert form.system_prompt == SMALL_PROMPT
+        spec = form.to_spec()
+        assert spec.metadata == {"task": SMALL_NAME, "role": "teacher"}
+
+
+async def test_form_estimate_and_a_wrong_field(store: Store, small: int) -> None:
+    panel = RunFormPanel(id="gen-left")
+    async with host(panel, store) as h:
+        panel.load_datasets()
+        await h.pilot.pause(0.4)  # the estimate waits for typing to pause
+        await h.settle()
+        estimate = plain(panel.query_one("#estimate", Static))
+        # No backend and no key: the local backend's runs cost nothing.
+        assert f"{len(SMALL_ITEMS)} items" in estimate and "free (local)" in estimate
+
+        await h.pilot.click("#temperature")
+        await h.pilot.press(*"hot")
+        await h.pilot.pause(0.4)
+        await h.settle()
+        assert "temperature: 'hot' is not a number" in plain(panel.query_one("#estimate", Static))
+
+        # The screen hands a refused form back: the cursor goes to the field at fault.
+        panel.query_one("#model").focus()
+        panel.show_error(FormError("temperature", "temperature: 'hot' is not a number"))
+        await h.pilot.pause()
+        assert h.app.focused is panel.query_one("#temperature")
+
+
+async def test_form_buttons_while_a_run_goes(store: Store, small: int) -> None:
+    panel = RunFormPanel(id="gen-left")
+    async with host(panel, store) as h:
+        panel.load_datasets()
+        await h.settle()
+        cancel = panel.query_one("#cancel", Button)
+        assert not cancel.display
+
+        await h.pilot.click("#resume")
+        await h.settle()
+        (resume,) = h.posted(RunFormPanel.ResumeRequested)
+        assert resume.form.dataset_id == small
+
+        panel.set_running(True)
+        await h.pilot.pause()
+        assert panel.query_one("#gen-form").disabled
+        assert panel.query_one("#start", Button).disabled and cancel.display
+        await h.pilot.click("#cancel")
+        await h.settle()
+        assert len(h.posted(RunFormPanel.CancelRequested)) == 1
+        panel.cancelling()
+        assert cancel.disabled
+
+        # The next run's Cancel works again.
+        panel.set_running(False)
+        panel.set_running(True)
+        await h.pilot.pause()
+        assert not cancel.disabled
+        await h.pilot.click("#cancel")
+        await h.settle()
+        assert len(h.posted(RunFormPanel.CancelRequested)) == 2
+
+
+# -- the runs table ----------------------------------------------------------------------
+
+
+def make_runs(store: Store, dataset_id: int, n: int) -> list[int]:
+    spec = RunForm(dataset_id=dataset_id, model="m").to_spec()
+    return [create_run(store, spec) for _ in range(n)]
+
+
+async def test_runs_panel_posts_user_moves_and_shows_a_running_run(
+    store: Store, small: int
+) -> None:
+    ids = make_runs(store, small, 3)
+    store.set_run_status(ids[0], "running")  # a session that ended mid-run
+    panel = RunsPanel(id="runs-panel")
+    async with host(panel, store) as h:
+        dataset = store.get_dataset(small)
+        panel.show_runs(store.list_runs(small), dataset, keep_cursor=False)
+        await h.settle()
+        assert h.posted(RunsPanel.Highlighted) == [], "moves made by code post nothing"
+        table = panel.table
+        rows = {table._rows[i][0]: table._rows[i] for i in range(table.row_count)}
+        assert rows[str(ids[0])][4] == "interrupted"
+        assert f"Runs of {SMALL_NAME} (3)" in plain(panel.query_one("#runs-title"))
+
+        table.focus()
+        await h.pilot.press("down")
+        await h.settle()
+        (moved,) = h.posted(RunsPanel.Highlighted)
+        assert moved.run.id == panel.runs[1].id
+        await h.pilot.press("enter")
+        await h.settle()
+        (chosen,) = h.posted(RunsPanel.Chosen)
+        assert chosen.run.id == panel.runs[1].id
+
+        # While a run generates, its row shows the engine's counts, refreshed once a second.
+        stats = RunStats(total=len(SMALL_ITEMS), todo=len(SMALL_ITEMS))
+        running = panel.runs[0].id
+        panel.track(running, lambda: stats)
+        await h.pilot.pause()
+        assert table._rows[0][4:7] == ("running", "0", "0")
+        stats.done, stats.failed = 5, 1
+        await h.pilot.pause(1.2)
+        assert table._rows[0][4:7] == ("running", "5", "1")
+        panel.untrack()
+        panel.show_runs(store.list_runs(small), dataset)
+        await h.pilot.pause()
+        assert table._rows[0][4] != "running"
+
+
+# -- the live view -----------------------------------------------------------------------
+
+
+def finished(item_id: int, output: str) -> ItemFinished:
+    return ItemFinished(item_id, "done", output, None, "stop", 10, 3, 120.0, 40.0, 0.0)
+
+
+async def test_live_view_follows_the_stream_until_the_user_picks_an_item(
+    store: Store, small: int
+) -> None:
+    (run_id,) = make_runs(store, small, 1)
+    live = LiveRun(store.get_run(run_id), store.run_items(run_id), [])
+    first, second, _, fourth = (item.id for item in live.items[:4])
+    view = LiveRunView(id="live-run")
+    async with host(view, store) as h:
+        view.show_run(live)
+        await h.pilot.pause()
+        stream = view.query_one("#stream")
+        text = view.query_one("#stream-text", Static)
+        assert "run " in plain(view.query_one("#run-title")) and "all items" in plain(
+            view.query_one("#run-title")
+        )
+        assert plain(text) == "(not generated yet)"
+
+        live.on_event(ItemStarted(first, 1))
+        live.on_event(ItemDelta(first, "git "))
+        live.on_event(ItemDelta(first, "status"))
+        await h.pilot.pause(0.2)
+        assert plain(text) == "git status"
+        assert "following" in str(stream.border_title)
+
+        # A reply that starts later is not jumped to while the followed one streams.
+        live.on_event(ItemStarted(second, 1))
+        live.on_event(ItemDelta(second, "git branch"))
+        await h.pilot.pause(0.2)
+        assert plain(text) == "git status"
+        live.on_event(finished(first, "git status"))
+        await h.pilot.pause(0.2)
+        assert plain(text) == "git branch"
+        assert view.items_table._rows[0][1] == "done"
+
+        # The user moves the cursor: the panel stays on that item, whatever streams.
+        view.items_table.focus()
+        await h.pilot.press("down", "down")
+        await h.pilot.pause(0.2)
+        assert view.shown_item() is live.items[2]
+        assert plain(text) == "(not generated yet)"
+        assert "selected" in str(stream.border_title)
+        live.on_event(ItemStarted(fourth, 1))
+        live.on_event(ItemDelta(fourth, "git tag"))
+        await h.pilot.pause(0.2)
+        assert plain(text) == "(not generated yet)"
+
+        view.follow_latest()
+        await h.pilot.pause(0.2)
+        assert plain(text) == "git tag"
