@@ -17,7 +17,7 @@ from screens.generate.form import RunFormPanel, backend_kind
 from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
 from tui.engine.generation import Generator, RunFinished, RunStats, create_run
-from tui.engine.run_form import FormError
+from tui.engine.run_form import FormError, RunForm
 from tui.engine.store import DatasetInfo, RunInfo
 from tui.widgets.progress_line import Figures, ProgressLine
 from tui.widgets.virtual_table import VirtualTable
@@ -178,11 +178,11 @@ class GenerateScreen(DistillScreen):
 
     # -- start, resume, cancel -----------------------------------------------------------
 
-    def action_start(self) -> None:
-        self.run_form.submit()
+    async def action_start(self) -> None:
+        await self._start(self.run_form.read_form())
 
-    def action_resume(self) -> None:
-        self.run_form.request_resume()
+    async def action_resume(self) -> None:
+        await self._resume(self.run_form.read_form())
 
     def action_cancel_run(self) -> None:
         if self.generator is not None:
@@ -199,11 +199,19 @@ class GenerateScreen(DistillScreen):
 
     @on(RunFormPanel.Submitted)
     async def _submitted(self, event: RunFormPanel.Submitted) -> None:
+        await self._start(event.form)
+
+    @on(RunFormPanel.ResumeRequested)
+    async def _resume_requested(self, event: RunFormPanel.ResumeRequested) -> None:
+        await self._resume(event.form)
+
+    async def _start(self, form: RunForm) -> None:
+        """A new run from the form; the generation goes on in a worker."""
         if self._busy():
             return
         try:
-            spec = event.form.to_spec()
-            budget = event.form.budget_cap()
+            spec = form.to_spec()
+            budget = form.budget_cap()
         except FormError as error:
             self.run_form.show_error(error)
             return
@@ -213,8 +221,8 @@ class GenerateScreen(DistillScreen):
         self.runs_panel.move_to(0)
         self._begin(run_id, budget)
 
-    @on(RunFormPanel.ResumeRequested)
-    async def _resume_requested(self, event: RunFormPanel.ResumeRequested) -> None:
+    async def _resume(self, form: RunForm) -> None:
+        """Generate what the highlighted run lacks, within the form's budget."""
         if self._busy():
             return
         run = self.runs_panel.selected()
@@ -227,7 +235,7 @@ class GenerateScreen(DistillScreen):
             self.notify(f"Run {run.id} has nothing left to generate: every item is done.")
             return
         try:
-            budget = event.form.budget_cap()
+            budget = form.budget_cap()
         except FormError as error:
             self.run_form.show_error(error)
             return

@@ -271,3 +271,21 @@ async def test_quitting_mid_run_records_a_cancelled_run(
     assert requested <= sum(counts.values()) < len(TEN)  # started, maybe not yet sent
     time.sleep(0.3)
     assert len(fake.chat_requests) == requested, "nothing is requested after quitting"
+
+
+async def test_the_buttons_start_and_resume_like_the_keys(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    small_app.backend = backend_for(fake)
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        await t.pilot.click("#start")
+        await t.settle()
+        await t.pilot.pause(0.2)
+        assert statuses(screen) == ["done"] * N_ITEMS
+        assert db.rows("SELECT status FROM runs") == [("done",)]
+        assert f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen)
+        await t.pilot.click("#resume")
+        await t.settle()
+        assert any("nothing left" in m for _, _, m in t.notifications())
+        assert len(fake.chat_requests) == N_ITEMS
