@@ -1,28 +1,62 @@
-"""What every screen of the recipe shares: the header, the status line and the footer, and the
-list of screens in recipe order (the app's key bindings and command palette come from it)."""
+"""What every screen of the recipe shares: the header, the status line and the footer, the
+command palette's entries for the screen's keys, and what a screen may ask of the app.
+
+Screens never import the app (nor each other): the app imports them through its registry
+(tui/screen_registry.py), and a screen sees the app as the `DistillHost` below."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+import dataclasses
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Protocol, cast
 
+from textual.actions import parse
 from textual.app import ComposeResult, SystemCommand
+from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
 from tui.widgets.status_line import StatusLine
 
 if TYPE_CHECKING:
-    from tui.app import DistillApp
+    from tui.engine.backend import Backend
+    from tui.engine.finetune import JobUpdate
+    from tui.engine.selection import CompletionSelection
+    from tui.engine.settings import Settings
+    from tui.engine.store import Store
+
+
+class DistillHost(Protocol):
+    """The app as screens see it (tui.app.DistillApp is one; mypy checks it there)."""
+
+    store: Store
+    settings: Settings
+    backend: Backend | None
+    job_updates: dict[int, JobUpdate]
+    # The dataset open on the Dataset screen (the Generate screen's default).
+    current_dataset_id: int | None
+    # The completions last handed over by the Completions screen, and the screen (mode) they
+    # were handed to: "evals" (Evaluate) or "finetune" (Distill).
+    selection: CompletionSelection | None
+    selection_for: str | None
+
+    async def action_switch_mode(self, mode: str) -> None: ...
+
+    async def hand_over(self, selection: CompletionSelection, mode: str) -> None: ...
+
+    def screen_key(self, mode: str) -> str: ...
+
+    def watch_job(self, job_id: int) -> None: ...
+
+    def start_generation_with(self, model: str, system_prompt: str = "") -> None: ...
 
 
 class DistillScreen(Screen[None]):
     """Base of the recipe's screens: subclasses implement `compose_body`."""
 
     @property
-    def distill(self) -> DistillApp:
-        return self.app  # type: ignore[return-value]
+    def distill(self) -> DistillHost:
+        return cast("DistillHost", self.app)
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -34,113 +68,25 @@ class DistillScreen(Screen[None]):
         yield from ()
 
     def palette_commands(self) -> Iterable[SystemCommand]:
-        """The screen's main actions for the command palette (ctrl+p)."""
+        """The command palette's (ctrl+p) entries for this screen: one per action bound on the
+        screen, except those `check_action` disables right now, then `palette_extras`."""
+        group = self.sub_title or type(self).__name__
+        seen: set[str] = set()
+        for binding in type(self).BINDINGS:
+            if not isinstance(binding, Binding) or binding.action in seen:
+                continue
+            seen.add(binding.action)
+            _, name, parameters = parse(binding.action)
+            if not self.check_action(name, parameters):
+                continue
+            first_key = dataclasses.replace(binding, key=binding.key.split(",")[0].strip())
+            yield SystemCommand(
+                f"{group}: {binding.description}",
+                f"key {self.app.get_key_display(first_key)}",
+                lambda action=binding.action: self.run_action(action),
+            )
+        yield from self.palette_extras()
+
+    def palette_extras(self) -> Iterable[SystemCommand]:
+        """Palette entries beyond the screen's keys (e.g. each filter of a table)."""
         return ()
-
-
-@dataclass(frozen=True)
-class ScreenSpec:
-    mode: str
-    title: str
-    key: str
-    help: str
-    factory: Callable[[], Screen[None]]
-
-
-def _recipe() -> Screen[None]:
-    from screens.recipe import RecipeScreen
-
-    return RecipeScreen()
-
-
-def _dataset() -> Screen[None]:
-    from screens.dataset import DatasetScreen
-
-    return DatasetScreen()
-
-
-def _settings() -> Screen[None]:
-    from screens.settings import SettingsScreen
-
-    return SettingsScreen()
-
-
-def _generate() -> Screen[None]:
-    from screens.generate import GenerateScreen
-
-    return GenerateScreen()
-
-
-def _completions() -> Screen[None]:
-    from screens.completions import CompletionsScreen
-
-    return CompletionsScreen()
-
-
-def _evals() -> Screen[None]:
-    from screens.evals import EvalsScreen
-
-    return EvalsScreen()
-
-
-def _compare() -> Screen[None]:
-    from screens.compare import CompareScreen
-
-    return CompareScreen()
-
-
-def _finetune() -> Screen[None]:
-    from screens.finetune import FineTuneScreen
-
-    return FineTuneScreen()
-
-
-def _placeholder(title: str, what: str, issue: int) -> Callable[[], Screen[None]]:
-    def make() -> Screen[None]:
-        from screens.placeholder import PlaceholderScreen
-
-        return PlaceholderScreen(title, what, issue)
-
-    return make
-
-
-SCREENS_IN_ORDER: tuple[ScreenSpec, ...] = (
-    ScreenSpec("recipe", "Recipe", "0", "The seven steps and which are done", _recipe),
-    ScreenSpec("dataset", "Dataset", "1", "Edit the requests, references and split", _dataset),
-    ScreenSpec(
-        "generate",
-        "Generate",
-        "2",
-        "Run the student or the teacher over the dataset",
-        _generate,
-    ),
-    ScreenSpec(
-        "completions",
-        "Completions",
-        "3",
-        "Browse stored completions",
-        _completions,
-    ),
-    ScreenSpec(
-        "evals",
-        "Evals",
-        "4",
-        "Grade a run's outputs",
-        _evals,
-    ),
-    ScreenSpec(
-        "finetune",
-        "Fine-tune",
-        "5",
-        "Fine-tune the student on the teacher's outputs",
-        _finetune,
-    ),
-    ScreenSpec(
-        "compare",
-        "Compare",
-        "6",
-        "Compare runs side by side",
-        _compare,
-    ),
-    ScreenSpec("settings", "Settings", "7", "Backend, models, limits and prices", _settings),
-)

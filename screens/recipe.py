@@ -10,10 +10,8 @@ from textual.containers import Vertical
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from screens.base import SCREENS_IN_ORDER, DistillScreen
+from screens.base import DistillScreen
 from tui.engine.recipe import StepStatus, recipe_progress
-
-KEYS = {spec.mode: spec.key for spec in SCREENS_IN_ORDER}
 
 
 class RecipeScreen(DistillScreen):
@@ -39,9 +37,9 @@ class RecipeScreen(DistillScreen):
 
     def _dataset_id(self) -> int | None:
         store = self.distill.store
-        current = getattr(self.app, "current_dataset_id", None)
+        current = self.distill.current_dataset_id
         if current is not None:
-            return int(current)
+            return current
         datasets = store.list_datasets()
         if not datasets:
             return None
@@ -55,12 +53,16 @@ class RecipeScreen(DistillScreen):
         nxt = next((s for s in steps if not s.done), None)
         self.query_one("#recipe-intro", Static).update(
             f"[b]{done} of 7 steps done.[/b] "
-            + (f"Next: {nxt.title.lower()} (key {KEYS[nxt.screen]})." if nxt else "All done.")
+            + (
+                f"Next: {nxt.title.lower()} (key {self.distill.screen_key(nxt.screen)})."
+                if nxt
+                else "All done."
+            )
         )
         option_list = self.query_one(OptionList)
         highlighted = option_list.highlighted
         option_list.clear_options()
-        option_list.add_options([_option(s) for s in steps])
+        option_list.add_options([_option(s, self.distill.screen_key(s.screen)) for s in steps])
         option_list.highlighted = (
             highlighted if highlighted is not None else ((nxt.number - 1) if nxt else 0)
         )
@@ -71,9 +73,8 @@ class RecipeScreen(DistillScreen):
         await self.app.run_action(f"switch_mode('{step.screen}')")
 
 
-def _option(step: StepStatus) -> Option:
+def _option(step: StepStatus, key: str) -> Option:
     mark = "[green]✓[/green]" if step.done else "[dim]○[/dim]"
-    key = KEYS.get(step.screen, "")
     return Option(
         f"{mark} [b]{step.number}. {step.title}[/b]  [dim](key {key})[/dim]\n     {step.detail}",
         id=f"step-{step.number}",

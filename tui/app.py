@@ -16,11 +16,13 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from screens.base import SCREENS_IN_ORDER, ScreenSpec
+from screens.base import DistillScreen
 from tui.engine.settings import Settings
 from tui.engine.store import Store
+from tui.screen_registry import KEYS, SCREENS_IN_ORDER
 
 if TYPE_CHECKING:
+    from screens.base import DistillHost
     from tui.engine.backend import Backend
     from tui.engine.finetune import JobUpdate
     from tui.engine.selection import CompletionSelection
@@ -62,9 +64,10 @@ class DistillApp(App[int]):
         self._watching: set[int] = set()
         # Shared between screens: the dataset open on the Dataset screen (the Generate
         # screen's default), and the completions picked on the Completions screen for the
-        # Evals and Fine-tune screens.
+        # Evals or the Fine-tune screen (the mode they were handed to).
         self.current_dataset_id: int | None = None
         self.selection: CompletionSelection | None = None
+        self.selection_for: str | None = None
         self.backend_label = f"{settings.backend_kind()} (not started)"
 
     @property
@@ -91,6 +94,17 @@ class DistillApp(App[int]):
             self.pop_screen()
         elif self._mode_history:
             await self.switch_mode(self._mode_history.pop())
+
+    def screen_key(self, mode: str) -> str:
+        """The number key that opens a screen (the Recipe view names it)."""
+        return KEYS.get(mode, "")
+
+    async def hand_over(self, selection: CompletionSelection, mode: str) -> None:
+        """The Completions screen's Evaluate or Distill: the selection goes to the screen of
+        `mode`, which takes it when shown."""
+        self.selection = selection
+        self.selection_for = mode
+        await self.action_switch_mode(mode)
 
     def start_generation_with(self, model: str, system_prompt: str = "") -> None:
         """The Fine-tune screen's "generate with it": the Generate screen, set for the model."""
@@ -128,9 +142,8 @@ class DistillApp(App[int]):
                 lambda mode=spec.mode: self.run_action(f"switch_mode('{mode}')"),
             )
         # The current screen's own actions, so the palette offers what the footer shows.
-        commands = getattr(screen, "palette_commands", None)
-        if commands is not None:
-            yield from commands()
+        if isinstance(screen, DistillScreen):
+            yield from screen.palette_commands()
         yield from super().get_system_commands(screen)
 
     # -- backend -------------------------------------------------------------------------
@@ -202,5 +215,6 @@ class DistillApp(App[int]):
         )
 
 
-def screen_spec(mode: str) -> ScreenSpec:
-    return next(spec for spec in SCREENS_IN_ORDER if spec.mode == mode)
+if TYPE_CHECKING:
+    # Screens see the app as a DistillHost; this line has mypy check that it is one.
+    _APP_IS_A_HOST: type[DistillHost] = DistillApp
