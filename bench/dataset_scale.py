@@ -95,7 +95,7 @@ async def main(n: int) -> None:
             box.value = "item-4242"  # type: ignore[attr-defined]
             await pilot.pause()
             t_filter = time.perf_counter() - t0
-            matched = len(screen.shown)  # type: ignore[attr-defined]
+            matched = len(screen.items_panel.shown)  # type: ignore[attr-defined]
 
             t0 = time.perf_counter()
             box.value = "split:none merge"  # type: ignore[attr-defined]

@@ -5,12 +5,11 @@ and 7) or "Distill" (step 6)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from typing import Any
 
 from rich.text import Text
 from textual import on, work
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Label, Static
@@ -25,7 +24,7 @@ from tui.engine.selection import (
     parse_filter,
 )
 from tui.engine.store import CompletionRow, RunInfo
-from tui.widgets.virtual_table import Column, VirtualTable
+from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 COLUMNS = (
     Column("Run", width=4, justify="right"),
@@ -41,27 +40,18 @@ COLUMNS = (
 FILTER_HELP = "model:gpt-4o-mini run:3 role:teacher status:failed meta:task=git  free text"
 
 
-class _Rows(Sequence[tuple[str, ...]]):
-    def __init__(self, found: Found) -> None:
-        self.found = found
-
-    def __len__(self) -> int:
-        return len(self.found.completions)
-
-    def __getitem__(self, index: Any) -> Any:
-        row = self.found.completions[index]
-        run = self.found.runs.get(row.run_id)
-        return (
-            str(row.run_id),
-            run.model if run else "",
-            run.role if run else "",
-            str(row.position),
-            row.status,
-            row.input,
-            row.error if row.status == "failed" and row.error else row.output,
-            "" if row.completion_tokens is None else str(row.completion_tokens),
-            "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
-        )
+def completion_cells(row: CompletionRow, run: RunInfo | None) -> Row:
+    return (
+        str(row.run_id),
+        run.model if run else "",
+        run.role if run else "",
+        str(row.position),
+        row.status,
+        row.input,
+        row.error if row.status == "failed" and row.error else row.output,
+        "" if row.completion_tokens is None else str(row.completion_tokens),
+        "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
+    )
 
 
 class CompletionsScreen(DistillScreen):
@@ -91,15 +81,6 @@ class CompletionsScreen(DistillScreen):
 
     def on_screen_resume(self) -> None:
         self.action_refresh()
-
-    def palette_commands(self) -> Iterable[SystemCommand]:
-        for binding in self.BINDINGS:
-            if isinstance(binding, Binding):
-                yield SystemCommand(
-                    f"Completions: {binding.description}",
-                    f"key {binding.key_display or binding.key}",
-                    lambda action=binding.action: self.run_action(action),
-                )
 
     @property
     def table(self) -> VirtualTable:
@@ -135,7 +116,12 @@ class CompletionsScreen(DistillScreen):
         parsed = parse_filter(query)
         found = await store.in_thread(find_completions, store, parsed)
         self.found = found
-        self.table.set_rows(_Rows(found), keep_cursor=keep_cursor)
+        self.table.set_rows(
+            RowView(
+                found.completions, lambda row: completion_cells(row, found.runs.get(row.run_id))
+            ),
+            keep_cursor=keep_cursor,
+        )
         self._show_summary(parsed.problems)
         self._show_detail()
 
@@ -236,7 +222,6 @@ class CompletionsScreen(DistillScreen):
             )
             return
         selection = CompletionSelection.of(self.found, self.filter_text.strip())
-        self.distill.selection = selection
         runs = ", ".join(str(r) for r in selection.run_ids)
         plural = "s" if len(selection.run_ids) > 1 else ""
         self.notify(
@@ -245,7 +230,7 @@ class CompletionsScreen(DistillScreen):
             title=f"Selected for {purpose}",
             markup=False,
         )
-        await self.distill.action_switch_mode(mode)
+        await self.distill.hand_over(selection, mode)
 
 
 class CompletionDialog(Dialog[None]):

@@ -86,7 +86,7 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert screen.filter == "differ" and screen.table.row_count == 9  # not "git status"
         await driver.press("f")
         assert screen.filter == "regressions" and screen.table.row_count == 1
-        row = screen.rows[0]
+        row = screen.items_panel.rows[0]
         assert row.position == 8 and row.regressions == {tuned: ["command match", "exact match"]}
         filters = shown(screen.query_one("#compare-filters", Static))
         assert "Regressions 1" in filters and "Improvements 8" in filters
@@ -104,7 +104,8 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert marked(diff, DIFF_OLD) == ["branch"]
         assert marked(diff, DIFF_NEW) == ["checkout -b", "checkout -b"]
         # Cells are coloured by verdict: the baseline failed item 2, the others passed.
-        assert screen._cell_style(0, 2) == "red" and screen._cell_style(0, 3) == "green"
+        cell_style = screen.items_panel.cell_style
+        assert cell_style(0, 2) == "red" and cell_style(0, 3) == "green"
 
         # enter: the item across runs.
         await driver.press("enter")

@@ -44,8 +44,8 @@ def dataset_screen(t: Driver) -> DatasetScreen:
 
 
 def shown_inputs(t: Driver) -> list[str]:
-    screen = dataset_screen(t)
-    return [screen.items[i].input for i in screen.shown]
+    panel = dataset_screen(t).items_panel
+    return [panel.items[i].input for i in panel.shown]
 
 
 def dialog_error(t: Driver) -> str:
@@ -337,7 +337,7 @@ async def test_remove_duplicates_after_confirmation_then_undo(
         kept = [SMALL[0], SMALL[2], SMALL[4], SMALL[5], SMALL[6]]
         assert db.items(SMALL_NAME) == kept
         screen = dataset_screen(t)
-        assert not any(screen.flags)
+        assert not any(screen.items_panel.flags)
         assert "duplicates" not in plain(screen.query_one("#dataset-counts", Static))
 
         await t.press("x")
@@ -346,7 +346,7 @@ async def test_remove_duplicates_after_confirmation_then_undo(
 
         await t.press("u")
         assert db.all_item_rows(SMALL_NAME) == before
-        assert dataset_screen(t).flags.count("") == 5
+        assert dataset_screen(t).items_panel.flags.count("") == 5
 
 
 # -- system prompt ---------------------------------------------------------------------------

@@ -1,13 +1,16 @@
 """A table that draws only the rows on screen, so 100,000 rows cost no more than 50.
 
 Textual's DataTable builds an object per row and must be rebuilt to filter; here the rows are a
-plain sequence of tuples owned by the caller, and filtering is swapping that sequence."""
+plain sequence of tuples owned by the caller, and filtering is swapping that sequence. A
+`RowView` makes that sequence from the caller's own records (items, completions, results)
+without copying them: a row's cells are computed when the row is drawn."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Generic, TypeVar, overload
 
 from rich.cells import set_cell_size
 from rich.segment import Segment
@@ -40,6 +43,34 @@ def _clean(value: str) -> str:
         value = value.replace("\r\n", "⏎").replace("\n", "⏎").replace("\r", "⏎")
         value = value.replace("\t", " ")
     return value
+
+
+Record = TypeVar("Record")
+Row = tuple[str, ...]
+
+
+class RowView(Sequence[Row], Generic[Record]):
+    """A table's rows over a sequence of records, each row made by `cells(record)` when it is
+    drawn: filtering or a new run swaps the records, never builds 100,000 tuples. The records
+    may be indices into the caller's own list (`RowView(shown, lambda i: ...)`)."""
+
+    def __init__(self, records: Sequence[Record], cells: Callable[[Record], Row]) -> None:
+        self.records = records
+        self.cells = cells
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @overload
+    def __getitem__(self, index: int) -> Row: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[Row]: ...
+
+    def __getitem__(self, index: int | slice) -> Row | Sequence[Row]:
+        if isinstance(index, slice):
+            return [self.cells(record) for record in self.records[index]]
+        return self.cells(self.records[index])
 
 
 class VirtualTable(ScrollView, can_focus=True):
@@ -125,9 +156,6 @@ class VirtualTable(ScrollView, can_focus=True):
         self.virtual_size = Size(self.size.width, len(rows) + 1)
         cursor = self.cursor if keep_cursor else 0
         self.cursor = max(0, min(cursor, len(rows) - 1))
-        self.refresh()
-
-    def refresh_rows(self) -> None:
         self.refresh()
 
     def set_columns(self, columns: Sequence[Column]) -> None:
