@@ -8,12 +8,11 @@ its checkpoints; `g` starts step 7 with the fine-tuned model."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
 from textual import on, work
-from textual.app import ComposeResult, SystemCommand
+from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
@@ -32,12 +31,15 @@ from tui.engine.finetune import (
     token_counter_for,
     validate_training_set,
 )
+from tui.engine.selection import CompletionSelection
 from tui.engine.store import JobInfo, StoreError
 from tui.engine.training_data import TokenCounter
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.progress_line import Figures, ProgressLine
 
 AUTO = "auto"
+# The source Select's value for the completions handed over by Distill (run ids are positive).
+SELECTION = -1
 
 
 def _auto_or(value: str, kind: type) -> Any:
@@ -71,12 +73,15 @@ class FineTuneScreen(DistillScreen):
         self._last_status: dict[int, str] = {}
         self._counters: dict[tuple[str, str], TokenCounter | None] = {}
         self._job_ids: list[int] = []
+        # What the Completions screen's Distill handed over (kept when another source is chosen).
+        self.selection: CompletionSelection | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="finetune"):
             with VerticalScroll(id="finetune-form"):
-                yield Label("Teacher outputs (a run)")
+                yield Label("Teacher outputs (a run, or the completions Distill selected)")
                 yield Select[int]([], id="source-run", prompt="choose a run")
+                yield Static("", id="source-note")
                 yield Label("Student system prompt (goes into every example)")
                 yield Input(id="student-prompt")
                 with Horizontal(classes="row"):
@@ -118,48 +123,88 @@ class FineTuneScreen(DistillScreen):
     def on_mount(self) -> None:
         self.sub_title = "Fine-tune"
         self.query_one("#base-model", Input).value = self.distill.settings.student
-        self.action_refresh_sources()
+        self._take_selection()
+        self._fill_sources(prefer=SELECTION if self.selection is not None else None)
         self._load_jobs()
         self.set_interval(1.0, self._tick)
 
-    def palette_commands(self) -> Iterable[SystemCommand]:
-        for binding in self.BINDINGS:
-            if isinstance(binding, Binding):
-                yield SystemCommand(
-                    f"Fine-tune: {binding.description}",
-                    f"key {binding.key}",
-                    lambda action=binding.action: self.run_action(action),
-                )
+    def on_screen_resume(self) -> None:
+        if self._take_selection():
+            self._fill_sources(prefer=SELECTION)
 
     # -- the form ------------------------------------------------------------------------
 
+    def _take_selection(self) -> bool:
+        """The Completions screen's Distill hands its selection over through the app: take it
+        once (a selection handed to Evaluate is not this screen's)."""
+        selection = self.distill.selection
+        if selection is None or selection is self.selection:
+            return False
+        if self.distill.selection_for != "finetune":
+            return False
+        self.selection = selection
+        return True
+
     def action_refresh_sources(self) -> None:
+        self._fill_sources()
+
+    def _fill_sources(self, prefer: int | None = None) -> None:
+        """The runs with finished completions (and the selection, first) as sources; the one
+        chosen stays chosen, else `prefer`, else the newest teacher run."""
         store = self.distill.store
         runs = [r for r in store.list_runs() if r.n_done > 0]
         options = [(f"{r.label} · {r.dataset_name or '?'} · {r.n_done} done", r.id) for r in runs]
+        if self.selection is not None:
+            n = len(self.selection.completion_ids)
+            options.insert(0, (f"the selection · {n:,} completions", SELECTION))
         select = self.query_one("#source-run", Select)
         current = select.value
         select.set_options(options)
         teacher = next((r for r in runs if r.role == "teacher"), runs[0] if runs else None)
-        if isinstance(current, int) and any(r.id == current for r in runs):
+        if prefer is not None:
+            select.value = prefer
+            self.training = self.validation = None
+        elif isinstance(current, int) and any(value == current for _, value in options):
             select.value = current
         elif teacher is not None:
             select.value = teacher.id
+        self._show_source_note()
+
+    def _show_source_note(self) -> None:
+        chosen = self.query_one("#source-run", Select).value == SELECTION
+        note = self.query_one("#source-note", Static)
+        note.display = chosen and self.selection is not None
+        if self.selection is not None:
+            note.update(_selection_text(self.selection))
 
     @on(Select.Changed, "#source-run")
     def _source_changed(self, event: Select.Changed) -> None:
+        self._show_source_note()
+        self.training = self.validation = None
         if not isinstance(event.value, int):
             return
-        run = self.distill.store.get_run(event.value)
+        store = self.distill.store
+        if event.value == SELECTION and self.selection is not None:
+            run_ids = self.selection.run_ids
+        else:
+            run_ids = (event.value,)
+        runs = [store.get_run(run_id) for run_id in run_ids]
         prompt = self.query_one("#student-prompt", Input)
-        if run.dataset_id is not None and not prompt.value:
-            prompt.value = self.distill.store.get_dataset(run.dataset_id).system_prompt
-        self.training = self.validation = None
+        dataset_id = next((r.dataset_id for r in runs if r.dataset_id is not None), None)
+        if dataset_id is not None and not prompt.value:
+            prompt.value = store.get_dataset(dataset_id).system_prompt
+
+    def _source(self) -> Source:
+        value = self.query_one("#source-run", Select).value
+        if value == SELECTION and self.selection is not None:
+            selection = self.selection
+            return Source(run_ids=selection.run_ids, completion_ids=list(selection.completion_ids))
+        if not isinstance(value, int):
+            raise FineTuneError("choose the run whose outputs the student should learn")
+        return Source(run_id=value)
 
     def _build(self) -> tuple[TrainingSet, Validation]:
-        run_id = self.query_one("#source-run", Select).value
-        if not isinstance(run_id, int):
-            raise FineTuneError("choose the run whose outputs the student should learn")
+        source = self._source()
         try:
             fraction = float(self.query_one("#validation-fraction", Input).value or 0)
         except ValueError as error:
@@ -167,7 +212,7 @@ class FineTuneScreen(DistillScreen):
         store = self.distill.store
         training = build_training_set(
             store,
-            Source(run_id=run_id),
+            source,
             system_prompt=self.query_one("#student-prompt", Input).value,
             validation_fraction=fraction,
         )
@@ -389,6 +434,16 @@ def _clock_figures(job: JobInfo, estimated_finish: int | None) -> Figures | None
     elapsed = ((end or datetime.now(start.tzinfo)) - start).total_seconds()
     eta = max(0.0, estimated_finish - time.time()) if estimated_finish else None
     return Figures(elapsed=elapsed, running=eta is not None, eta=eta)
+
+
+def _selection_text(selection: CompletionSelection) -> str:
+    runs = ", ".join(str(r) for r in selection.run_ids)
+    plural = "s" if len(selection.run_ids) > 1 else ""
+    return (
+        f"Training on the selection from Completions: [b]{len(selection.completion_ids):,}"
+        f"[/b] completions of run{plural} {runs}, filter "
+        f"[b]{escape(selection.description)}[/b] (its finished outputs become the examples)"
+    )
 
 
 def _report_text(training: TrainingSet, validation: Validation) -> str:

@@ -107,6 +107,30 @@ def test_leakage_and_empty_selection(store: Store) -> None:
         build_training_set(store, Source(run_id=empty_run), system_prompt="")
 
 
+def test_a_selection_across_runs_trains_on_exactly_its_done_completions(store: Store) -> None:
+    """Distill's selection: picked completions of two runs; a failed one and the rest of
+    the runs are left out."""
+    dataset, first = teacher_run(store, n=12)
+    items = store.items(dataset)
+    second = store.create_run(dataset_id=dataset, model="teacher-2", role="teacher")
+    for item in items:
+        store.save_completion(second, item.id, output=f"{item.reference} # 2", status="done")
+    store.save_completion(second, items[0].id, output="", status="failed", error="boom")
+    picked = [r.id for r in store.completions(first)[:5]]
+    picked += [r.id for r in store.completions(second)[:7]]  # the first of these failed
+    training = build_training_set(
+        store,
+        Source(run_ids=(first, second), completion_ids=picked),
+        system_prompt=STUDENT_PROMPT,
+        validation_fraction=0,
+    )
+    answers = sorted(e["messages"][2]["content"] for e in training.train)
+    want = [i.reference for i in items[:5]] + [f"{i.reference} # 2" for i in items[1:7]]
+    assert answers == sorted(want)
+    assert training.dataset_id == dataset
+    assert any("repeat a request" in w for w in training.warnings)  # both runs answered #2-#5
+
+
 def test_cookbook_errors_are_named_and_counted() -> None:
     good = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
     bad = [

@@ -48,13 +48,15 @@ class FineTuneUnsupported(FineTuneError):
 @dataclass(frozen=True)
 class Source:
     """Where the assistant turns come from: a run's done completions (optionally only those
-    that passed every grader of an eval run, or an explicit selection), or a dataset's
-    references."""
+    that passed every grader of an eval run, or an explicit selection), the completions picked
+    on the Completions screen across runs (`run_ids` with `completion_ids`: its "Distill"), or
+    a dataset's references."""
 
     run_id: int | None = None
     completion_ids: list[int] | None = None
     passing_eval_run_id: int | None = None
     dataset_id: int | None = None  # references of this dataset, when no run is given
+    run_ids: tuple[int, ...] = ()  # a selection's runs, when no single run is given
 
 
 @dataclass
@@ -94,11 +96,32 @@ def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
             if r.output.strip()
         ]
         return pairs, run.dataset_id
+    if source.run_ids:
+        return _selected_pairs(store, source.run_ids, source.completion_ids)
     if source.dataset_id is not None:
         items = store.items(source.dataset_id)
         pairs = [_Pair(i.id, i.input, i.reference, i.split) for i in items if i.reference.strip()]
         return pairs, source.dataset_id
     raise FineTuneError("choose a run (the teacher's outputs) or a dataset's references")
+
+
+def _selected_pairs(
+    store: Store, run_ids: tuple[int, ...], completion_ids: list[int] | None
+) -> tuple[list[_Pair], int | None]:
+    """The done completions of a selection (all of the runs' when `completion_ids` is None),
+    in the order the Completions screen lists them. Its runs may be over several datasets."""
+    rows = store.search_completions(run_ids=run_ids, statuses=("done",))
+    if completion_ids is not None:
+        wanted = set(completion_ids)
+        rows = [r for r in rows if r.id in wanted]
+    dataset_ids = {d for d in (store.get_run(r).dataset_id for r in run_ids) if d is not None}
+    splits = {i.id: i.split for d in sorted(dataset_ids) for i in store.items(d)}
+    pairs = [
+        _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))
+        for r in rows
+        if r.output.strip()
+    ]
+    return pairs, next(iter(dataset_ids)) if len(dataset_ids) == 1 else None
 
 
 def _passing_completions(store: Store, eval_run_id: int) -> set[int]:
