@@ -4,6 +4,8 @@ shapes, usage, errors with their headers, cut streams, markers and what it recor
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -14,9 +16,11 @@ import pytest
 from tests.helpers.fake_openai import (
     FakeOpenAI,
     FakeOpenAIProcess,
+    RateLimits,
     cut,
     fail_first,
     first_of,
+    like_openai,
     rate_limited,
     server_error,
     stall,
@@ -235,3 +239,102 @@ async def test_the_server_as_a_child_process() -> None:
         ) as c:
             reply = await c.chat.completions.create(model="fake-model", messages=chat(ASK))
     assert reply.choices[0].message.content == "echo: Create a new branch"
+
+
+async def test_refuses_what_openai_refuses_in_a_chat(
+    server: FakeOpenAI, client: openai.AsyncOpenAI
+) -> None:
+    with pytest.raises(openai.BadRequestError) as no_stream:
+        await client.chat.completions.create(
+            model="fake-model", messages=chat(ASK), stream_options={"include_usage": True}
+        )
+    assert no_stream.value.param == "stream_options"
+    for metadata, param in (
+        ({f"k{i}": "v" for i in range(17)}, "metadata"),
+        ({"k" * 65: "v"}, "metadata"),
+        ({"task": "v" * 513}, "metadata.task"),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            await client.chat.completions.create(
+                model="fake-model", messages=chat(ASK), store=True, metadata=metadata
+            )
+        assert refused.value.param == param
+    ok = {f"k{i}": "v" * 512 for i in range(16)}
+    reply = await client.chat.completions.create(
+        model="fake-model", messages=chat(ASK), store=True, metadata=ok
+    )
+    assert reply.choices[0].message.content
+
+
+async def test_a_per_minute_budget_with_openai_headers() -> None:
+    limits = RateLimits(requests=3, tokens=None, minute=60)
+    async with (
+        FakeOpenAI(rate_limits=limits) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0) as c,
+    ):
+        remaining = []
+        for _ in range(3):
+            raw = await c.chat.completions.with_raw_response.create(
+                model="fake-model", messages=chat(ASK)
+            )
+            remaining.append(raw.headers["x-ratelimit-remaining-requests"])
+            assert raw.headers["x-ratelimit-limit-requests"] == "3"
+        assert remaining == ["2", "1", "0"]
+        with pytest.raises(openai.RateLimitError) as over:
+            await c.chat.completions.create(model="fake-model", messages=chat(ASK))
+    assert over.value.code == "rate_limit_exceeded"
+    assert "on requests per min (RPM): Limit 3" in over.value.message
+    assert float(over.value.response.headers["retry-after-ms"]) > 0
+    assert server.throttled == 1
+
+
+async def test_files_and_a_fine_tuning_job_as_on_openai() -> None:
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"q{i}"},
+                    {"role": "assistant", "content": "a"},
+                ]
+            }
+        )
+        for i in range(12)
+    ]
+    async with (
+        like_openai(job_seconds=0.2) as server,
+        openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key, max_retries=0) as c,
+    ):
+        uploaded = await c.files.create(
+            file=("train.jsonl", "\n".join(lines).encode()), purpose="fine-tune"
+        )
+        assert (await c.files.content(uploaded.id)).content.startswith(b'{"messages"')
+        with pytest.raises(openai.BadRequestError) as alias:
+            await c.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=uploaded.id)
+        assert alias.value.code == "model_not_available"
+        assert alias.value.body == {
+            "message": "Model gpt-4o-mini is not available for fine-tuning or does not exist.",
+            "type": "invalid_request_error",
+            "param": "model",
+            "code": "model_not_available",
+        }
+        job = await c.fine_tuning.jobs.create(
+            model="gpt-4o-mini-2024-07-18", training_file=uploaded.id, suffix="git"
+        )
+        assert job.status == "validating_files"
+        cancelled = await c.fine_tuning.jobs.create(
+            model="gpt-4o-mini-2024-07-18", training_file=uploaded.id
+        )
+        assert (await c.fine_tuning.jobs.cancel(cancelled.id)).status == "cancelled"
+        await asyncio.sleep(0.3)
+        done = await c.fine_tuning.jobs.retrieve(job.id)
+        events = (await c.fine_tuning.jobs.list_events(job.id, limit=100)).data
+        checkpoints = (await c.fine_tuning.jobs.checkpoints.list(job.id)).data
+        model = done.fine_tuned_model or ""
+        reply = await c.chat.completions.create(model=model, messages=chat(ASK))
+    assert done.status == "succeeded"
+    assert re.fullmatch(r"ft:gpt-4o-mini-2024-07-18:fake-org:git:\w{8}", model)
+    assert events[0].message == "The job has successfully completed"  # newest first
+    steps = [e.data["step"] for e in events if e.type == "metrics"]
+    assert steps == sorted(steps, reverse=True) and steps[0] == done.hyperparameters.n_epochs * 12
+    assert len(checkpoints) == 3  # one per epoch
+    assert reply.choices[0].message.content
