@@ -3,22 +3,31 @@ workspace as it finishes, resumable, cancellable, with retries and a live cost.
 
 One engine serves the Generate screen, `distill-tui run` and the tests. It reports progress
 as plain dataclass events through a callback, and keeps running totals in `RunStats`, which
-a screen can read at its own pace instead of repainting per token."""
+a screen can read at its own pace instead of repainting per token.
+
+The configured concurrency is a ceiling: the in-flight count follows the backend's rate
+limits (`ratelimit.AdaptiveLimit`: lowered as the x-ratelimit-* headers near zero or on a
+429, raised back one per round trip), reported as `ConcurrencyChanged` and in
+`RunStats.concurrency_limit`. What retrying cannot fix ends at once: an account with no quota
+left stops the run; an error event or a malformed chunk inside a stream fails that item with
+the server's message."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 import openai
 
 from tui.engine.progress import Progress, Stoppable
+from tui.engine.ratelimit import AdaptiveLimit
 from tui.engine.retrieval import SimilarExamples
-from tui.engine.retry import FATAL, RETRYABLE, backoff_delay
+from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, no_quota, retry_after
 from tui.engine.retry import describe as _describe
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
@@ -137,13 +146,32 @@ class ItemFinished:
 
 
 @dataclass(frozen=True)
+class ConcurrencyChanged:
+    """The in-flight limit moved: lowered as the backend's rate limits near or are hit,
+    raised back slowly, never above the configured concurrency (`ceiling`). For the
+    Generate screen's status line, e.g. "concurrency 12/64 (rate limited (429))"."""
+
+    limit: int
+    ceiling: int
+    reason: str  # "the rate limit is near" | "rate limited (429)" | "recovering"
+
+
+@dataclass(frozen=True)
 class RunFinished:
     run_id: int
     status: str  # "done" | "cancelled" | "failed" | "budget"
     message: str
 
 
-Event = RunStarted | ItemStarted | ItemDelta | ItemRetry | ItemFinished | RunFinished
+Event = (
+    RunStarted
+    | ItemStarted
+    | ItemDelta
+    | ItemRetry
+    | ItemFinished
+    | ConcurrencyChanged
+    | RunFinished
+)
 
 
 @dataclass
@@ -156,6 +184,8 @@ class RunStats(Progress):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost: float = 0.0
+    concurrency_limit: int = 0  # requests allowed in flight now (≤ the configured concurrency)
+    rate_limited: int = 0  # 429s for a rate limit so far
 
     @property
     def finished_items(self) -> int:
@@ -164,10 +194,6 @@ class RunStats(Progress):
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
-
-
-class RunStopped(Exception):
-    """The run cannot go on (bad key, unknown model): every item would fail the same way."""
 
 
 # -- cost ----------------------------------------------------------------------------------
@@ -283,7 +309,12 @@ class PromptBuilder:
 
 
 class _StreamBroken(Exception):
-    """The stream ended without a finish_reason: the reply is incomplete."""
+    """The stream ended without a finish_reason: the reply is incomplete (worth retrying)."""
+
+
+class _StreamFailed(Exception):
+    """The backend said inside the stream that the reply failed (an error event), or sent a
+    chunk that is not JSON: this item fails with that message, not retried."""
 
 
 @dataclass
@@ -294,6 +325,7 @@ class _Attempt:
     completion_tokens: int | None = None
     first_token_ms: float | None = None
     remote_id: str | None = None
+    sent: float = 0.0  # when the request took its slot (AdaptiveLimit's clock)
 
 
 class Generator(Stoppable):
@@ -326,6 +358,7 @@ class Generator(Stoppable):
         self.backoff_base = backoff_base
         self.backoff_cap = backoff_cap
         self.stats = RunStats()
+        self.limit = AdaptiveLimit(concurrency)
         self._init_stop()
         self._recorded: set[int] = set()
 
@@ -343,6 +376,13 @@ class Generator(Stoppable):
         pending = await store.in_thread(store.pending_items, run_id)
         builder = await store.in_thread(PromptBuilder.for_run, store, run)
         self.stats = RunStats(total=total, todo=len(pending), done_before=total - len(pending))
+        self.stats.concurrency_limit = self.concurrency
+
+        def limit_changed(limit: int, reason: str) -> None:
+            self.stats.concurrency_limit = limit
+            emit(ConcurrencyChanged(limit, self.concurrency, reason))
+
+        self.limit = AdaptiveLimit(self.concurrency, on_change=limit_changed)
         await store.in_thread(store.set_run_status, run_id, "running")
         emit(RunStarted(run_id, total, len(pending)))
 
@@ -412,7 +452,6 @@ class Generator(Stoppable):
         emit: Callable[[Event], None],
     ) -> None:
         stats = self.stats
-        stats.in_flight += 1
         messages = builder.messages(item)
         started = time.monotonic()
         attempt_no = 0
@@ -421,11 +460,12 @@ class Generator(Stoppable):
         try:
             while True:
                 attempt_no += 1
-                emit(ItemStarted(item.id, attempt_no))
                 attempt = _Attempt()
-                started = time.monotonic()
                 try:
-                    await self._stream(run, messages, sampling, attempt, item.id, started, emit)
+                    async with self._slot(attempt):
+                        emit(ItemStarted(item.id, attempt_no))
+                        started = time.monotonic()
+                        await self._stream(run, messages, sampling, attempt, item.id, started, emit)
                 except FATAL as error:
                     message = _describe(error)
                     if isinstance(error, openai.NotFoundError):
@@ -433,7 +473,17 @@ class Generator(Stoppable):
                     await self._record(run, item, "failed", attempt, started, message, emit)
                     self._stop("failed", message)
                     return
+                except _StreamFailed as error:
+                    await self._record(run, item, "failed", attempt, started, str(error), emit)
+                    return
                 except (*RETRYABLE, _StreamBroken) as error:
+                    if no_quota(error):
+                        # Waiting does not refill an account: stop before every item burns
+                        # its retries on the same answer.
+                        message = f"{NO_QUOTA} ({_describe(error)})"
+                        await self._record(run, item, "failed", attempt, started, message, emit)
+                        self._stop("failed", f"stopped: {NO_QUOTA}; add credit and resume")
+                        return
                     last_error = (
                         str(error) if isinstance(error, _StreamBroken) else _describe(error)
                     )
@@ -459,6 +509,10 @@ class Generator(Stoppable):
                         run, item, "failed", attempt, started, _describe(error), emit
                     )
                     return
+                self.limit.succeeded(
+                    (attempt.prompt_tokens or 0)
+                    + (sampling.max_tokens or attempt.completion_tokens or 0)
+                )
                 await self._record(run, item, "done", attempt, started, None, emit)
                 return
         except asyncio.CancelledError:
@@ -470,8 +524,24 @@ class Generator(Stoppable):
                 emit(finished)
                 self.store.save_completion(run.id, item.id, **fields)
             raise
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, attempt: _Attempt) -> AsyncIterator[None]:
+        """One request in flight: waits for the rate-limit-aware limit to allow it, and tells
+        the limit what the backend said about its budget (headers, 429s)."""
+        attempt.sent = await self.limit.acquire()
+        self.stats.in_flight += 1
+        try:
+            yield
+        except openai.APIStatusError as error:
+            if isinstance(error, openai.RateLimitError) and not no_quota(error):
+                self.stats.rate_limited += 1
+                self.limit.throttled(attempt.sent, retry_after(error), error.response.headers)
+            self.limit.observe(error.response.headers, attempt.sent)
+            raise
         finally:
-            stats.in_flight -= 1
+            self.stats.in_flight -= 1
+            self.limit.release()
 
     async def _stream(
         self,
@@ -503,17 +573,25 @@ class Generator(Stoppable):
         parts: list[str] = []
         try:
             async with streaming.create(**request) as response:
+                self.limit.observe(response.headers, attempt.sent)
                 async for line in response.iter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    chunk = json.loads(data)
-                    if "error" in chunk and not chunk.get("choices"):
-                        error = chunk["error"] or {}
+                    try:
+                        chunk = json.loads(data)
+                    except ValueError:
+                        chunk = None
+                    if not isinstance(chunk, dict):
+                        raise _StreamFailed(
+                            f"the backend sent a malformed stream chunk: {data[:200]!r}"
+                        )
+                    if chunk.get("error") and not chunk.get("choices"):
+                        error = chunk["error"]
                         message = error.get("message") if isinstance(error, dict) else error
-                        raise _StreamBroken(f"the backend reported an error mid-stream: {message}")
+                        raise _StreamFailed(f"the backend reported an error mid-stream: {message}")
                     attempt.remote_id = attempt.remote_id or chunk.get("id")
                     usage = chunk.get("usage")
                     if usage:
@@ -533,10 +611,8 @@ class Generator(Stoppable):
         except openai.APIConnectionError as error:
             # A connection dropped after the reply began: say what it means for this item.
             raise _StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
-        except (openai.APIError, asyncio.CancelledError, _StreamBroken):
+        except (openai.APIError, asyncio.CancelledError, _StreamBroken, _StreamFailed):
             raise
-        except json.JSONDecodeError as error:
-            raise _StreamBroken(f"the backend sent a malformed stream chunk ({error})") from error
         except Exception as error:  # the transport failed mid-stream (httpx2 errors and kin)
             # Raw reads raise the HTTP library's own errors (the SDK wraps only the request).
             if any("Timeout" in cls.__name__ for cls in type(error).__mro__):

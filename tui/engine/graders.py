@@ -58,7 +58,7 @@ from pydantic import (
     model_validator,
 )
 
-from tui.engine.retry import FATAL, RETRYABLE, backoff_delay, describe
+from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, describe, no_quota
 from tui.engine.shell import ShellSyntaxError, compare_commands, extract_command, parse_command
 from tui.engine.store import GradeInput
 
@@ -1175,6 +1175,9 @@ class GradingContext:
             except FATAL as error:
                 raise BackendError(describe(error), fatal=True, status=error.status_code) from error
             except RETRYABLE as error:
+                if no_quota(error):
+                    message = f"{NO_QUOTA} ({describe(error)})"
+                    raise BackendError(message, fatal=True, status=429) from error
                 if attempt > self.max_retries:
                     raise BackendError(
                         f"{describe(error)} (gave up after {attempt} attempts)", transient=True

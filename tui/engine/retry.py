@@ -2,9 +2,10 @@
 
 Shared by the generation engine and the eval runner, so a judge call and a generated
 completion follow the same rules: 429, 5xx and connection errors are retried (after the
-server's Retry-After when it sends one, else exponential backoff with full jitter); a bad key,
-a forbidden request or an unknown model stops the whole run; any other 4xx is this request's
-own fault and is not repeated."""
+server's `retry-after-ms` or Retry-After when it sends one, else exponential backoff with
+full jitter); a bad key, a forbidden request, an unknown model or an account with no quota
+left (a 429 whose code is `insufficient_quota`: waiting does not refill it) stops the whole
+run; any other 4xx is this request's own fault and is not repeated."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ RETRYABLE = (
     openai.APIConnectionError,  # includes APITimeoutError
 )
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
+NO_QUOTA = "the account has no quota left"
+
+
+def no_quota(error: BaseException) -> bool:
+    """A 429 that retrying cannot fix: OpenAI's `insufficient_quota` (no credit left)."""
+    if not isinstance(error, openai.RateLimitError):
+        return False
+    body: dict[str, object] = error.body if isinstance(error.body, dict) else {}
+    inner = body.get("error")
+    if not isinstance(inner, dict):
+        inner = body  # the SDK already unwrapped {"error": {...}}
+    return "insufficient_quota" in (error.code, inner.get("type"), inner.get("code"))
 
 
 def retry_after(error: BaseException) -> float | None:
