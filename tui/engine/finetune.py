@@ -22,7 +22,7 @@ import openai
 
 from tui.engine.datasets import normalise_request
 from tui.engine.settings import Price
-from tui.engine.store import TERMINAL_JOB_STATUSES, JobEvent, JobInfo, Store, StoreError
+from tui.engine.store import TERMINAL_JOB_STATUSES, JobEvent, JobInfo, Store
 from tui.engine.training_data import (
     FormatReport,
     TokenCounter,
@@ -370,6 +370,14 @@ async def launch_job(
         if "model" in str(error).lower() and "fine_tuning" not in str(error.request.url):
             raise
         raise _unsupported(base_url, error) from error
+    except openai.BadRequestError as error:
+        body = error.body if isinstance(error.body, dict) else {}
+        text = str(body.get("message") or error.message)
+        if error.code == "model_not_available":
+            # OpenAI trains dated snapshots only (preflight.fine_tune_base resolves aliases).
+            text += " Name a fine-tunable model (on OpenAI a dated snapshot, e.g. "
+            text += "gpt-4o-mini-2024-07-18)."
+        raise FineTuneError(f"the backend refused to fine-tune {base_model!r}: {text}") from error
     job_id = await store.in_thread(
         store.save_job,
         remote_id=job.id,
@@ -531,10 +539,3 @@ def metrics_series(events: Iterable[JobEvent]) -> dict[str, list[tuple[int, floa
             if isinstance(value, int | float):
                 series.setdefault(name, []).append((step, float(value)))
     return series
-
-
-def require_job(store: Store, job_id: int) -> JobInfo:
-    try:
-        return store.get_job(job_id)
-    except StoreError as error:
-        raise FineTuneError(str(error)) from error
