@@ -3,6 +3,8 @@
     .venv/bin/python bench/generation.py [--requests 400] [--tokens 50] [--token-delay 0.02]
                                          [--concurrency 1 8 32 64] [--server process|thread]
                                          [--sequential-sample N] [--raw-sse C ...] [--tui C]
+                                         [--budget RPM [--budget-items N] [--budget-minute S]
+                                          [--budget-only]]
 
 Prints a table; asserts nothing. Over the first --requests requests of data/git_requests.json,
 against the fake OpenAI-compatible server (tests/helpers/fake_openai.py) streaming --tokens
@@ -19,7 +21,22 @@ tokens per reply, one every --token-delay seconds:
     the SDK's chunk models (not the engine; it shows what the SDK's parsing costs);
   - the TUI: the Generate screen running the same requests at --tui concurrency (64), with
     the event-loop lag p99 of the app's loop (see tui_event_loop_lag()).
+  - with --budget RPM: the rate-limited row (issue 16): the engine at the last --concurrency
+    (64) over --budget-items requests (2,000) against a server that meters RPM requests per
+    minute as OpenAI does (x-ratelimit-* headers, 429s over budget, tokens not binding).
+    Time is scaled so it runs in seconds: a minute lasts --budget-minute seconds (12) and the
+    per-token delay shrinks by the same factor, so replies keep their length relative to the
+    minute. It prints the wall time against the budget's ideal ((items - RPM) / rate: the
+    first RPM go at once, the rest at the refill rate) and the 429s; --budget-only skips
+    everything else.
 Goals (issue 4): ≥ 25× the sequential loop at concurrency 32; TUI lag p99 < 50 ms.
+Goal (issue 16): under a 500-per-minute budget, 2,000 items at concurrency 64 with at most a
+handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), with a 6 s
+minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
+moved: the client spent 19.5 s of CPU (~10 ms a request with 50-token replies) and could not
+send 83 a second, so the CPU, not the budget, set the pace. Hence the 12 s default (42/s).
+Where the budget does bind (tests/unit/test_rate_limits.py: 500 per 8 s, 65 left at the
+start, in-thread server, load ~7): 40.6 s vs ideal 31.0 s, 0 429s, the limit down from 64.
 
 The server runs as a child process by default, so its work doesn't compete with the client
 for the GIL; --server thread runs it in this process. --sequential-sample N times the first N
@@ -48,9 +65,10 @@ import openai
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.helpers.fake_openai import FakeOpenAI, FakeOpenAIProcess  # noqa: E402
+from tests.helpers.fake_openai import FakeOpenAI, FakeOpenAIProcess, RateLimits  # noqa: E402
 from tui.engine.datasets import ItemDraft  # noqa: E402
 from tui.engine.generation import (  # noqa: E402
+    ConcurrencyChanged,
     Event,
     Generator,
     ItemFinished,
@@ -322,6 +340,59 @@ async def tui_event_loop_lag(
     )
 
 
+async def budget_run(args: argparse.Namespace) -> str:
+    """The rate-limited row: a budgeted server as a child process, the engine at the last
+    --concurrency, the wall time against the budget's ideal and the 429s (see the module
+    docstring)."""
+    base = load_requests(min(args.budget_items, 454))
+    requests = [
+        f"{base[i % len(base)]} (#{i // len(base)})" if i >= len(base) else base[i]
+        for i in range(args.budget_items)
+    ]
+    scale = args.budget_minute / 60.0
+    token_delay = args.token_delay * scale
+    limits = RateLimits(requests=args.budget, tokens=None, minute=args.budget_minute)
+    concurrency = args.concurrency[-1]
+    changes: list[ConcurrencyChanged] = []
+
+    def on_event(event: Event) -> None:
+        if isinstance(event, ConcurrencyChanged):
+            changes.append(event)
+
+    with (
+        FakeOpenAIProcess(
+            tokens_per_reply=args.tokens, token_delay=token_delay, markers=False, rate_limits=limits
+        ) as server,
+        tempfile.TemporaryDirectory(prefix="bench-budget-") as tmp,
+    ):
+        store = Store.open(Path(tmp) / "ws")
+        dataset_id = store.create_dataset("git", SYSTEM, [ItemDraft(r) for r in requests])
+        run_id = create_run(
+            store, RunSpec(dataset_id=dataset_id, model=MODEL, system_prompt=SYSTEM)
+        )
+        async with openai.AsyncOpenAI(
+            base_url=server.base_url, api_key=server.api_key, max_retries=0, timeout=60
+        ) as client:
+            gen = Generator(store, client, concurrency=concurrency, max_retries=5)
+            started, cpu = time.perf_counter(), time.process_time()
+            summary = await gen.run(run_id, on_event=on_event)
+            seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+        store.close()
+    rate = args.budget / args.budget_minute
+    ideal = max(0, args.budget_items - args.budget) / rate
+    lowest = min((c.limit for c in changes), default=concurrency)
+    return (
+        f"rate-limited: {args.budget_items} requests at concurrency {concurrency}, budget "
+        f"{args.budget}/min with a {args.budget_minute:g} s minute ({rate:.0f} req/s), "
+        f"{args.tokens} tokens × {token_delay * 1000:.1f} ms per reply\n"
+        f"  {summary.status}: {gen.stats.done} done, {gen.stats.failed} failed; wall "
+        f"{seconds:.1f} s vs ideal {ideal:.1f} s ({seconds / ideal if ideal else 0:.2f}×); "
+        f"429s {gen.stats.rate_limited}; retries {gen.stats.retries}; in-flight limit "
+        f"lowest {lowest}, final {gen.stats.concurrency_limit}, {len(changes)} changes; "
+        f"client CPU {cpu:.1f} s"
+    )
+
+
 def fmt_ms(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
 
@@ -363,8 +434,20 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    requests = load_requests(args.requests)
     args.load_before = os.getloadavg()[0]
+    budget_line = None
+    if args.budget:
+        print(f"engine under a {args.budget}/min budget…", flush=True)
+        budget_line = await budget_run(args)
+    if args.budget_only:
+        print()
+        print(
+            f"load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
+            f"({os.cpu_count()} CPUs)"
+        )
+        print(budget_line)
+        return
+    requests = load_requests(args.requests)
     with (
         fake_server(args.server, args.tokens, args.token_delay) as server,
         tempfile.TemporaryDirectory(prefix="bench-gen-") as tmp,
@@ -408,6 +491,8 @@ async def main_async(args: argparse.Namespace) -> None:
             print(f"TUI Generate screen at concurrency {args.tui}…", flush=True)
             rows.append(await tui_event_loop_lag(server, requests, args.tui))
     print_table(rows, baseline, args)
+    if budget_line:
+        print(budget_line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -440,7 +525,26 @@ def main(argv: list[str] | None = None) -> None:
         metavar="N",
         help="time only N requests of the sequential runs and extrapolate",
     )
-    asyncio.run(main_async(parser.parse_args(argv)))
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=None,
+        metavar="RPM",
+        help="also run the rate-limited row against a server with this requests/min budget",
+    )
+    parser.add_argument("--budget-items", type=int, default=2000, metavar="N")
+    parser.add_argument(
+        "--budget-minute",
+        type=float,
+        default=12.0,
+        metavar="S",
+        help="seconds in the budget's minute (default 12: five times faster than real)",
+    )
+    parser.add_argument("--budget-only", action="store_true", help="only the rate-limited row")
+    args = parser.parse_args(argv)
+    if args.budget_only and not args.budget:
+        parser.error("--budget-only needs --budget RPM")
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
