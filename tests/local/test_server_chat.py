@@ -255,7 +255,7 @@ async def test_queue_full_is_429_and_disconnect_frees_slots(
             break
         await stream.close()
     # The engine has no request left running or waiting (its slots are free again).
-    engine = server.app.state.local["registry"]._engines[tiny]  # white-box: no HTTP for this
+    engine = server.app.state.local.registry._engines[tiny]  # white-box: no HTTP for this
     deadline = time.monotonic() + 10
     while engine.stats()["active"] or engine.stats()["waiting"]:
         assert time.monotonic() < deadline, engine.stats()
@@ -277,7 +277,7 @@ async def test_abandoned_requests_free_their_slots(server: Any) -> None:
     long = {"model": model, "messages": story, "max_tokens": 400, "temperature": 0}
     async with client(server.url) as c:
         await c.chat.completions.create(model=model, messages=story, max_tokens=1)
-        engine = server.app.state.local["registry"]._engines[model]  # white-box: no HTTP for it
+        engine = server.app.state.local.registry._engines[model]  # white-box: no HTTP for it
 
         async def wait_idle() -> float:
             started = time.monotonic()

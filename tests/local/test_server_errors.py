@@ -209,7 +209,8 @@ async def test_text_content_parts_and_developer_role_work(c: openai.AsyncOpenAI,
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
-        ({"n": 2}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 17}, "n"),
         ({"temperature": 2.5}, "temperature"),
         ({"temperature": -0.1}, "temperature"),
         ({"top_p": 1.5}, "top_p"),
