@@ -32,7 +32,8 @@ class LocalState:
     jobs: JobManager
 
 
-def local_state(request: Request) -> LocalState:
+async def local_state(request: Request) -> LocalState:
+    # async: FastAPI would run a plain function in its thread pool, once per request.
     return request.app.state.local  # type: ignore[no-any-return]
 
 
