@@ -11,21 +11,22 @@ import io
 import json
 from pathlib import Path
 
+import pytest
 from rich.console import Console
+from textual.geometry import Region
+from textual.widget import Widget
 from textual.widgets import Input, Select, Static, TextArea
 
 from screens.dialogs import ExportDialog
-from screens.eval_dialogs import (
-    GraderDialog,
-    GradersJsonDialog,
-    PresetDialog,
-    ResultItemDialog,
-)
 from screens.evals import EvalsScreen
+from screens.evals.dialogs import GradersJsonDialog, PresetDialog, ResultItemDialog
+from screens.evals.grader_form import GraderDialog
+from screens.grades import score_text
 from tests.tui.conftest import Db, Driver, drive, make_app
 from tests.tui.eval_data import GIT_GRADERS, build
 from tui.engine.evals import create_eval
 from tui.engine.store import Store
+from tui.widgets.progress_line import ProgressLine
 
 
 def evals_screen(driver: Driver) -> EvalsScreen:
@@ -45,6 +46,12 @@ def text_of(screen: EvalsScreen, selector: str) -> str:
     return shown(screen.query_one(selector, Static))
 
 
+def on_screen(widget: Widget) -> list[str]:
+    """The lines a widget draws in the space the layout gave it: what the user sees."""
+    width, height = widget.outer_size
+    return [strip.text.rstrip() for strip in widget.render_lines(Region(0, 0, width, height))]
+
+
 def graders_in_db(db: Db) -> list[dict[str, object]]:
     rows = db.rows("SELECT graders FROM evals ORDER BY id")
     assert rows, "no eval in the workspace"
@@ -57,7 +64,7 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
     async with drive(make_app(store)) as driver:
         await driver.press("4")
         screen = evals_screen(driver)
-        assert "No eval yet" in text_of(screen, "#progress")
+        assert "No eval yet" in text_of(screen, "#eval-progress")
         assert screen.target is not None and screen.target.run_id == work.runs["student"]
 
         # p: the git task's ready-made graders, into a new eval.
@@ -66,7 +73,7 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
         await driver.press("enter")
         await driver.settle()
         assert [g["name"] for g in graders_in_db(db)] == ["command match", "exact match"]
-        assert "Not graded yet" in text_of(screen, "#progress")
+        assert "Not graded yet" in text_of(screen, "#eval-progress")
 
         # g: grade the run; the table fills and the summary counts.
         await driver.press("g")
@@ -74,20 +81,21 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
         assert not driver.errors()
         live = screen.live
         assert live is not None and live.info.status == "done"
-        assert screen.table.row_count == 10
+        assert screen.results.table.row_count == 10
         match = live.tally.summary("command match")
         exact = live.tally.summary("exact match")
         assert (match.passed, match.failed, match.errored) == (3, 7, 0)
         assert (exact.passed, exact.failed, exact.errored) == (2, 8, 0)
-        summary = text_of(screen, "#summary")
+        summary = text_of(screen, "#grader-summary")
         assert "30.0%" in summary and "20.0%" in summary
         stored = db.rows("SELECT COUNT(*), SUM(passed) FROM grades")
         assert stored == [(20, 5)]
         # Item 1 ("git status") passes both; item 4 passes command match only.
-        first = screen.table._rows[0]
+        first = screen.results.table._rows[0]
         assert first[0] == "1" and first[2] == "git status" and first[4] == "✓ 1.00"
-        assert screen._cell_style(0, 4) == "green"
-        assert screen._cell_style(3, 4) == "green" and screen._cell_style(3, 5) == "red"
+        cell_style = screen.results._cell_style
+        assert cell_style(0, 4) == "green"
+        assert cell_style(3, 4) == "green" and cell_style(3, 5) == "red"
 
         palette = [command.title for command in screen.palette_commands()]
         assert "Evals: Grade" in palette and "Evals: Export" in palette
@@ -95,16 +103,16 @@ async def test_preset_grade_filter_open_and_export(store: Store, db: Db) -> None
 
         # f: failing any grader (8), then failing "command match" (7).
         await driver.press("f")
-        assert screen.table.row_count == 8
-        assert "failing any grader" in text_of(screen, "#view-line")
+        assert screen.results.table.row_count == 8
+        assert "failing any grader" in text_of(screen, "#result-view-line")
         await driver.press("f")
-        assert screen.table.row_count == 7
-        assert "failing command match" in text_of(screen, "#view-line")
-        assert all(row[4].startswith("✗") for row in screen.table._rows)
+        assert screen.results.table.row_count == 7
+        assert "failing command match" in text_of(screen, "#result-view-line")
+        assert all(row[4].startswith("✗") for row in screen.results.table._rows)
 
         # s: by command match score, lowest first.
         await driver.press("s")
-        scores = [float(row[4].split()[1]) for row in screen.table._rows]
+        scores = [float(row[4].split()[1]) for row in screen.results.table._rows]
         assert scores == sorted(scores) and scores[0] == 0.0
 
         # enter: the item with each grader's explanation.
@@ -221,12 +229,12 @@ async def test_evaluate_from_completions_lands_here_with_the_selection(
         assert target.run_id == work.runs["student"]
         # "branch" is in the request or the output of items 2, 5 and 8.
         assert target.completion_ids is not None and len(target.completion_ids) == 3
-        assert "selection" in text_of(screen, "#target")
+        assert "selection" in text_of(screen, "#eval-target")
 
         await driver.press("g")
         await driver.settle()
-        assert screen.table.row_count == 3
-        assert [row[0] for row in screen.table._rows] == ["2", "5", "8"]
+        assert screen.results.table.row_count == 3
+        assert [row[0] for row in screen.results.table._rows] == ["2", "5", "8"]
         ids = db.rows("SELECT summary FROM eval_runs")
         assert json.loads(ids[-1][0])["completion_ids"] == sorted(target.completion_ids)
         assert not driver.errors()
@@ -247,6 +255,10 @@ async def test_escape_cancels_grading_and_r_resumes(store: Store, db: Db) -> Non
         screen = evals_screen(driver)
         await driver.press("g")
         assert screen.runner is not None
+        progress = screen.query_one("#eval-progress", ProgressLine)
+        assert progress.following
+        assert "Grading" in progress.shown and "/10 grades" in progress.shown
+        assert "esc cancels" in progress.shown
         await driver.press("escape")
         await driver.settle()
         assert driver.app.screen is screen  # esc cancelled; it did not go back
@@ -254,12 +266,44 @@ async def test_escape_cancels_grading_and_r_resumes(store: Store, db: Db) -> Non
         assert live is not None and live.info.status == "cancelled"
         graded_before = db.rows("SELECT COUNT(*) FROM grades")[0][0]
         assert graded_before < 10
-        assert "R resumes" in text_of(screen, "#progress")
+        assert "R resumes" in text_of(screen, "#eval-progress")
+        assert not progress.following
 
         await driver.press("R")
         await driver.settle()
         assert live is not screen.live or live.info.status == "done"
         assert screen.live is not None and screen.live.info.status == "done"
         assert db.rows("SELECT COUNT(*), SUM(passed) FROM grades") == [(10, 10)]
-        assert screen.table.row_count == 10
+        assert screen.results.table.row_count == 10
+        assert not driver.errors()
+
+
+@pytest.mark.parametrize("size", [(120, 36), (160, 50)])
+async def test_grader_summary_shows_a_row_per_grader_after_a_run(
+    store: Store, size: tuple[int, int]
+) -> None:
+    """The summary once showed its header and no rows: the Completions screen's stylesheet
+    (read app-wide once that screen had been open) capped every `#summary` at two lines."""
+    build(store, roles=("student",))
+    async with drive(make_app(store), size=size) as driver:
+        await driver.press("3")  # the user looked at the completions first
+        await driver.press("4", "p", "enter")  # the "command match + exact" preset
+        await driver.settle()
+        await driver.press("g")
+        await driver.settle()
+        screen = evals_screen(driver)
+        live = screen.live
+        assert live is not None and live.info.status == "done"
+
+        lines = on_screen(screen.query_one("#grader-summary", Static))
+        header = next(i for i, line in enumerate(lines) if "Pass rate" in line)
+        assert all(word in lines[header] for word in ("Mean", "Passed", "Failed", "Errored"))
+        rows = [line.split() for line in lines[header + 1 :] if "match" in line]
+        assert len(rows) == 2, lines
+        # grader, bar, pass rate, mean, passed, failed, errored
+        match, exact = live.tally.summary("command match"), live.tally.summary("exact match")
+        assert rows[0][:2] == ["command", "match"]
+        assert rows[0][3:] == ["30.0%", score_text(match.mean_score), "3", "7", "0"]
+        assert rows[1][:2] == ["exact", "match"]
+        assert rows[1][3:] == ["20.0%", score_text(exact.mean_score), "2", "8", "0"]
         assert not driver.errors()
