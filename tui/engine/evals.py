@@ -26,7 +26,7 @@ import difflib
 import json
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -790,21 +790,3 @@ def highlight_differences(a: str, b: str) -> tuple[list[tuple[str, bool]], list[
         if j2 > j1:
             right.append(("".join(pb[j1:j2]), not same))
     return left, right
-
-
-def grade_results_of(grades: Iterable[GradeRow]) -> dict[str, GraderSummary]:
-    """Per-grader counts of some grades (e.g. a filtered result table)."""
-    tally: dict[str, list[Any]] = {}
-    for g in grades:
-        t = tally.setdefault(g.grader, [0, 0, 0, 0.0, 0])
-        if g.passed is None:
-            t[2] += 1
-        else:
-            t[0 if g.passed else 1] += 1
-            if g.score is not None:
-                t[3] += g.score
-                t[4] += 1
-    return {
-        name: GraderSummary(t[0], t[1], t[2], t[3] / t[4] if t[4] else None)
-        for name, t in tally.items()
-    }

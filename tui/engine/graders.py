@@ -808,12 +808,6 @@ def custom_prompt(
     )
 
 
-PRESETS: dict[str, Callable[[], GraderConfig]] = {
-    "criteria match": criteria_match,
-    "custom prompt": custom_prompt,
-}
-
-
 # -- python ----------------------------------------------------------------------------------
 
 # Runs in the child: reads {"source", "sample", "item"} on stdin, writes {"score"} or
