@@ -35,8 +35,9 @@ handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), wi
 minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
 moved: the client spent 19.5 s of CPU (~10 ms a request with 50-token replies) and could not
 send 83 a second, so the CPU, not the budget, set the pace. Hence the 12 s default (42/s).
-Where the budget does bind (tests/unit/test_rate_limits.py: 500 per 8 s, 65 left at the
-start, in-thread server, load ~7): 40.6 s vs ideal 31.0 s, 0 429s, the limit down from 64.
+Where the budget does bind (tests/unit/test_rate_limits.py: 65 left at the start, in-thread
+server, load ~7): 500 per 8 s, 40.6 s vs ideal 31.0 s; 500 per 16.7 s, 67.0 s vs 64.6 s; 0
+429s and the limit down from 64 both times.
 
 The server runs as a child process by default, so its work doesn't compete with the client
 for the GIL; --server thread runs it in this process. --sequential-sample N times the first N
