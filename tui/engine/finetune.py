@@ -57,6 +57,11 @@ class Source:
     passing_eval_run_id: int | None = None
     dataset_id: int | None = None  # references of this dataset, when no run is given
     run_ids: tuple[int, ...] = ()  # a selection's runs, when no single run is given
+    # A teacher run's labels below this vote share are left out (the run sampled n > 1).
+    min_confidence: float = 0.0
+    # These items' references are trained on as they are, beside the run's labels (the
+    # recipe's labelled pool); alone with `dataset_id`, only these references.
+    reference_item_ids: list[int] | None = None
 
 
 @dataclass
@@ -89,19 +94,28 @@ def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
         if source.passing_eval_run_id is not None:
             passing = _passing_completions(store, source.passing_eval_run_id)
             rows = [r for r in rows if r.id in passing]
+        if source.min_confidence > 0:
+            rows = [r for r in rows if (r.confidence or 1.0) >= source.min_confidence]
         splits = {i.id: i.split for i in store.items(run.dataset_id)} if run.dataset_id else {}
         pairs = [
             _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))
             for r in rows
             if r.output.strip()
         ]
+        if source.reference_item_ids and run.dataset_id is not None:
+            labelled = {p.item_id for p in pairs}
+            pairs += [
+                p
+                for p in _reference_pairs(store, run.dataset_id, source.reference_item_ids)
+                if p.item_id not in labelled
+            ]
         return pairs, run.dataset_id
     if source.run_ids:
         return _selected_pairs(store, source.run_ids, source.completion_ids)
     if source.dataset_id is not None:
-        items = store.items(source.dataset_id)
-        pairs = [_Pair(i.id, i.input, i.reference, i.split) for i in items if i.reference.strip()]
-        return pairs, source.dataset_id
+        return _reference_pairs(
+            store, source.dataset_id, source.reference_item_ids
+        ), source.dataset_id
     raise FineTuneError("choose a run (the teacher's outputs) or a dataset's references")
 
 
@@ -122,6 +136,15 @@ def _selected_pairs(
         if r.output.strip()
     ]
     return pairs, next(iter(dataset_ids)) if len(dataset_ids) == 1 else None
+
+
+def _reference_pairs(store: Store, dataset_id: int, item_ids: list[int] | None) -> list[_Pair]:
+    wanted = set(item_ids) if item_ids is not None else None
+    return [
+        _Pair(i.id, i.input, i.reference, i.split)
+        for i in store.items(dataset_id)
+        if i.reference.strip() and (wanted is None or i.id in wanted)
+    ]
 
 
 def _passing_completions(store: Store, eval_run_id: int) -> set[int]:

@@ -31,6 +31,7 @@ from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, no_quota
 from tui.engine.retry import describe as _describe
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
+from tui.engine.voting import rule, vote
 
 # -- what a run is -----------------------------------------------------------------------
 
@@ -74,6 +75,13 @@ class RunSpec:
     # similar train-split examples retrieved per request: context distillation for a teacher.
     few_shot: list[tuple[str, str]] = field(default_factory=list)
     retrieve_k: int = 0
+    # Where retrieved examples come from: these items' (input, reference) pairs, e.g. the
+    # recipe's labelled pool; None = every train-split item with a reference.
+    retrieve_from: list[int] | None = None
+    # Self-consistency: n samples per request (OpenAI's `n`), the label the one most of them
+    # agree on under `vote` ("command_match" | "normalised"; tui/engine/voting.py).
+    samples: int = 1
+    vote: str = "normalised"
     name: str = ""
 
 
@@ -83,6 +91,11 @@ def create_run(store: Store, spec: RunSpec) -> int:
         "few_shot": [list(pair) for pair in spec.few_shot],
         "retrieve_k": spec.retrieve_k,
     }
+    if spec.retrieve_from is not None:
+        params["retrieve_from"] = list(spec.retrieve_from)
+    if spec.samples > 1:
+        params["samples"] = spec.samples
+        params["vote"] = spec.vote
     if spec.item_ids is not None:
         params["item_ids"] = list(spec.item_ids)
     return store.create_run(
@@ -284,8 +297,13 @@ class PromptBuilder:
         k = int(run.params.get("retrieve_k", 0))
         retriever = None
         if k > 0 and run.dataset_id is not None:
-            train = [(i.input, i.reference) for i in store.items(run.dataset_id, "train")]
-            retriever = SimilarExamples([pair for pair in train if pair[1]])
+            pool = run.params.get("retrieve_from")
+            if pool is None:
+                items = store.items(run.dataset_id, "train")
+            else:
+                wanted = set(pool)
+                items = [i for i in store.items(run.dataset_id) if i.id in wanted]
+            retriever = SimilarExamples([(i.input, i.reference) for i in items if i.reference])
         return cls(run.system_prompt, few_shot, retriever, k)
 
     def messages(self, item: Item) -> list[dict[str, str]]:
@@ -326,6 +344,8 @@ class _Attempt:
     first_token_ms: float | None = None
     remote_id: str | None = None
     sent: float = 0.0  # when the request took its slot (AdaptiveLimit's clock)
+    confidence: float | None = None  # the vote share, when n > 1 samples were voted on
+    samples: list[str] | None = None
 
 
 class Generator(Stoppable):
@@ -566,11 +586,15 @@ class Generator(Stoppable):
             **sampling.request_args(),
             **extra,
         }
+        n = int(run.params.get("samples", 1))
+        if n > 1:
+            request["n"] = n
         # The SSE lines are parsed with json.loads rather than into the SDK's chunk models:
         # building a model per chunk costs ~30x more CPU, which at 64 concurrent streams is
         # most of a core and shows as UI lag. Errors still come as the SDK's exceptions.
         streaming: Any = self.client.chat.completions.with_streaming_response
-        parts: list[str] = []
+        parts: list[str] = []  # choice 0, the one shown as it streams
+        others: dict[int, list[str]] = {}  # the other samples, when n > 1
         try:
             async with streaming.create(**request) as response:
                 self.limit.observe(response.headers, attempt.sent)
@@ -599,6 +623,10 @@ class Generator(Stoppable):
                         attempt.completion_tokens = usage.get("completion_tokens")
                     for choice in chunk.get("choices") or ():
                         text = (choice.get("delta") or {}).get("content")
+                        index = choice.get("index") or 0
+                        if index:
+                            others.setdefault(index, []).append(text or "")
+                            continue
                         if text:
                             if attempt.first_token_ms is None:
                                 attempt.first_token_ms = (time.monotonic() - started) * 1000
@@ -624,6 +652,13 @@ class Generator(Stoppable):
             attempt.output = "".join(parts)
         if attempt.finish_reason is None:
             raise _StreamBroken("the stream ended before the reply was complete")
+        if n > 1:
+            # A backend without `n` answers once: the vote is then over that one sample.
+            samples = [attempt.output] + ["".join(others[i]) for i in sorted(others)]
+            verdict = vote([s.strip() for s in samples], rule(str(run.params.get("vote"))))
+            attempt.samples = samples
+            attempt.confidence = verdict.share
+            attempt.output = verdict.answer
 
     async def _record(
         self,
@@ -666,6 +701,9 @@ class Generator(Stoppable):
             "finish_reason": attempt.finish_reason,
             "remote_id": attempt.remote_id,
         }
+        if attempt.samples is not None:
+            fields["confidence"] = attempt.confidence
+            fields["samples"] = json.dumps(attempt.samples, ensure_ascii=False)
         finished = ItemFinished(
             item_id=item.id,
             status=status,

@@ -134,6 +134,12 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY(job_id, remote_id)
     );
     """,
+    # A teacher sampled n times per request: the voted answer is `output`; `confidence` is the
+    # share of samples that agreed with it, `samples` the JSON list of every sample.
+    """
+    ALTER TABLE completions ADD COLUMN confidence REAL;
+    ALTER TABLE completions ADD COLUMN samples TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1170,10 +1176,14 @@ class CompletionRow:
     remote_id: str | None
     attempts: int
     created_at: str
+    confidence: float | None = None  # the vote share, when the run sampled n > 1 times
+    samples: list[str] | None = None
 
 
 def _completion_row(row: sqlite3.Row) -> CompletionRow:
-    return CompletionRow(**{f: row[f] for f in CompletionRow.__dataclass_fields__})
+    fields = {f: row[f] for f in CompletionRow.__dataclass_fields__ if f != "samples"}
+    samples = row["samples"]
+    return CompletionRow(**fields, samples=json.loads(samples) if samples else None)
 
 
 TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
