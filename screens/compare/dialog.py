@@ -9,7 +9,7 @@ from textual.widgets import Label, Static
 
 from screens.compare.marks import run_title
 from screens.dialogs import Dialog
-from screens.eval_dialogs import score_text
+from screens.grades import score_text
 from tui.engine.evals import Comparison, ItemCell, ItemRow
 
 
