@@ -77,13 +77,16 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
 
 
 async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:
-    from tui.engine.backend import BackendError, open_backend
+    from tui.engine.backend import BackendError, open_backends
 
     console = Console(stderr=False)
     config = load_config(args.config)
+    settings = config.backend_settings(settings)
     ensure_known_state(store)
     try:
-        backend = await open_backend(settings, on_progress=lambda m: console.print(f"[dim]{m}"))
+        # One client per distinct backend: the teacher may be on OpenAI or a GPU box while
+        # the student is trained on and served by the local backend.
+        backends = await open_backends(settings, on_progress=lambda m: console.print(f"[dim]{m}"))
     except BackendError as error:
         console.print(f"[red]distill-tui run: {error}")
         return 1
@@ -91,14 +94,18 @@ async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:
         reporter = RichReporter(console)
         recipe = Recipe(
             store,
-            backend.client,
+            backends.student.client,
             settings,
             config,
-            backend_kind=backend.spec.kind,
+            backend_kind=backends.student.spec.kind,
             reporter=reporter,
+            teacher_client=backends.teacher.client,
+            teacher_backend_kind=backends.teacher.spec.kind,
+            judge_client=backends.judge.client,
         )
         console.print(
-            f"Backend {backend.label}: student [b]{recipe.student}[/b], teacher "
+            f"{'Backend' if len(backends.distinct) == 1 else 'Backends'} {backends.label}: "
+            f"student [b]{recipe.student}[/b], teacher "
             f"[b]{recipe.teacher}[/b]"
             + (f" with {recipe.teacher_examples} examples" if recipe.teacher_examples else "")
         )
@@ -131,7 +138,7 @@ async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:
         console.print("Re-run the same command to resume from the last finished step.")
         return 1
     finally:
-        await backend.aclose()
+        await backends.aclose()
 
 
 def run(args: argparse.Namespace, settings: Any, store: Any) -> int:

@@ -3,6 +3,11 @@ local server's life (started on a free loopback port, stopped with the app).
 
 Rule (settings.backend == "auto"): a base URL set -> that URL; else an API key set -> OpenAI;
 else the local backend, `distill-tui serve`, started as a child process. No textual here.
+
+A backend per role: the teacher, the student and the judge may each have their own
+(`Settings.backend_owner`); `open_backends` opens one client per distinct backend (the local
+server started once however many roles use it) and closes them all. A role with no backend of
+its own uses the default one, so nothing changes when no role names one.
 """
 
 from __future__ import annotations
@@ -18,13 +23,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Any
 from urllib.parse import urlparse
 
 import openai
 from pydantic import SecretStr
 
-BackendKind = Literal["local", "openai", "url"]
+from tui.engine.retry import describe
+from tui.engine.settings import ROLES, BackendKind, Role
 
 # The local server reads its key from this variable: an argument would be visible to every
 # user of the machine in `ps`, the environment only to us.
@@ -71,6 +77,47 @@ def resolve_backend(settings: Any) -> BackendSpec:
     if kind == "local":
         return BackendSpec("local", None, settings.local_api_key, "local")
     raise BackendError(f"unknown backend {kind!r}: use auto, local, openai or url")
+
+
+def _key(value: SecretStr | None) -> SecretStr | None:
+    return value if value is not None and value.get_secret_value() else None
+
+
+def resolve_role_backend(settings: Any, role: Role) -> BackendSpec:
+    """The backend a role uses: the default one (resolve_backend) unless the role has its own
+    (`Settings.backend_owner`). A role's key is its own; failing that, the shared key only
+    where it was meant for the same server: OPENAI_API_KEY for a role on OpenAI (unless the
+    default backend is a URL, whose key it is), the default URL's key for a role on that URL.
+    A key is never sent to a server it was not given for."""
+    owner: Role | None = settings.backend_owner(role)
+    if owner is None:
+        return resolve_backend(settings)
+    kind: BackendKind = settings.backend_kind(owner)
+    env = f"DISTILL_{owner.upper()}"
+    base_url: str | None = getattr(settings, f"{owner}_base_url") or None
+    api_key = _key(getattr(settings, f"{owner}_api_key"))
+    default_kind = settings.backend_kind()
+    if kind == "local":
+        return BackendSpec("local", None, settings.local_api_key, "local")
+    if kind == "url":
+        if not base_url:
+            raise BackendError(
+                f"the {owner}'s backend 'url' needs a base URL: set {env}_BASE_URL "
+                f'(or {owner}_backend = "http://..." in the recipe config).'
+            )
+        if api_key is None and base_url == settings.base_url:
+            api_key = _key(settings.api_key)
+        return BackendSpec("url", base_url, api_key, urlparse(base_url).netloc or base_url)
+    if api_key is None and default_kind != "url":
+        api_key = _key(settings.api_key)
+    if base_url is None and default_kind == "openai":
+        base_url = settings.base_url or None  # OpenAI's rules at the address the user gave
+    if api_key is None:
+        raise BackendError(
+            f"the {owner}'s backend 'openai' needs an API key: set {env}_API_KEY "
+            "(or OPENAI_API_KEY)."
+        )
+    return BackendSpec("openai", base_url, api_key, "openai")
 
 
 def make_client(
@@ -280,7 +327,12 @@ class Backend:
 async def open_backend(settings: Any, on_progress: Callable[[str], None] | None = None) -> Backend:
     """Resolve the backend from settings, start the local server if that is the one, and
     return a ready client."""
-    spec = resolve_backend(settings)
+    return await _open(resolve_backend(settings), settings, on_progress)
+
+
+async def _open(
+    spec: BackendSpec, settings: Any, on_progress: Callable[[str], None] | None
+) -> Backend:
     timeout = float(getattr(settings, "request_timeout", 60.0))
     max_retries = int(getattr(settings, "max_retries", 2))
     if spec.kind != "local":
@@ -303,3 +355,126 @@ async def open_backend(settings: Any, on_progress: Callable[[str], None] | None 
         await server.stop()
         raise
     return Backend(spec, client, label, server)
+
+
+def _identity(spec: BackendSpec) -> tuple[str, ...]:
+    """Two roles share a backend when they would talk to the same server with the same key;
+    every local role shares the one local server."""
+    if spec.kind == "local":
+        return ("local",)
+    key = spec.api_key.get_secret_value() if spec.api_key is not None else ""
+    return (spec.kind, spec.base_url or "", key)
+
+
+@dataclass
+class Backends:
+    """The open backends, by role: `backends.teacher.client` carries the teacher's requests.
+    Roles on the same backend share one Backend (one client, one local server)."""
+
+    by_role: dict[Role, Backend]
+
+    @property
+    def teacher(self) -> Backend:
+        return self.by_role["teacher"]
+
+    @property
+    def student(self) -> Backend:
+        return self.by_role["student"]
+
+    @property
+    def judge(self) -> Backend:
+        return self.by_role["judge"]
+
+    @property
+    def distinct(self) -> list[Backend]:
+        """Each open backend once, in the order of the roles."""
+        out: list[Backend] = []
+        for backend in self.by_role.values():
+            if not any(b is backend for b in out):
+                out.append(backend)
+        return out
+
+    def roles_of(self, backend: Backend) -> tuple[Role, ...]:
+        return tuple(role for role, b in self.by_role.items() if b is backend)
+
+    @property
+    def label(self) -> str:
+        """For the status line: the backend's label, or each backend with its roles."""
+        distinct = self.distinct
+        if len(distinct) == 1:
+            return distinct[0].label
+        return " | ".join(f"{', '.join(self.roles_of(b))}: {b.label}" for b in distinct)
+
+    async def aclose(self) -> None:
+        """Close every client and stop the local server; all of them, even if one fails."""
+        await _close_all(self.distinct)
+
+    async def __aenter__(self) -> Backends:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+async def _close_all(backends: list[Backend]) -> None:
+    errors: list[Exception] = []
+    for backend in backends:
+        try:
+            await backend.aclose()
+        except Exception as error:  # closing the others matters more; raised below
+            errors.append(error)
+    if errors:
+        raise errors[0]
+
+
+async def open_backends(
+    settings: Any, on_progress: Callable[[str], None] | None = None
+) -> Backends:
+    """Open the backend of every role: one client per distinct backend, the local server
+    started once even if several roles use it. Every role's settings are checked before
+    anything is started; if one backend fails to open, those already open are closed."""
+    specs = {role: resolve_role_backend(settings, role) for role in ROLES}
+    opened: dict[tuple[str, ...], Backend] = {}
+    by_role: dict[Role, Backend] = {}
+    try:
+        for role, spec in specs.items():
+            identity = _identity(spec)
+            if identity not in opened:
+                opened[identity] = await _open(spec, settings, on_progress)
+            by_role[role] = opened[identity]
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            await _close_all(list(opened.values()))
+        raise
+    return Backends(by_role)
+
+
+@dataclass(frozen=True)
+class ModelGroup:
+    """The models one backend serves, for a model picker: under its label, with the roles
+    that use it; `error` says why the list is missing (the backend did not answer)."""
+
+    backend: Backend
+    roles: tuple[Role, ...]
+    models: tuple[str, ...]
+    error: str | None = None
+
+    @property
+    def label(self) -> str:
+        return self.backend.label
+
+
+async def list_models_by_backend(backends: Backends) -> list[ModelGroup]:
+    """The models of every open backend, grouped by backend (in the order of the roles), each
+    list sorted. A backend that cannot list its models gives a group with the reason and no
+    models, so the others still show."""
+
+    async def group(backend: Backend) -> ModelGroup:
+        roles = backends.roles_of(backend)
+        try:
+            models = sorted({m.id async for m in backend.client.models.list()})
+        except openai.APIError as error:
+            return ModelGroup(backend, roles, (), describe(error))
+        return ModelGroup(backend, roles, tuple(models))
+
+    return list(await asyncio.gather(*(group(b) for b in backends.distinct)))

@@ -291,7 +291,7 @@ class EvalRunner(Stoppable):
         kw.setdefault("judge_model", settings.judge)
         kw.setdefault("concurrency", settings.concurrency)
         kw.setdefault("max_retries", settings.max_retries)
-        if settings.backend_kind() == "openai":
+        if settings.backend_kind("judge") == "openai":  # the client is the judge's backend
             kw.setdefault("embedding_model", "text-embedding-3-small")
         return cls(store, client, **kw)
 
