@@ -31,6 +31,9 @@ _FILE = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)*[\w-]+\.[A-Za-z0-9]{1,8})(?![\w/-
 _HASH = re.compile(r"\b(?=[0-9a-f]*[a-f])(?=[0-9a-f]*[0-9])[0-9a-f]{7,40}\b")
 _URL = re.compile(r"(?:https?://|git@)\S+[\w/]")
 _SENTENCE_END = re.compile(r"[.,;:!?]+$")
+# A chunk of four or more characters repeated back to back inside one word
+# (docs-update-docs-update-…), unless the request itself has that word.
+_REPEATED = re.compile(r"(.{4,}?)\1")
 
 
 def _required(request: str) -> list[str]:
@@ -60,7 +63,7 @@ def check(request: str, reply: str) -> str | None:
         return f"no git subcommand {words[1]!r}"
     if len(words) > 24 or any(words.count(w) > 2 for w in words[2:]):
         return "runaway repetition"
-    if any("-" in w and len(w) > 12 and w.split("-")[0] == w.split("-")[-1] for w in words):
+    if any(_REPEATED.search(w) and w not in request for w in words[2:]):
         return "runaway repetition"
     for name in _required(request):
         if name not in line:

@@ -626,10 +626,6 @@ class Store:
                 (status, now() if finished else None, run_id),
             )
 
-    def delete_run(self, run_id: int) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM runs WHERE id = ?", (run_id,))
-
     def run_items(self, run_id: int) -> list[Item]:
         """The items a run covers: its dataset's split, or its explicit selection."""
         run = self.get_run(run_id)
@@ -949,10 +945,6 @@ class Store:
         """The newest eval run of this eval over this run (what a comparison shows)."""
         runs = self.list_eval_runs(eval_id, run_id)
         return runs[0] if runs else None
-
-    def delete_eval_run(self, eval_run_id: int) -> None:
-        with self.transaction() as conn:
-            conn.execute("DELETE FROM eval_runs WHERE id = ?", (eval_run_id,))
 
     def set_eval_run_status(
         self,

@@ -40,8 +40,12 @@ def same_command(a: str, b: str) -> bool:
     return score >= 1.0
 
 
+def _plain(text: str) -> str:
+    return " ".join(normalize_text(text).casefold().split()).strip(" .!?;:,")
+
+
 def same_text(a: str, b: str) -> bool:
-    return normalize_text(a) == normalize_text(b) != ""
+    return _plain(a) == _plain(b) != ""
 
 
 def rule(name: str) -> Same:

@@ -30,7 +30,7 @@ class SupervisedHyperparameters(BaseModel):
     batch_size: int | Literal["auto"] | None = None
     learning_rate_multiplier: float | Literal["auto"] | None = None
     # A local extension: LoRA (default) or a full fine-tune. OpenAI has no such knob.
-    training_type: Literal["lora", "full"] | None = None
+    training_type: Literal["auto", "lora", "full"] | None = None
 
 
 class SupervisedMethod(BaseModel):
@@ -168,7 +168,7 @@ async def create_job(body: JobRequest, local: Local) -> dict[str, Any]:
             "suffix": suffix,
             "seed": seed,
             "hyperparameters": hp,
-            "train_method": hp_in.training_type or "lora",
+            "train_method": hp_in.training_type or "auto",
             "metadata": metadata,
         }
     )
