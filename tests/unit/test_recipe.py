@@ -1,5 +1,5 @@
 """`distill-tui run`'s engine end to end on the local backend with a tiny model and a
-20-item dataset: every step's artefacts exist, the report agrees with the stored grades, and
+40-item dataset: every step's artefacts exist, the report agrees with the stored grades, and
 an interrupted recipe resumes where it stopped."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def dataset(store: Store) -> int:
     items = [
         ItemDraft(f"Create a new branch called 'topic-{i}'.", f"git branch topic-{i}")
-        for i in range(20)
+        for i in range(40)
     ]
     ds = store.create_dataset("tiny-git", "Reply with a git command.", items)
     store.random_split(ds, 0.25, seed=3)
@@ -54,6 +54,11 @@ class Recorder(Reporter):
         self.skipped.append(key)
 
 
+KEEP_NON_EMPTY = (
+    "def grade(sample, item):\n    return 1.0 if sample['output_text'].strip() else 0.0\n"
+)
+
+
 async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None:
     store = Store.open(tmp_path / "ws")
     dataset(store)
@@ -63,6 +68,10 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         config = RecipeConfig(
             dataset="tiny-git",
             teacher_examples=3,
+            teacher_pool=0.34,
+            teacher_samples=3,
+            gate=[{"type": "python", "name": "non-empty", "source": KEEP_NON_EMPTY}],
+            rounds=1,
             max_tokens=6,
             # The tiny random model's greedy reply is blank lines; sampled, it says something.
             temperature=1.0,
@@ -70,46 +79,87 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
             finetune={"n_epochs": 1, "batch_size": 4},
         )
 
-        # Interrupted before the fine-tune: the first steps are recorded as finished.
-        first = Recorder(stop_at="finetune")
+        # Interrupted before the main fine-tune: the first steps are recorded as finished.
+        first = Recorder(stop_at="round-1/train")
         with pytest.raises(RecipeError, match="interrupted"):
             await Recipe(store, c, settings, config, backend_kind="local", reporter=first).run()
-        assert first.started == ["baseline", "baseline_eval", "teacher", "training_file"]
+        before = [
+            "baseline",
+            "baseline/eval",
+            "pool-only/train",
+            "pool-only",
+            "pool-only/eval",
+            "round-1/teacher",
+            "round-1/teacher/gate",
+        ]
+        assert first.started == before
 
         second = Recorder()
         recipe = Recipe(store, c, settings, config, backend_kind="local", reporter=second)
         report = await recipe.run()
-    assert second.skipped == ["baseline", "baseline_eval", "teacher", "training_file"]
-    assert second.started == ["finetune", "finetuned", "finetuned_eval", "compare"]
+    assert second.skipped == before
+    after = ["round-1/train", "teacher", "teacher/eval", "finetuned", "finetuned/eval", "compare"]
+    assert second.started == after
 
     state = json.loads((store.directory / STATE_FILE).read_text())
-    baseline = store.get_run(state["baseline_run"])
-    teacher = store.get_run(state["teacher_run"])
-    finetuned = store.get_run(state["finetuned_run"])
-    n_eval = store.get_dataset(state["dataset_id"]).n_eval
-    assert (baseline.split, baseline.n_done) == ("eval", n_eval)
-    assert (teacher.split, teacher.params["retrieve_k"]) == ("train", 3)
-    assert finetuned.model == state["fine_tuned_model"]
+    runs = state["runs"]
+    baseline = store.get_run(runs["baseline"])
+    teacher = store.get_run(runs["round-1/teacher"])
+    finetuned = store.get_run(runs["finetuned"])
+    info = store.get_dataset(state["dataset_id"])
+    assert (baseline.split, baseline.n_done) == ("eval", info.n_eval)
+    # The teacher labels the train items outside the pool, sees only the pool's references,
+    # and samples 3 times per request with a vote whose share is stored.
+    pool = set(state["pool"])
+    train = {i.id for i in store.items(info.id, "train")}
+    assert pool < train and len(pool) == round(len(train) * 0.34) == 10
+    assert {r.item_id for r in store.completions(teacher.id)} == train - pool
+    assert teacher.params["retrieve_k"] == 3 and set(teacher.params["retrieve_from"]) == pool
+    labels = [r for r in store.completions(teacher.id) if r.status == "done"]
+    assert labels and all(r.samples and len(r.samples) == 3 for r in labels)
+    assert all(r.confidence in (1 / 3, 2 / 3, 1.0) for r in labels)
+    # The training file: the pool's references as they are, plus the labels the gate kept.
+    kept = [r for r in labels if r.output.strip()]
+    lines = Path(state["training_files"]["round-1/train"]).read_text().splitlines()
+    job = store.get_job(state["jobs"]["round-1/train"])
+    n_validation = round((len(pool) + len(kept)) * 0.1)  # FineTuneConfig's default share
+    assert len(lines) == len(pool) + len(kept) - n_validation and job.status == "succeeded"
+    answers = {json.loads(line)["messages"][-1]["content"] for line in lines}
+    references = {i.reference for i in store.items(info.id) if i.id in pool}
+    assert len(answers & references) >= len(pool) - n_validation
+    assert finetuned.model == state["models"]["round-1/train"]
     assert finetuned.model.startswith(f"ft:{tiny}:")
-    job = store.get_job(state["job_id"])
-    assert job.status == "succeeded"
-    assert Path(state["training_file"]).is_file()
+    # The teacher is also run on the eval split, with the same context.
+    on_eval = store.get_run(runs["teacher"])
+    assert (on_eval.split, on_eval.params["retrieve_from"]) == (
+        "eval",
+        teacher.params["retrieve_from"],
+    )
 
-    # The report says what the stored grades say.
-    for label, eval_key in (
-        ("baseline student", "baseline_eval"),
-        ("fine-tuned student", "finetuned_eval"),
+    # The report: its rows, and what the stored grades say.
+    assert [row["run"] for row in report["rows"]] == [
+        "teacher",
+        "baseline student",
+        "pool-only student",
+        "fine-tuned student",
+    ]
+    for label, step in (
+        ("teacher", "teacher/eval"),
+        ("baseline student", "baseline/eval"),
+        ("pool-only student", "pool-only/eval"),
+        ("fine-tuned student", "finetuned/eval"),
     ):
-        rows = result_rows(store, state[eval_key])
+        rows = result_rows(store, state["eval_runs"][step])
         for grader, rate in report["pass_rates"][label].items():
             verdicts = [r.grades[grader].passed for r in rows if grader in r.grades]
             decided = [v for v in verdicts if v is not None]
             expected = sum(decided) / len(decided) if decided else None
             assert rate == pytest.approx(expected)
+    assert "round-1/labels" in report["teaching"]["notes"]
     reports = store.directory / "reports"
     assert json.loads((reports / "recipe.json").read_text())["rows"] == report["rows"]
     markdown = (reports / "recipe.md").read_text()
-    assert "baseline student" in markdown and "fine-tuned student" in markdown
+    assert "pool-only student" in markdown and "fine-tuned student" in markdown
 
     # Everything finished: a third run does nothing again.
     async with client(server.url) as c:

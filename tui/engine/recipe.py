@@ -1,27 +1,31 @@
-"""The whole recipe, unattended: baseline student run on the eval split → eval → teacher run
-on the train split → training file → fine-tune → fine-tuned student run on the eval split →
-eval → comparison. The same engine the screens use; each step's result is recorded in the
-workspace, so re-running skips finished steps and resumes a half-done one.
+"""The whole recipe, unattended: the untuned student on the eval split → the teacher labels the
+train split → its labels are gated → the student is fine-tuned on them → the fine-tuned
+student and the teacher on the eval split → the comparison. The same engine the screens use;
+each step's result is recorded in the workspace, so re-running skips finished steps and
+resumes a half-done one.
 
-The default, on the local backend with the shipped git dataset: the student is
-SmolLM2-135M-Instruct with a short system prompt; the teacher is the same model given the k
-most similar train-split examples as prior chat turns (context distillation), unless a
-stronger teacher is configured."""
+The default on the local backend with the shipped git dataset is an honest offline
+distillation: the teaching pipeline sees the references of a small labelled pool only
+(teaching.py); the teacher is SmolLM2-135M-Instruct given the most similar pool examples as
+prior chat turns, sampled several times with a vote; its labels pass a reference-free gate;
+and in later rounds the fine-tuned student, given the same context, is the next teacher
+(expert iteration). The report puts teacher, untuned student, pool-only student and
+fine-tuned student side by side. A stronger teacher (OpenAI, a GPU box) is one setting away,
+and `teacher_model = "references"` trains on the dataset's own answers (the ceiling)."""
 
 from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import openai
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from tui.engine import preflight
+from tui.engine.evals import EvalRunner, create_eval, start_eval_run, update_eval
 from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset
 from tui.engine.finetune import (
     FineTuneError,
@@ -29,6 +33,7 @@ from tui.engine.finetune import (
     JobUpdate,
     JobWatcher,
     Source,
+    TrainingSet,
     build_training_set,
     launch_job,
     token_counter_for,
@@ -38,15 +43,20 @@ from tui.engine.generation import (
     Estimate,
     Event,
     Generator,
+    ItemFinished,
     RunSpec,
     SamplingParams,
     create_run,
     estimate_run,
 )
-from tui.engine.settings import Settings
+from tui.engine.report import RowSource, build_report, write_report
+from tui.engine.settings import Price, Settings, parse_backend_choice
 from tui.engine.store import Store, StoreError
+from tui.engine.teaching import choose_pool, git_gate_grader, split_validation
+from tui.engine.training_data import MIN_EXAMPLES
 
 STATE_FILE = "recipe-state.json"
+REFERENCES = "references"  # teacher_model = "references": train on the dataset's own answers
 DEFAULT_GRADERS: list[dict[str, Any]] = [
     {"type": "command_match", "name": "command match"},
     {
@@ -74,18 +84,59 @@ class RecipeConfig(BaseModel):
 
     dataset: str = GIT_DATASET_NAME
     student_model: str | None = None  # default: settings.student
-    teacher_model: str | None = None  # default: settings.teacher
+    teacher_model: str | None = None  # default: settings.teacher; "references": the labels
+    # Each role's backend: auto, default, local, openai, url or an OpenAI-compatible URL;
+    # None = the settings' (DISTILL_TEACHER_BACKEND...). Keys come from the environment only
+    # (DISTILL_TEACHER_API_KEY...). The training file, the job and the fine-tuned model live
+    # on the student's backend.
+    teacher_backend: str | None = None
+    student_backend: str | None = None
+    judge_backend: str | None = None
     student_prompt: str | None = None  # default: a short instruction
     teacher_prompt: str | None = None  # default: the student's prompt
-    # k most similar train examples given to the teacher as chat turns; None = 10 when the
+    # k most similar pool examples given to the teacher as chat turns; None = 10 when the
     # teacher is the student's own model (context distillation), else 0.
     teacher_examples: int | None = Field(default=None, ge=0, le=50)
+    # The labelled pool: the share of the train split whose references the teaching pipeline
+    # may see (its demonstrations, trained on as they are); None = 0.15 (at most
+    # teacher_pool_max items) when the teacher is the student's own model, else 0 (the seed's
+    # flow: requests only, every train request labelled by the teacher).
+    teacher_pool: float | None = Field(default=None, ge=0, le=1)
+    teacher_pool_max: int = Field(default=64, ge=1)
+    # Self-consistency: samples per request (OpenAI's `n`) and their temperature; the label is
+    # the answer most samples agree on (vote: "command_match" or "normalised"; None: the
+    # first grader's kind), its vote share the teacher's confidence.
+    teacher_samples: int | None = Field(default=None, ge=1, le=16)
+    teacher_temperature: float = Field(default=0.8, ge=0, le=2)
+    vote: str | None = None
+    # The quality gate: reference-free graders every kept label must pass (None = the shipped
+    # "one well-formed git command" check on the git dataset, none elsewhere) and a minimum
+    # vote share.
+    gate: list[dict[str, Any]] | None = None
+    min_confidence: float = Field(default=0.0, ge=0, le=1)
+    # Expert iteration: round r > 1's teacher is round r−1's fine-tuned student with the same
+    # context; a round is kept only while the score on the pool's validation share improves.
+    rounds: int | None = Field(default=None, ge=1, le=5)
+    pool_validation: float = Field(default=0.2, ge=0, lt=0.5)
     max_tokens: int = Field(default=48, ge=1, le=4096)
     temperature: float = Field(default=0.0, ge=0, le=2)
     concurrency: int | None = Field(default=None, ge=1, le=256)
     eval_name: str = "git commands"
     graders: list[dict[str, Any]] = Field(default_factory=lambda: list(DEFAULT_GRADERS))
     finetune: FineTuneConfig = Field(default_factory=FineTuneConfig)
+
+    @field_validator("teacher_backend", "student_backend", "judge_backend")
+    @classmethod
+    def _backend(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_backend_choice(value)  # raises, naming what a backend can be
+        return value
+
+    def backend_settings(self, settings: Settings) -> Settings:
+        """The settings with this config's backends (if it names any) in place."""
+        return settings.with_backends(
+            teacher=self.teacher_backend, student=self.student_backend, judge=self.judge_backend
+        )
 
 
 def load_config(path: Path | None) -> RecipeConfig:
@@ -112,18 +163,22 @@ class RecipeError(RuntimeError):
 
 @dataclass
 class RecipeState:
-    """What each step produced (ids in the workspace); saved after every step."""
+    """What each step produced (ids in the workspace), by step key; saved after every step."""
 
+    version: int = 2
     dataset_id: int | None = None
-    baseline_run: int | None = None
-    baseline_eval: int | None = None
-    teacher_run: int | None = None
-    training_file: str | None = None
-    job_id: int | None = None
-    fine_tuned_model: str | None = None
-    finetuned_run: int | None = None
-    finetuned_eval: int | None = None
     eval_id: int | None = None
+    gate_eval_id: int | None = None
+    pool: list[int] | None = None  # item ids of the labelled pool (trained on and shown)
+    pool_validation: list[int] = field(default_factory=list)  # judges rounds, never trained
+    runs: dict[str, int] = field(default_factory=dict)  # step → generation run id
+    eval_runs: dict[str, int] = field(default_factory=dict)  # step → eval run id
+    jobs: dict[str, int] = field(default_factory=dict)  # training step → job id
+    models: dict[str, str] = field(default_factory=dict)  # training step → fine-tuned model
+    training_files: dict[str, str] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # step → what it reported
+    scores: dict[str, float] = field(default_factory=dict)  # round → validation pass rate
+    best_round: int | None = None
     report: dict[str, Any] | None = None
     finished: list[str] = field(default_factory=list)
 
@@ -132,8 +187,11 @@ class RecipeState:
         if not path.exists():
             return cls()
         try:
-            return cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (ValueError, TypeError) as error:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if data.get("version") != 2:
+                raise ValueError("it was written by an older distill-tui")
+            return cls(**data)
+        except (ValueError, TypeError, AttributeError) as error:
             raise RecipeError(
                 f"{path}: the recipe's saved state is unreadable ({error}); delete it to start over"
             ) from error
@@ -142,18 +200,6 @@ class RecipeState:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
         tmp.replace(path)
-
-
-STEPS = (
-    ("baseline", "Student outputs on the eval split (baseline)"),
-    ("baseline_eval", "Evaluate the baseline"),
-    ("teacher", "Teacher outputs on the train split"),
-    ("training_file", "Training file from the teacher's outputs"),
-    ("finetune", "Fine-tune the student"),
-    ("finetuned", "Fine-tuned student outputs on the eval split"),
-    ("finetuned_eval", "Evaluate the fine-tuned student"),
-    ("compare", "Compare"),
-)
 
 
 class Reporter:
@@ -165,7 +211,14 @@ class Reporter:
     def skip(self, key: str, title: str, note: str) -> None: ...
 
 
-Confirm = Callable[[str], Awaitable[bool]]
+@dataclass(frozen=True)
+class Generation:
+    """A generation step: who answers which items, with what context."""
+
+    key: str
+    title: str
+    spec: RunSpec
+    teacher: bool = False  # runs on the teacher's backend
 
 
 class Recipe:
@@ -178,12 +231,18 @@ class Recipe:
         *,
         backend_kind: str,
         reporter: Reporter | None = None,
+        teacher_client: openai.AsyncOpenAI | None = None,
+        teacher_backend_kind: str | None = None,
+        judge_client: openai.AsyncOpenAI | None = None,
     ) -> None:
         self.store = store
-        self.client = client
+        self.client = client  # the student's backend: its runs, the training file, the job
+        self.teacher_client = teacher_client or client
+        self.judge_client = judge_client or client  # model graders (score_model, label_model)
         self.settings = settings
         self.config = config
         self.backend_kind = backend_kind
+        self.teacher_backend_kind = teacher_backend_kind or backend_kind
         self.reporter = reporter or Reporter()
         self.state_path = store.directory / STATE_FILE
         self.state = RecipeState.load(self.state_path)
@@ -202,6 +261,16 @@ class Recipe:
         return self.config.teacher_model or self.settings.teacher
 
     @property
+    def references_teacher(self) -> bool:
+        return self.teacher == REFERENCES
+
+    @property
+    def self_taught(self) -> bool:
+        """The teacher is the student's own model (the offline default): context distillation."""
+        same_backend = self.teacher_client is self.client
+        return same_backend and self.teacher == (self.config.student_model or self.settings.student)
+
+    @property
     def student_prompt(self) -> str:
         return self.config.student_prompt or STUDENT_PROMPT
 
@@ -210,10 +279,47 @@ class Recipe:
         return self.config.teacher_prompt or self.student_prompt
 
     @property
+    def pool_fraction(self) -> float:
+        if self.references_teacher:
+            return 0.0
+        if self.config.teacher_pool is not None:
+            return self.config.teacher_pool
+        return 0.15 if self.self_taught else 0.0
+
+    @property
     def teacher_examples(self) -> int:
+        if self.references_teacher or self.pool_fraction == 0:
+            return 0
         if self.config.teacher_examples is not None:
             return self.config.teacher_examples
-        return 10 if self.teacher == self.student else 0
+        return 10 if self.self_taught else 0
+
+    @property
+    def teacher_samples(self) -> int:
+        if self.config.teacher_samples is not None:
+            return self.config.teacher_samples
+        return 8 if self.self_taught else 1
+
+    @property
+    def rounds(self) -> int:
+        if self.references_teacher:
+            return 1
+        if self.config.rounds is not None:
+            return self.config.rounds
+        return 2 if self.self_taught else 1
+
+    @property
+    def vote_rule(self) -> str:
+        if self.config.vote:
+            return self.config.vote
+        kinds = [g.get("type") for g in self.config.graders]
+        return "command_match" if "command_match" in kinds else "normalised"
+
+    @property
+    def gate(self) -> list[dict[str, Any]]:
+        if self.config.gate is not None:
+            return list(self.config.gate)
+        return [git_gate_grader()] if self.config.dataset == GIT_DATASET_NAME else []
 
     @property
     def concurrency(self) -> int:
@@ -250,50 +356,104 @@ class Recipe:
         self._save()
         return info.id
 
-    # -- estimates -------------------------------------------------------------------------
-
-    def _spec(self, role: str) -> RunSpec:
-        dataset = self.dataset_id()
-        sampling = SamplingParams(
-            max_tokens=self.config.max_tokens, temperature=self.config.temperature
-        )
-        task = {"task": self.config.dataset, "recipe": "distill-tui"}
-        if role == "teacher":
-            return RunSpec(
-                dataset_id=dataset,
-                model=self.teacher,
-                role="teacher",
-                system_prompt=self.teacher_prompt,
-                split="train",
-                params=sampling,
-                metadata={**task, "role": "teacher"},
-                retrieve_k=self.teacher_examples,
-                name="recipe: teacher (train)",
+    def pool(self) -> list[int]:
+        """The labelled pool (chosen once, then read from the state)."""
+        if self.state.pool is None:
+            train = self.store.items(self.dataset_id(), "train")
+            labelled = [i.id for i in train if i.reference.strip()]
+            seed = self.config.finetune.seed
+            self.state.pool = choose_pool(
+                labelled, self.pool_fraction, self.config.teacher_pool_max, seed
             )
-        model = self.student if role == "student" else (self.state.fine_tuned_model or "")
+            if self.rounds > 1:
+                _, self.state.pool_validation = split_validation(
+                    self.state.pool, self.config.pool_validation, seed
+                )
+            self._save()
+        return self.state.pool
+
+    def pool_train(self) -> list[int]:
+        held = set(self.state.pool_validation)
+        return [i for i in self.pool() if i not in held]
+
+    def unlabelled_train(self) -> list[int]:
+        pool = set(self.pool())
+        return [i.id for i in self.store.items(self.dataset_id(), "train") if i.id not in pool]
+
+    # -- the runs ----------------------------------------------------------------------------
+
+    def _sampling(self, samples: int = 1) -> SamplingParams:
+        temperature = self.config.teacher_temperature if samples > 1 else self.config.temperature
+        return SamplingParams(
+            max_tokens=self.config.max_tokens,
+            temperature=temperature,
+            seed=0 if samples > 1 else None,
+        )
+
+    def _metadata(self, role: str) -> dict[str, str]:
+        return {"task": self.config.dataset, "recipe": "distill-tui", "role": role}
+
+    def teacher_spec(
+        self, model: str, *, split: str | None, item_ids: list[int] | None, name: str
+    ) -> RunSpec:
+        """The teacher as it teaches: its prompt, the nearest pool examples, n samples."""
+        samples = self.teacher_samples
         return RunSpec(
-            dataset_id=dataset,
+            dataset_id=self.dataset_id(),
+            model=model,
+            role="teacher",
+            system_prompt=self.teacher_prompt,
+            split=split,
+            item_ids=item_ids,
+            params=self._sampling(samples),
+            metadata=self._metadata("teacher"),
+            retrieve_k=self.teacher_examples,
+            retrieve_from=self.pool() if self.teacher_examples else None,
+            samples=samples,
+            vote=self.vote_rule,
+            name=name,
+        )
+
+    def student_spec(
+        self, model: str, role: str, name: str, item_ids: list[int] | None = None
+    ) -> RunSpec:
+        return RunSpec(
+            dataset_id=self.dataset_id(),
             model=model,
             role=role,
             system_prompt=self.student_prompt,
-            split="eval",
-            params=sampling,
-            metadata={**task, "role": role},
-            name=f"recipe: {role} (eval)",
+            split="eval" if item_ids is None else None,
+            item_ids=item_ids,
+            params=self._sampling(),
+            metadata=self._metadata(role),
+            name=name,
         )
 
+    def round_teacher_model(self, round_: int) -> str:
+        return self.teacher if round_ == 1 else self.state.models[f"round-{round_ - 1}/train"]
+
     def estimates(self) -> list[tuple[str, Estimate]]:
-        """Cost estimates of the generation steps still to run (for the confirmation)."""
+        """Cost estimates of the paid generation steps still to run (for the confirmation)."""
         out = []
-        for role, attr in (("student", "baseline_run"), ("teacher", "teacher_run")):
-            run_id = getattr(self.state, attr)
-            if run_id is None:
-                run_id = create_run(self.store, self._spec(role))
-                setattr(self.state, attr, run_id)
-                self._save()
-            model = self.student if role == "student" else self.teacher
-            out.append((role, estimate_run(self.store, run_id, self.settings.price(model))))
+        if "baseline" not in self.state.finished:
+            run_id = self._run_id(
+                Generation(
+                    "baseline",
+                    "",
+                    self.student_spec(self.student, "student", "recipe: student (eval)"),
+                )
+            )
+            out.append(("student", estimate_run(self.store, run_id, self.price(self.student))))
+        if not self.references_teacher and "round-1/teacher" not in self.state.finished:
+            run_id = self._run_id(self._teacher_generation(1))
+            estimate = estimate_run(self.store, run_id, self.price(self.teacher, teacher=True))
+            out.append(("teacher", estimate))
         return out
+
+    def price(self, model: str, *, teacher: bool = False) -> Price:
+        """A model's price on the backend it runs on: the teacher's prices for the teacher
+        (first round), the student's for the student and its fine-tuned models."""
+        return self.settings.price(model, "teacher" if teacher else "student")
 
     # -- running ---------------------------------------------------------------------------
 
@@ -306,63 +466,186 @@ class Recipe:
     async def _run(self) -> dict[str, Any]:
         self.dataset_id()
         await self.check_before_spending()
-        await self._generate("baseline", "baseline_run", "student")
-        await self._evaluate("baseline_eval", "baseline_run", "baseline_eval")
-        await self._generate("teacher", "teacher_run", "teacher")
-        training = self._training_file()
-        await self._finetune(training)
-        await self._generate("finetuned", "finetuned_run", "fine-tuned")
-        await self._evaluate("finetuned_eval", "finetuned_run", "finetuned_eval")
-        return self._compare()
+        self.pool()
+        rows: list[RowSource] = []
+        baseline = self.student_spec(self.student, "student", "recipe: student (eval)")
+        await self._generate(
+            Generation("baseline", "Student outputs on the eval split (baseline)", baseline)
+        )
+        await self._evaluate("baseline")
+        rows.append(RowSource("baseline student", "baseline"))
+
+        if len(self.pool_train()) >= MIN_EXAMPLES:
+            training = self._references_training("pool-only/train", self.pool_train())
+            model = await self._finetune("pool-only/train", training, "pool")
+            spec = self.student_spec(model, "fine-tuned", "recipe: pool-only student (eval)")
+            await self._generate(
+                Generation("pool-only", "Pool-only student on the eval split", spec)
+            )
+            await self._evaluate("pool-only")
+            rows.append(RowSource("pool-only student", "pool-only"))
+        elif self.pool_train():
+            self.state.notes["pool-only"] = (
+                f"no pool-only row: the pool has {len(self.pool_train())} examples and "
+                f"fine-tuning needs at least {MIN_EXAMPLES}"
+            )
+
+        if self.references_teacher:
+            train_ids = [
+                i.id for i in self.store.items(self.dataset_id(), "train") if i.reference.strip()
+            ]
+            training = self._references_training("round-1/train", train_ids)
+            final_model = await self._finetune(
+                "round-1/train", training, self.config.finetune.suffix
+            )
+            self.state.best_round = 1
+        else:
+            final_model = await self._rounds(rows)
+            teacher_round = self.state.best_round or 1
+            spec = self.teacher_spec(
+                self.round_teacher_model(teacher_round),
+                split="eval",
+                item_ids=None,
+                name=f"recipe: teacher of round {teacher_round} (eval)",
+            )
+            # A later round's teacher is a fine-tuned student: it lives on the student's backend.
+            title = "Teacher on the eval split, with its context"
+            await self._generate(Generation("teacher", title, spec, teacher=teacher_round == 1))
+            await self._evaluate("teacher")
+            rows.insert(0, RowSource("teacher", "teacher"))
+
+        spec = self.student_spec(final_model, "fine-tuned", "recipe: fine-tuned student (eval)")
+        await self._generate(Generation("finetuned", "Fine-tuned student on the eval split", spec))
+        await self._evaluate("finetuned")
+        rows.append(RowSource("fine-tuned student", "finetuned"))
+        return self._compare(rows)
+
+    async def _rounds(self, rows: list[RowSource]) -> str:
+        """Label → gate → train, repeated while the pool-validation score improves."""
+        best_model = ""
+        for round_ in range(1, self.rounds + 1):
+            key = f"round-{round_}"
+            if (
+                round_ > 1
+                and self.state.best_round is not None
+                and self.state.best_round < round_ - 1
+            ):
+                break  # an earlier round stopped improving
+            teacher = self._teacher_generation(round_)
+            await self._generate(teacher)
+            await self._evaluate(f"{key}/teacher", gate=True)
+            self._label_quality(key)
+            training = self._teacher_training(key)
+            model = await self._finetune(
+                f"{key}/train", training, f"{self.config.finetune.suffix}-r{round_}"
+            )
+            if self.rounds == 1 or not self.state.pool_validation:
+                self.state.best_round, best_model = round_, model
+                break
+            spec = self.student_spec(
+                model,
+                "fine-tuned",
+                f"recipe: round {round_} student (pool validation)",
+                list(self.state.pool_validation),
+            )
+            await self._generate(
+                Generation(
+                    f"{key}/validation",
+                    f"Round {round_} student on the pool's validation share",
+                    spec,
+                )
+            )
+            score = await self._evaluate(f"{key}/validation")
+            previous = self.state.scores.get(f"round-{round_ - 1}")
+            self.state.scores[key] = score
+            if previous is None or score > previous:
+                self.state.best_round, best_model = round_, model
+            self._save()
+            if previous is not None and score <= previous:
+                self.reporter.finish(
+                    key, f"validation {score:.0%} ≤ {previous:.0%}: round {round_ - 1} kept"
+                )
+                break
+        if not best_model:
+            best_model = self.state.models[f"round-{self.state.best_round}/train"]
+        return best_model
+
+    def _teacher_generation(self, round_: int) -> Generation:
+        spec = self.teacher_spec(
+            self.round_teacher_model(round_),
+            split=None,
+            item_ids=self.unlabelled_train(),
+            name=f"recipe: teacher, round {round_} (train)",
+        )
+        title = "Teacher labels the train split" + (f" (round {round_})" if self.rounds > 1 else "")
+        return Generation(f"round-{round_}/teacher", title, spec, teacher=round_ == 1)
 
     async def check_before_spending(self) -> None:
         """What the steps still to run need, checked before the first paid request (once)."""
         if self._checked:
             return
-        todo = {key for key, _ in STEPS if not self._done(key)}
-        models = {"student": self.student if todo & {"baseline", "finetune"} else ""}
-        models["teacher"] = self.teacher if "teacher" in todo else ""
-        fine_tune = "finetune" in todo and self.state.job_id is None
+        fine_tune = (
+            "round-1/train" not in self.state.finished and "round-1/train" not in self.state.jobs
+        )
+        models = {
+            "student": self.student if "baseline" not in self.state.finished or fine_tune else ""
+        }
+        models["teacher"] = (
+            self.teacher
+            if not self.references_teacher and "round-1/teacher" not in self.state.finished
+            else ""
+        )
         problems = await preflight.check_before_spending(
             self.client,
             self.settings,
             self.backend_kind,
-            models=models,
+            models=models if self.teacher_client is self.client else {"student": models["student"]},
             fine_tune=self.student if fine_tune else None,
             dataset=self.store.get_dataset(self.dataset_id()) if fine_tune else None,
             validation_fraction=self.config.finetune.validation_fraction,
         )
+        if self.teacher_client is not self.client and models.get("teacher"):
+            # The teacher is asked for on its own backend; fine-tuning concerns the student's.
+            problems += await preflight.check_before_spending(
+                self.teacher_client,
+                self.settings,
+                self.teacher_backend_kind,
+                models={"teacher": models["teacher"]},
+            )
         if problems:
             raise RecipeError("stopped before any paid request: " + "; ".join(problems))
         self._checked = True
 
-    def _title(self, key: str) -> str:
-        return dict(STEPS)[key]
-
-    async def _generate(self, step: str, attr: str, role: str) -> None:
-        if self._done(step):
-            self.reporter.skip(step, self._title(step), f"run {getattr(self.state, attr)}")
-            return
-        run_id = getattr(self.state, attr)
+    def _run_id(self, generation: Generation) -> int:
+        run_id = self.state.runs.get(generation.key)
         if run_id is None:
-            run_id = create_run(self.store, self._spec(role))
-            setattr(self.state, attr, run_id)
+            run_id = create_run(self.store, generation.spec)
+            self.state.runs[generation.key] = run_id
             self._save()
+        return run_id
+
+    async def _generate(self, generation: Generation) -> None:
+        step = generation.key
+        if self._done(step):
+            self.reporter.skip(step, generation.title, f"run {self.state.runs[step]}")
+            return
+        run_id = self._run_id(generation)
         total = len(self.store.run_items(run_id))
-        self.reporter.step(step, self._title(step), total)
+        self.reporter.step(step, generation.title, total)
         model = self.store.get_run(run_id).model
+        kind = self.teacher_backend_kind if generation.teacher else self.backend_kind
         generator = Generator(
             self.store,
-            self.client,
+            self.teacher_client if generation.teacher else self.client,
             concurrency=self.concurrency,
             max_retries=self.settings.max_retries,
-            price=self.settings.price(model),
-            store_completions=self.backend_kind in ("openai", "local"),
+            price=self.price(model, teacher=generation.teacher),
+            store_completions=kind in ("openai", "local"),
         )
 
         def progress(event: Event) -> None:
-            stats = generator.stats
-            if type(event).__name__ == "ItemFinished":
+            if isinstance(event, ItemFinished):
+                stats = generator.stats
                 self.reporter.advance(
                     step,
                     stats.done_before + stats.finished_items,
@@ -372,90 +655,135 @@ class Recipe:
 
         finished = await generator.run(run_id, on_event=progress)
         if finished.status != "done":
-            raise RecipeError(f"{self._title(step)}: {finished.message}")
+            raise RecipeError(f"{generation.title}: {finished.message}")
         run = self.store.get_run(run_id)
         if run.n_done == 0:
-            raise RecipeError(f"{self._title(step)}: no item succeeded ({run.n_failed} failed)")
+            raise RecipeError(f"{generation.title}: no item succeeded ({run.n_failed} failed)")
         self.reporter.finish(step, f"{run.n_done} done, {run.n_failed} failed")
         self._save(step)
 
-    def _eval_id(self) -> int:
-        from tui.engine.evals import create_eval, update_eval
-
-        existing = self.store.eval_by_name(self.config.eval_name)
+    def _eval_id(self, gate: bool) -> int:
+        name = f"{self.config.eval_name}: teacher gate" if gate else self.config.eval_name
+        graders = self.gate if gate else self.config.graders
+        existing = self.store.eval_by_name(name)
         if existing is None:
-            return create_eval(self.store, self.config.eval_name, self.config.graders)
-        update_eval(self.store, existing.id, graders=self.config.graders)
+            return create_eval(self.store, name, graders)
+        update_eval(self.store, existing.id, graders=graders)
         return existing.id
 
-    async def _evaluate(self, step: str, run_attr: str, eval_attr: str) -> None:
-        from tui.engine.evals import EvalRunner, start_eval_run
-
-        if self._done(step):
-            self.reporter.skip(
-                step, self._title(step), f"eval run {getattr(self.state, eval_attr)}"
-            )
-            return
-        run_id = getattr(self.state, run_attr)
-        if self.state.eval_id is None:
-            self.state.eval_id = self._eval_id()
+    async def _evaluate(self, run_key: str, *, gate: bool = False) -> float:
+        """Grade a step's run (with the configured graders, or the gate's); returns the first
+        grader's pass rate."""
+        step = f"{run_key}/{'gate' if gate else 'eval'}"
+        title = "Gate the teacher's labels" if gate else f"Evaluate: {run_key}"
+        if gate and not self.gate:
+            return 1.0
+        attr = "gate_eval_id" if gate else "eval_id"
+        if getattr(self.state, attr) is None:
+            setattr(self.state, attr, self._eval_id(gate))
             self._save()
-        eval_run_id = getattr(self.state, eval_attr)
+        eval_id: int = getattr(self.state, attr)
+        eval_run_id = self.state.eval_runs.get(step)
         if eval_run_id is None:
-            eval_run_id = start_eval_run(self.store, self.state.eval_id, run_id=run_id)
-            setattr(self.state, eval_attr, eval_run_id)
+            eval_run_id = start_eval_run(self.store, eval_id, run_id=self.state.runs[run_key])
+            self.state.eval_runs[step] = eval_run_id
             self._save()
-        self.reporter.step(step, self._title(step), None)
-        runner = EvalRunner.from_settings(
-            self.store, self.client, self.settings, concurrency=self.concurrency
-        )
-        finished = await runner.run(eval_run_id)
-        if finished.status != "done":
-            raise RecipeError(f"{self._title(step)}: {finished.message}")
-        summary = ", ".join(
-            f"{name} {r.pass_rate:.0%}" if r.pass_rate is not None else f"{name} n/a"
-            for name, r in finished.results.items()
-        )
-        self.reporter.finish(step, summary)
-        self._save(step)
+        if self._done(step):
+            self.reporter.skip(step, title, f"eval run {eval_run_id}")
+        else:
+            self.reporter.step(step, title, None)
+            runner = EvalRunner.from_settings(
+                self.store, self.judge_client, self.settings, concurrency=self.concurrency
+            )
+            finished = await runner.run(eval_run_id)
+            if finished.status != "done":
+                raise RecipeError(f"{title}: {finished.message}")
+            summary = ", ".join(
+                f"{name} {r.pass_rate:.0%}" if r.pass_rate is not None else f"{name} n/a"
+                for name, r in finished.results.items()
+            )
+            self.reporter.finish(step, summary)
+            self._save(step)
+        results = self.store.get_eval_run(eval_run_id).results
+        first = next(iter(results.values()), None)
+        return first.pass_rate or 0.0 if first is not None else 0.0
 
-    def _training_file(self) -> Any:
-        step = "training_file"
-        training = build_training_set(
+    def _label_quality(self, key: str) -> None:
+        """How good the teacher's labels were, where the train items have references (report
+        only: nothing downstream reads it)."""
+        note_key = f"{key}/labels"
+        if note_key in self.state.notes:
+            return
+        from tui.engine.report import label_quality
+
+        gate_run = self.state.eval_runs.get(f"{key}/teacher/gate")
+        self.state.notes[note_key] = label_quality(
             self.store,
-            Source(run_id=self.state.teacher_run),
+            self.state.runs[f"{key}/teacher"],
+            self.config.graders,
+            gate_run,
+            self.config.min_confidence,
+        )
+        self._save()
+
+    # -- training ------------------------------------------------------------------------------
+
+    def _validation_fraction(self, n_examples: int) -> float:
+        # A small set keeps every example for training: a validation file of one or two
+        # examples measures nothing, and the trainer needs MIN_EXAMPLES to train on.
+        if n_examples < 2 * MIN_EXAMPLES:
+            return 0.0
+        return self.config.finetune.validation_fraction
+
+    def _references_training(self, step: str, item_ids: list[int]) -> TrainingSet:
+        return build_training_set(
+            self.store,
+            Source(dataset_id=self.dataset_id(), reference_item_ids=list(item_ids)),
             system_prompt=self.student_prompt,
-            validation_fraction=self.config.finetune.validation_fraction,
+            validation_fraction=self._validation_fraction(len(item_ids)),
             seed=self.config.finetune.seed,
         )
-        if self._done(step):
-            self.reporter.skip(step, self._title(step), self.state.training_file or "")
-            return training
-        self.reporter.step(step, self._title(step), None)
-        validation = validate_training_set(
-            training,
-            count=token_counter_for(self.backend_kind, self.student, self.settings.local_models),
-            price=self.settings.price(self.student),
-        )
-        if not validation.ok:
-            raise RecipeError(f"the training file has format errors: {validation.errors()}")
-        path = self.store.exports_dir / "recipe-train.jsonl"
-        path.write_bytes(training.jsonl("train"))
-        self.state.training_file = str(path)
-        note = f"{len(training.train)} train + {len(training.validation)} validation examples"
-        if validation.warnings:
-            note += "; " + "; ".join(validation.warnings)
-        self.reporter.finish(step, note)
-        self._save(step)
-        return training
 
-    async def _finetune(self, training: Any) -> None:
-        step = "finetune"
+    def _teacher_training(self, key: str) -> TrainingSet:
+        gate_run = self.state.eval_runs.get(f"{key}/teacher/gate")
+        return build_training_set(
+            self.store,
+            Source(
+                run_id=self.state.runs[f"{key}/teacher"],
+                passing_eval_run_id=gate_run,
+                min_confidence=self.config.min_confidence,
+                reference_item_ids=self.pool_train(),
+            ),
+            system_prompt=self.student_prompt,
+            validation_fraction=self._validation_fraction(
+                len(self.pool_train()) + len(self.unlabelled_train())
+            ),
+            seed=self.config.finetune.seed,
+        )
+
+    async def _finetune(self, step: str, training: TrainingSet, suffix: str) -> str:
+        title = {
+            "pool-only/train": "Fine-tune the student on the pool alone",
+        }.get(
+            step, "Fine-tune the student" + (f" ({step.split('/')[0]})" if self.rounds > 1 else "")
+        )
         if self._done(step):
-            self.reporter.skip(step, self._title(step), self.state.fine_tuned_model or "")
-            return
-        self.reporter.step(step, self._title(step), None)
-        if self.state.job_id is None:
+            self.reporter.skip(step, title, self.state.models.get(step, ""))
+            return self.state.models[step]
+        self.reporter.step(step, title, None)
+        if step not in self.state.jobs:
+            validation = validate_training_set(
+                training,
+                count=token_counter_for(
+                    self.backend_kind, self.student, self.settings.local_models
+                ),
+                price=self.price(self.student),
+            )
+            if not validation.ok:
+                raise RecipeError(f"the training file has format errors: {validation.errors()}")
+            path = self.store.exports_dir / f"recipe-{step.replace('/', '-')}.jsonl"
+            path.write_bytes(training.jsonl("train"))
+            self.state.training_files[step] = str(path)
             c = self.config.finetune
             job = await launch_job(
                 self.store,
@@ -465,10 +793,14 @@ class Recipe:
                 hyperparameters=Hyperparameters(
                     c.n_epochs, c.batch_size, c.learning_rate_multiplier
                 ),
-                suffix=c.suffix,
+                suffix=suffix,
                 seed=c.seed,
+                validation=validation,
             )
-            self.state.job_id = job.id
+            self.state.jobs[step] = job.id
+            self.state.notes[step] = (
+                f"{len(training.train)} train + {len(training.validation)} validation examples"
+            )
             self._save()
 
         def progress(update: JobUpdate) -> None:
@@ -482,117 +814,65 @@ class Recipe:
                     f"train loss {last.get('train_loss', float('nan')):.3f}",
                 )
 
-        job = await JobWatcher(self.store, self.client).watch(self.state.job_id, progress)
+        job = await JobWatcher(self.store, self.client).watch(self.state.jobs[step], progress)
         if job.status != "succeeded" or not job.fine_tuned_model:
             # Forget the failed job so a re-run starts a new one.
-            self.state.job_id = None
+            del self.state.jobs[step]
             self._save()
             raise RecipeError(f"the fine-tuning job {job.remote_id} {job.status}: {job.error}")
-        self.state.fine_tuned_model = job.fine_tuned_model
+        self.state.models[step] = job.fine_tuned_model
         self.reporter.finish(step, job.fine_tuned_model)
         self._save(step)
+        return job.fine_tuned_model
 
-    def _compare(self) -> dict[str, Any]:
-        from tui.engine.evals import compare
+    # -- the comparison ------------------------------------------------------------------------
 
-        self.reporter.step("compare", self._title("compare"), None)
+    def _compare(self, rows: list[RowSource]) -> dict[str, Any]:
+        self.reporter.step("compare", "Compare", None)
         assert self.state.eval_id is not None
-        assert self.state.baseline_run is not None and self.state.finetuned_run is not None
-        comparison = compare(
+        report = build_report(
             self.store,
             self.state.eval_id,
-            [self.state.baseline_run, self.state.finetuned_run],
-            self.state.baseline_run,
-            price=self.settings.price,
+            [RowSource(r.name, r.step, self.state.runs[r.step]) for r in rows],
+            price=lambda model: self.price(model, teacher=model == self.teacher),
         )
-        names = {
-            self.state.baseline_run: "baseline student",
-            self.state.finetuned_run: "fine-tuned student",
-        }
-        rows = []
-        for column in comparison.runs:
-            row: dict[str, Any] = {
-                "run": names.get(column.run_id, column.label),
-                "model": column.model,
-            }
-            for grader in comparison.graders:
-                rate = column.pass_rates.get(grader)
-                summary = column.results.get(grader)
-                delta = column.deltas.get(grader)
-                cell = "n/a" if rate is None else f"{rate:.1%}"
-                if summary is not None:
-                    cell += f" ({summary.passed}/{summary.passed + summary.failed})"
-                if delta is not None:
-                    cell += f" {delta * 100:+.1f} pts"
-                row[grader] = cell
-            row["mean latency"] = (
-                f"{column.mean_latency_ms:.0f} ms" if column.mean_latency_ms else "n/a"
-            )
-            row["tokens"] = f"{column.prompt_tokens + column.completion_tokens:,}"
-            row["cost"] = f"${column.cost:.4f}" if column.priced else "unpriced"
-            rows.append(row)
-        report: dict[str, Any] = {
-            "eval": comparison.eval_name,
-            "graders": comparison.graders,
-            "rows": rows,
-            "pass_rates": {names.get(c.run_id, c.label): c.pass_rates for c in comparison.runs},
-            "improvements": len(comparison.rows("improvements")),
-            "regressions": len(comparison.rows("regressions")),
-            "items": len(comparison.items),
-        }
         report["models"] = {
             "student": self.student,
             "teacher": self.teacher,
-            "fine_tuned": self.state.fine_tuned_model,
+            "fine_tuned": self.state.models.get(f"round-{self.state.best_round or 1}/train"),
         }
-        report["teacher_examples"] = self.teacher_examples
-        report["created_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        report["backends"] = {"teacher": self.teacher_backend_kind, "student": self.backend_kind}
+        report["teaching"] = {
+            "teacher_examples": self.teacher_examples,
+            "pool": len(self.pool()),
+            "pool_validation": len(self.state.pool_validation),
+            "samples": self.teacher_samples,
+            "vote": self.vote_rule if self.teacher_samples > 1 else None,
+            "gate": [g.get("name") or g.get("type") for g in self.gate],
+            "min_confidence": self.config.min_confidence,
+            "rounds": self.rounds,
+            "best_round": self.state.best_round,
+            "round_scores": dict(self.state.scores),
+            "notes": dict(self.state.notes),
+        }
         self.state.report = report
-        reports = self.store.directory / "reports"
-        reports.mkdir(exist_ok=True)
-        (reports / "recipe.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
-        (reports / "recipe.md").write_text(report_markdown(report), encoding="utf-8")
-        self.reporter.finish("compare", str(reports / "recipe.md"))
+        path = write_report(self.store.directory / "reports", report)
+        self.reporter.finish("compare", str(path))
         self._save("compare")
         return report
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = ["# distill-tui recipe: comparison", ""]
-    models = report.get("models", {})
-    lines.append(
-        f"Student `{models.get('student')}`, teacher `{models.get('teacher')}` "
-        f"(with {report.get('teacher_examples', 0)} retrieved examples), fine-tuned "
-        f"`{models.get('fine_tuned')}`."
-    )
-    lines.append("")
-    lines.append(
-        f"Eval `{report.get('eval')}` on {report.get('items')} eval-split items: "
-        f"{report.get('improvements')} improved, {report.get('regressions')} regressed."
-    )
-    lines.append("")
-    rows = report.get("rows", [])
-    if rows:
-        headers = list(rows[0].keys())
-        lines.append("| " + " | ".join(headers) + " |")
-        lines.append("|" + "---|" * len(headers))
-        for row in rows:
-            lines.append("| " + " | ".join(str(row[h]) for h in headers) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def ensure_known_state(store: Store) -> None:
     """Refuse a state file that points at runs that no longer exist."""
     state = RecipeState.load(store.directory / STATE_FILE)
-    for run_id in (state.baseline_run, state.teacher_run, state.finetuned_run):
-        if run_id is not None:
-            try:
-                store.get_run(run_id)
-            except StoreError as error:
-                raise RecipeError(
-                    f"the recipe's saved state names run {run_id}, which is gone; delete "
-                    f"{store.directory / STATE_FILE} to start over"
-                ) from error
+    for run_id in state.runs.values():
+        try:
+            store.get_run(run_id)
+        except StoreError as error:
+            raise RecipeError(
+                f"the recipe's saved state names run {run_id}, which is gone; delete "
+                f"{store.directory / STATE_FILE} to start over"
+            ) from error
 
 
 # -- where a dataset stands in the recipe (the TUI's Recipe view) ----------------------------
