@@ -25,26 +25,15 @@ from tui.engine.backend import (
     open_backend,
     resolve_backend,
 )
+from tui.engine.host import pid_alive
 from tui.engine.settings import Settings
 
 FAST = ["--preload", "none"]  # no model load: these tests are about the process
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(") ")[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _wait_gone(pid: int, timeout: float = 15) -> bool:
     deadline = time.monotonic() + timeout
-    while _alive(pid):
+    while pid_alive(pid):
         if time.monotonic() > deadline:
             return False
         time.sleep(0.05)
@@ -105,7 +94,7 @@ async def test_local_server_start_stop_leaves_nothing(tmp_path: Path) -> None:
     server = LocalServer()
     spec = await server.start(tmp_path / "ws", [], progress.append, extra_args=FAST)
     pid = server.pid
-    assert pid is not None and _alive(pid)
+    assert pid is not None and pid_alive(pid)
     try:
         assert spec.kind == "local"
         assert spec.base_url is not None and spec.base_url.startswith("http://127.0.0.1:")
@@ -192,7 +181,7 @@ def test_sigkilled_parent_takes_the_server_with_it(tmp_path: Path) -> None:
         line = parent.stdout.readline().decode().strip()
         assert line.isdigit(), line
         server_pid = int(line)
-        assert _alive(server_pid)
+        assert pid_alive(server_pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait(timeout=10)
         assert _wait_gone(server_pid, timeout=15)

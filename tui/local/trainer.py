@@ -662,13 +662,45 @@ class Progress:
 
 
 def train(spec: Spec) -> dict[str, Any]:
+    seed_and_threads(spec.seed)
+    raw_train, raw_valid, hp = read_training_data(spec)
+    base = load_base(spec)
+    data = encode_examples(base, raw_train, raw_valid, hp.batch_size)
+    trainee = build_trainee(spec, base)
+    message(
+        f"{spec.method} fine-tune of {spec.base_model_id}: {trainee.n_params / 1e6:.1f} M "
+        f"trainable parameters in the top {trainee.n_trained} of {base.n_layers} layers; "
+        f"{len(data.train)} training examples, {len(data.valid)} validation examples"
+    )
+    runner = Runner(trainee.causal_lm, trainee.first, base.fast)
+    precompute_frozen(runner, data)
+    schedule = plan_schedule(spec, hp, data.train)
+    progress = TrainingLoop(spec, trainee, runner, data, schedule).run()
+
+    check_cancelled()
+    runner.restore()
+    message("Training finished; writing the model")
+    result = save_result(
+        spec, base.model_dir, base.tokenizer, trainee.causal_lm, trainee.peft_model
+    )
+    result["trained_tokens"] = progress.trained_tokens
+    return result
+
+
+def seed_and_threads(seed: int) -> None:
     import torch
 
-    torch.manual_seed(spec.seed)
-    random.seed(spec.seed)
+    torch.manual_seed(seed)
+    random.seed(seed)
     threads = int(os.environ.get("DISTILL_TRAIN_THREADS") or os.cpu_count() or 1)
     torch.set_num_threads(threads)
 
+
+def read_training_data(
+    spec: Spec,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], Hyperparameters]:
+    """The training and validation examples as chat dicts, and the resolved hyperparameters
+    (announced in the "hyperparameters" event)."""
     raw_train = read_examples(spec.training_file, "training_file", 10)
     raw_valid = (
         read_examples(spec.validation_file, "validation_file", 1) if spec.validation_file else []
@@ -682,7 +714,23 @@ def train(spec: Spec) -> dict[str, Any]:
             "learning_rate_multiplier": hp.learning_rate_multiplier,
         }
     )
+    return raw_train, raw_valid, hp
 
+
+@dataclass
+class BaseModel:
+    """The base model as transformers loaded it (fp32), from its transformers directory (a
+    GGUF base's converted copy)."""
+
+    model_dir: Path
+    tokenizer: Any
+    model: Any
+    n_layers: int
+    fast: bool  # the architecture takes the fast path (FAST_PATH_MODEL_TYPES)
+
+
+def load_base(spec: Spec) -> BaseModel:
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -701,16 +749,45 @@ def train(spec: Spec) -> dict[str, Any]:
         model_dir, dtype=torch.float32, attn_implementation="sdpa"
     )
     model.config.use_cache = False
-    if spec.method == "auto":
-        total = sum(p.numel() for p in model.parameters())
-        spec.method = "full" if total <= FULL_AUTO_MAX_PARAMS else "lora"
-    n_layers = int(model.config.num_hidden_layers)
     fast = model.config.model_type in FAST_PATH_MODEL_TYPES
     if not fast:
         message(f"{model.config.model_type}: generic training path (slower)", "warn")
+    return BaseModel(model_dir, tokenizer, model, int(model.config.num_hidden_layers), fast)
 
-    max_length = min(int(getattr(model.config, "max_position_embeddings", 2048)), 2048)
-    encoder = ChatEncoder(tokenizer, model_dir, max_length)
+
+@dataclass
+class EncodedData:
+    """The encoded examples. ``everything`` is the training examples followed by the
+    validation ones, so that both share the frozen-layer cache: a validation example's key is
+    ``len(train)`` plus its index."""
+
+    train: list[Example]
+    valid: list[Example]
+    pad_id: int
+    batch_size: int
+    everything: list[Example] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.everything = self.train + self.valid
+
+    def valid_batches(self) -> list[list[int]]:
+        """The validation examples' keys in ``everything``, in batches of ``batch_size``."""
+        n_train, size = len(self.train), self.batch_size
+        return [
+            list(range(n_train + i, min(len(self.everything), n_train + i + size)))
+            for i in range(0, len(self.valid), size)
+        ]
+
+
+def encode_examples(
+    base: BaseModel,
+    raw_train: Sequence[dict[str, Any]],
+    raw_valid: Sequence[dict[str, Any]],
+    batch_size: int,
+) -> EncodedData:
+    config = base.model.config
+    max_length = min(int(getattr(config, "max_position_embeddings", 2048)), 2048)
+    encoder = ChatEncoder(base.tokenizer, base.model_dir, max_length)
     train_set = [encoder.encode(ex["messages"]) for ex in raw_train]
     valid_set = [encoder.encode(ex["messages"]) for ex in raw_valid]
     if encoder.n_truncated:
@@ -720,17 +797,51 @@ def train(spec: Spec) -> dict[str, Any]:
             "invalid_training_file", "No example has an assistant token to train on.",
             "training_file",
         )  # fmt: skip
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+    return EncodedData(train_set, valid_set, pad_id, batch_size)
 
+
+@dataclass
+class Trainee:
+    """What trains: the causal LM (for LoRA, the one inside the peft wrapper), from which
+    layer up, and its trainable parameters."""
+
+    causal_lm: Any
+    peft_model: Any  # None for a full fine-tune
+    first: int  # the first trained decoder layer; the ones below are frozen
+    n_trained: int  # trained decoder layers
+    params: list[Any]
+
+    @property
+    def n_params(self) -> int:
+        return sum(p.numel() for p in self.params)
+
+
+def choose_method(model: Any) -> str:
+    """The "auto" method: full for models up to FULL_AUTO_MAX_PARAMS, LoRA above."""
+    total = sum(p.numel() for p in model.parameters())
+    return "full" if total <= FULL_AUTO_MAX_PARAMS else "lora"
+
+
+def lora_layer_count(lora_layers: int | str, n_layers: int) -> int:
+    """How many decoder layers (from the top) get LoRA adapters."""
+    if lora_layers == "all":
+        return n_layers
+    if lora_layers == "auto":
+        return max(1, math.ceil(n_layers * DEFAULT_LORA_LAYER_FRACTION))
+    return max(1, min(n_layers, int(lora_layers)))
+
+
+def build_trainee(spec: Spec, base: BaseModel) -> Trainee:
+    """Resolves the "auto" method (into ``spec.method``) and wraps the model for it: LoRA
+    adapters on the top layers through peft, or every weight trained."""
+    model, n_layers = base.model, base.n_layers
+    if spec.method == "auto":
+        spec.method = choose_method(model)
     if spec.method == "lora":
         from peft import LoraConfig, get_peft_model
 
-        if spec.lora_layers == "all":
-            n_trained = n_layers
-        elif spec.lora_layers == "auto":
-            n_trained = max(1, math.ceil(n_layers * DEFAULT_LORA_LAYER_FRACTION))
-        else:
-            n_trained = max(1, min(n_layers, int(spec.lora_layers)))
+        n_trained = lora_layer_count(spec.lora_layers, n_layers)
         first = n_layers - n_trained
         config = LoraConfig(
             r=LORA_R,
@@ -749,54 +860,153 @@ def train(spec: Spec) -> dict[str, Any]:
         n_trained = n_layers
     causal_lm.train()
     params = [p for p in causal_lm.parameters() if p.requires_grad]
-    n_params = sum(p.numel() for p in params)
-    message(
-        f"{spec.method} fine-tune of {spec.base_model_id}: {n_params / 1e6:.1f} M trainable "
-        f"parameters in the top {n_trained} of {n_layers} layers; {len(train_set)} training "
-        f"examples, {len(valid_set)} validation examples"
-    )
+    return Trainee(causal_lm, peft_model, first, n_trained, params)
 
-    runner = Runner(causal_lm, first, fast)
-    # Validation examples follow the training ones, so they share the frozen-layer cache.
-    everything = train_set + valid_set
-    if first > 0 and fast:
+
+def precompute_frozen(runner: Runner, data: EncodedData) -> None:
+    """With frozen layers below the trained ones, their output for every example (training
+    and validation), computed once."""
+    first = runner.split
+    if first > 0 and runner.fast:
         started = time.monotonic()
-        runner.precompute(everything, list(range(len(everything))), pad_id)
+        runner.precompute(data.everything, list(range(len(data.everything))), data.pad_id)
         if runner.cache is not None:
             message(f"Frozen layers 1-{first} computed once in {time.monotonic() - started:.1f} s")
 
+
+@dataclass
+class Schedule:
+    """Every epoch's batches (keys of training examples), the number of steps (all the
+    batches, or max_steps), and the learning rate: a linear warm-up over the first 3 % of the
+    steps, then a linear decay to a tenth."""
+
+    epochs: list[list[list[int]]]
+    total_steps: int
+    lr: float
+    warmup: int
+
+    def lr_at(self, step: int) -> float:
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        frac = (step - self.warmup) / max(1, self.total_steps - self.warmup)
+        return self.lr * (1.0 - 0.9 * frac)
+
+
+def plan_schedule(spec: Spec, hp: Hyperparameters, train_set: Sequence[Example]) -> Schedule:
     rng = random.Random(spec.seed)
     epochs = [make_batches(train_set, hp.batch_size, rng) for _ in range(hp.n_epochs)]
     total_steps = sum(len(e) for e in epochs)
     if spec.max_steps:
         total_steps = min(total_steps, int(spec.max_steps))
     lr = BASE_LR[spec.method] * hp.learning_rate_multiplier
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    warmup = max(1, round(total_steps * 0.03))
+    return Schedule(epochs, total_steps, lr, warmup=max(1, round(total_steps * 0.03)))
 
-    def lr_at(step: int) -> float:  # linear warm-up, then linear decay to a tenth
-        if step < warmup:
-            return lr * (step + 1) / warmup
-        frac = (step - warmup) / max(1, total_steps - warmup)
-        return lr * (1.0 - 0.9 * frac)
 
-    valid_batches = [
-        list(range(len(train_set) + i, min(len(everything), len(train_set) + i + hp.batch_size)))
-        for i in range(0, len(valid_set), hp.batch_size)
-    ]
-    eval_every = max(1, total_steps // 20)
+class TrainingLoop:
+    """The epochs: one optimizer step per batch, each followed by a "metrics" event (with one
+    validation batch every ~5 % of the steps); at each epoch's end the loss over the whole
+    validation file and a "checkpoint" event (for LoRA with the adapter saved, the last
+    CHECKPOINTS_KEPT kept)."""
 
-    def evaluate(batches: Sequence[list[int]]) -> tuple[float, float]:
+    def __init__(
+        self,
+        spec: Spec,
+        trainee: Trainee,
+        runner: Runner,
+        data: EncodedData,
+        schedule: Schedule,
+    ):
+        import torch
+
+        self.trainee = trainee
+        self.runner = runner
+        self.data = data
+        self.schedule = schedule
+        self.optimizer = torch.optim.AdamW(trainee.params, lr=schedule.lr, weight_decay=0.0)
+        self.valid_batches = data.valid_batches()
+        self.eval_every = max(1, schedule.total_steps // 20)
+        self.ckpt_root = spec.output_dir / "checkpoints"
+        self.checkpoints: list[Path] = []
+        self.progress = Progress()
+        self.step = 0
+        self.last_metrics: dict[str, Any] = {}
+
+    @property
+    def done(self) -> bool:
+        return self.step >= self.schedule.total_steps
+
+    def run(self) -> Progress:
+        for epoch, batches in enumerate(self.schedule.epochs, start=1):
+            for idx in batches:
+                if self.done:
+                    break
+                self.train_step(idx, epoch)
+            # The end of an epoch (or of a max_steps run).
+            self.end_epoch(epoch)
+            if self.done:
+                break
+        return self.progress
+
+    def train_step(self, idx: list[int], epoch: int) -> None:
+        """One optimizer step on the batch of training examples ``idx``, and its metrics."""
+        check_cancelled()
+        t0 = time.monotonic()
+        c0 = time.process_time()
+        b = self.runner.batch(self.data.train, idx, self.data.pad_id)
+        train_loss, acc = self.optimize(b, idx)
+        self.step += 1
+        self.progress.trained_tokens += b.n_tokens
+        self.progress.step_times.append(time.monotonic() - t0)
+        step_cpu = time.process_time() - c0
+        valid_loss, valid_acc = self.periodic_validation()
+        self.last_metrics = {
+            "train_loss": _finite(train_loss),
+            "train_mean_token_accuracy": _finite(acc),
+            "valid_loss": _finite(valid_loss),
+            "valid_mean_token_accuracy": _finite(valid_acc),
+        }
+        self.emit_metrics(epoch, step_cpu)
+
+    def optimize(self, b: Batch, idx: list[int]) -> tuple[float, float]:
+        """Forward, backward and the optimizer's update; the batch's loss and accuracy."""
+        import torch
+
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.schedule.lr_at(self.step)
+        if not len(b.targets):  # every answer in this batch was excluded (weight 0)
+            return math.nan, math.nan
+        logits = self.runner.label_logits(b, idx)
+        loss, acc = loss_and_accuracy(logits, b.targets)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.trainee.params, 1.0)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.item()), acc
+
+    def periodic_validation(self) -> tuple[float | None, float | None]:
+        """Every eval_every steps and at the last, the loss on one validation batch (the
+        batches taken in turn); None otherwise or without a validation file."""
+        step = self.step
+        if self.valid_batches and (step % self.eval_every == 0 or self.done):
+            vb = self.valid_batches[(step // self.eval_every) % len(self.valid_batches)]
+            return self.evaluate([vb])
+        return None, None
+
+    def evaluate(self, batches: Sequence[list[int]]) -> tuple[float, float]:
+        """Mean loss and token accuracy over the validation batches, per label token."""
+        import torch
+
         total_loss = 0.0
         total_correct = 0.0
         n = 0
+        causal_lm = self.trainee.causal_lm
         causal_lm.eval()
         with torch.no_grad():
             for idx in batches:
-                b = runner.batch(everything, idx, pad_id)
+                b = self.runner.batch(self.data.everything, idx, self.data.pad_id)
                 if len(b.targets) == 0:
                     continue
-                logits = runner.label_logits(b, idx)
+                logits = self.runner.label_logits(b, idx)
                 loss, acc = loss_and_accuracy(logits, b.targets)
                 total_loss += float(loss.item()) * len(b.targets)
                 total_correct += acc * len(b.targets)
@@ -805,93 +1015,51 @@ def train(spec: Spec) -> dict[str, Any]:
         causal_lm.train()
         return (total_loss / n, total_correct / n) if n else (math.nan, math.nan)
 
-    progress = Progress()
-    step = 0
-    last_metrics: dict[str, Any] = {}
-    checkpoints: list[Path] = []
-    ckpt_root = spec.output_dir / "checkpoints"
-    for epoch, batches in enumerate(epochs, start=1):
-        for idx in batches:
-            if step >= total_steps:
-                break
-            check_cancelled()
-            t0 = time.monotonic()
-            c0 = time.process_time()
-            b = runner.batch(train_set, idx, pad_id)
-            for group in optimizer.param_groups:
-                group["lr"] = lr_at(step)
-            if len(b.targets):
-                logits = runner.label_logits(b, idx)
-                loss, acc = loss_and_accuracy(logits, b.targets)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-                train_loss = float(loss.item())
-            else:  # every answer in this batch was excluded (weight 0)
-                train_loss, acc = math.nan, math.nan
-            step += 1
-            progress.trained_tokens += b.n_tokens
-            progress.step_times.append(time.monotonic() - t0)
-            step_cpu = time.process_time() - c0
-            valid_loss = valid_acc = None
-            if valid_batches and (step % eval_every == 0 or step == total_steps):
-                vb = valid_batches[(step // eval_every) % len(valid_batches)]
-                valid_loss, valid_acc = evaluate([vb])
-            recent = progress.step_times[-20:]
-            remaining = (total_steps - step) * (sum(recent) / len(recent))
-            last_metrics = {
-                "train_loss": _finite(train_loss),
-                "train_mean_token_accuracy": _finite(acc),
-                "valid_loss": _finite(valid_loss),
-                "valid_mean_token_accuracy": _finite(valid_acc),
+    def emit_metrics(self, epoch: int, step_cpu: float) -> None:
+        times = self.progress.step_times
+        recent = times[-20:]
+        remaining = (self.schedule.total_steps - self.step) * (sum(recent) / len(recent))
+        emit(
+            {
+                "type": "metrics",
+                "step": self.step,
+                "total_steps": self.schedule.total_steps,
+                "epoch": epoch,
+                **self.last_metrics,
+                "trained_tokens": self.progress.trained_tokens,
+                "estimated_finish": int(time.time() + remaining),
+                "step_seconds": round(times[-1], 3),
+                # CPU time of all the process's threads: on a busy machine, what the step
+                # would take alone is about this divided by the cores.
+                "step_cpu_seconds": round(step_cpu, 3),
             }
-            emit(
-                {
-                    "type": "metrics",
-                    "step": step,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    **last_metrics,
-                    "trained_tokens": progress.trained_tokens,
-                    "estimated_finish": int(time.time() + remaining),
-                    "step_seconds": round(progress.step_times[-1], 3),
-                    # CPU time of all the process's threads: on a busy machine, what the step
-                    # would take alone is about this divided by the cores.
-                    "step_cpu_seconds": round(step_cpu, 3),
-                }
-            )
-        # The end of an epoch (or of a max_steps run): full validation loss and a checkpoint.
-        ckpt_metrics = {"step": step, **last_metrics}
-        if valid_batches:
-            full_loss, full_acc = evaluate(valid_batches)
+        )
+
+    def end_epoch(self, epoch: int) -> None:
+        """The full validation loss, the LoRA adapter saved (the oldest beyond
+        CHECKPOINTS_KEPT removed), and the "checkpoint" event."""
+        ckpt_metrics = {"step": self.step, **self.last_metrics}
+        if self.valid_batches:
+            full_loss, full_acc = self.evaluate(self.valid_batches)
             ckpt_metrics["full_valid_loss"] = _finite(full_loss)
             ckpt_metrics["full_valid_mean_token_accuracy"] = _finite(full_acc)
-        ckpt = ckpt_root / f"step-{step}"
-        runner.restore()
+        ckpt = self.ckpt_root / f"step-{self.step}"
+        self.runner.restore()
+        peft_model = self.trainee.peft_model
         if peft_model is not None:
             peft_model.save_pretrained(str(ckpt))
-            checkpoints.append(ckpt)
-            while len(checkpoints) > CHECKPOINTS_KEPT:
-                _rmtree(checkpoints.pop(0))
+            self.checkpoints.append(ckpt)
+            while len(self.checkpoints) > CHECKPOINTS_KEPT:
+                _rmtree(self.checkpoints.pop(0))
         emit(
             {
                 "type": "checkpoint",
-                "step": step,
+                "step": self.step,
                 "epoch": epoch,
                 "metrics": ckpt_metrics,
                 "path": str(ckpt) if peft_model is not None else None,
             }
         )
-        if step >= total_steps:
-            break
-
-    check_cancelled()
-    runner.restore()
-    message("Training finished; writing the model")
-    result = save_result(spec, model_dir, tokenizer, causal_lm, peft_model)
-    result["trained_tokens"] = progress.trained_tokens
-    return result
 
 
 def _finite(x: float | None) -> float | None:
