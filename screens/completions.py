@@ -1,7 +1,8 @@
 """The Completions screen: every stored completion across runs, filtered as the recipe filters
-OpenAI's dashboard (by model and metadata, here also by run, role, status and text), one
-opened with its full messages and figures, and the filtered set handed to "Evaluate" (step 4
-and 7) or "Distill" (step 6)."""
+OpenAI's dashboard (by model and metadata, here also by run, role, status, text and the
+teacher's confidence), one opened with its full messages, figures and, for a teacher that
+sampled n times a request, every sample and whether it agreed with the vote; and the filtered
+set handed to "Evaluate" (step 4 and 7) or "Distill" (step 6)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,10 @@ from tui.engine.selection import (
     CompletionSelection,
     Found,
     completion_messages,
+    confidence_text,
     find_completions,
     parse_filter,
+    sample_votes,
 )
 from tui.engine.store import CompletionRow, RunInfo
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
@@ -37,11 +40,15 @@ COLUMNS = (
     Column("Tok", width=5, justify="right"),
     Column("ms", width=6, justify="right"),
 )
-FILTER_HELP = "model:gpt-4o-mini run:3 role:teacher status:failed meta:task=git  free text"
+# With a run that sampled n times a request: how many samples agreed with the answer kept.
+CONFIDENCE_COLUMN = Column("Conf", width=5, justify="right")
+FILTER_HELP = (
+    "model:gpt-4o-mini run:3 role:teacher status:failed meta:task=git conf:0.75  free text"
+)
 
 
-def completion_cells(row: CompletionRow, run: RunInfo | None) -> Row:
-    return (
+def completion_cells(row: CompletionRow, run: RunInfo | None, confidence: bool = False) -> Row:
+    cells = (
         str(row.run_id),
         run.model if run else "",
         run.role if run else "",
@@ -52,6 +59,7 @@ def completion_cells(row: CompletionRow, run: RunInfo | None) -> Row:
         "" if row.completion_tokens is None else str(row.completion_tokens),
         "" if row.latency_ms is None else f"{row.latency_ms:.0f}",
     )
+    return (*cells, confidence_text(row)) if confidence else cells
 
 
 class CompletionsScreen(DistillScreen):
@@ -116,9 +124,13 @@ class CompletionsScreen(DistillScreen):
         parsed = parse_filter(query)
         found = await store.in_thread(find_completions, store, parsed)
         self.found = found
+        # The Conf column only when some completion shown has a vote to show.
+        voted = any(row.confidence is not None for row in found.completions)
+        self.table.set_columns((*COLUMNS, CONFIDENCE_COLUMN) if voted else COLUMNS)
         self.table.set_rows(
             RowView(
-                found.completions, lambda row: completion_cells(row, found.runs.get(row.run_id))
+                found.completions,
+                lambda row: completion_cells(row, found.runs.get(row.run_id), voted),
             ),
             keep_cursor=keep_cursor,
         )
@@ -179,6 +191,10 @@ class CompletionsScreen(DistillScreen):
         if run is not None:
             text.append(f" · {run.model}" + (f" ({run.role})" if run.role else ""))
         text.append(f" · {row.status}")
+        if row.confidence is not None:
+            text.append(f" · confidence {confidence_text(row)}")
+            if run is not None:
+                text.append(f" (vote {run.params.get('vote', 'normalised')})")
         text.append("\nRequest ", style="bold")
         text.append(row.input)
         if row.status == "failed" and row.error:
@@ -260,12 +276,31 @@ class CompletionDialog(Dialog[None]):
                         yield Static(Text(message["content"]), classes="message")
                 yield Label("Output", classes="section")
                 yield Static(Text(row.output or "(empty)"), id="output", classes="message")
+                if row.samples:
+                    yield from self._samples()
                 if row.reference:
                     yield Label("Reference", classes="section")
                     yield Static(Text(row.reference), classes="message")
                 yield Label("Figures", classes="section")
                 yield Static(self._figures(), id="figures", classes="message")
             yield Static("esc closes", classes="hint")
+
+    def _samples(self) -> ComposeResult:
+        """Every sample the teacher gave, ✓ where it agreed with the answer kept."""
+        votes = sample_votes(self.run, self.row)
+        agreed = sum(1 for _, agrees in votes if agrees)
+        rule = self.run.params.get("vote", "normalised")
+        yield Label(
+            f"Samples ({agreed} of {len(votes)} agree with the output, vote {rule})",
+            classes="section",
+        )
+        text = Text()
+        for n, (sample, agrees) in enumerate(votes, 1):
+            if n > 1:
+                text.append("\n")
+            text.append(f"{'✓' if agrees else '✗'} {n:>2}  ", style="green" if agrees else "red")
+            text.append(sample.strip() or "(empty)", style="" if agrees else "dim")
+        yield Static(text, id="completion-samples", classes="message")
 
     def _figures(self) -> Text:
         row = self.row
@@ -284,6 +319,11 @@ class CompletionDialog(Dialog[None]):
             ("finish reason", row.finish_reason or "–"),
             ("remote id", row.remote_id or "–"),
             ("attempts", str(row.attempts)),
+            *(
+                [("confidence", f"{confidence_text(row)} ({row.confidence:.0%})")]
+                if row.confidence is not None
+                else []
+            ),
             ("created", row.created_at[:19].replace("T", " ")),
         ]
         if row.error:

@@ -1,7 +1,10 @@
 """The Fine-tune screen: step 6 of the recipe (the dashboard's "Distill").
 
-Left: where the examples come from, the student's prompt, the base model and
-hyperparameters, and the validation report (the cookbook's checks, token figures, cost).
+Left: where the examples come from (a teacher run, the completions Distill selected, or a
+dataset's own references as the teacher), which of a run's labels to keep (only those passing
+an eval run, the gate; only those the teacher's vote agreed on enough, the minimum confidence)
+and how many that keeps, the student's prompt, the base model and hyperparameters, and the
+validation report (the cookbook's checks, token figures, cost).
 Right: the workspace's jobs, and for the selected one its status, live events, a loss chart,
 its checkpoints; `g` starts step 7 with the fine-tuned model."""
 
@@ -24,22 +27,54 @@ from tui.engine.finetune import (
     Hyperparameters,
     Source,
     TrainingSet,
+    TrainingSetReport,
     Validation,
     build_training_set,
     launch_job,
     metrics_series,
     token_counter_for,
+    training_set_report,
     validate_training_set,
 )
-from tui.engine.selection import CompletionSelection
-from tui.engine.store import JobInfo, StoreError
+from tui.engine.selection import CompletionSelection, parse_confidence
+from tui.engine.store import JobInfo, RunInfo, Store, StoreError
 from tui.engine.training_data import TokenCounter
 from tui.widgets.loss_chart import LossChart
 from tui.widgets.progress_line import Figures, ProgressLine
 
 AUTO = "auto"
-# The source Select's value for the completions handed over by Distill (run ids are positive).
-SELECTION = -1
+# The source Select's values: "run:<id>" (a run's outputs), "references:<dataset id>" (the
+# dataset's own answers as the teacher), and this one for the completions Distill handed over.
+SELECTION = "selection"
+RUN = "run:"
+REFERENCES = "references:"
+NO_GATE = "no gate: every finished completion"
+
+
+def run_source(run_id: int) -> str:
+    return f"{RUN}{run_id}"
+
+
+def references_source(dataset_id: int) -> str:
+    return f"{REFERENCES}{dataset_id}"
+
+
+def _id_of(value: object, prefix: str) -> int | None:
+    if isinstance(value, str) and value.startswith(prefix):
+        return int(value.removeprefix(prefix))
+    return None
+
+
+def reference_items(store: Store, dataset_id: int) -> list[int] | None:
+    """The items whose references teach: the train split when the dataset has one (the eval
+    split's answers would leak into the model graded on them), else every item (None)."""
+    train = store.items(dataset_id, "train")
+    return [i.id for i in train] if train else None
+
+
+def sampled(run: RunInfo) -> int:
+    """Samples a request the run took (its labels carry a vote share when more than one)."""
+    return int(run.params.get("samples", 1))
 
 
 def _auto_or(value: str, kind: type) -> Any:
@@ -79,9 +114,17 @@ class FineTuneScreen(DistillScreen):
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="finetune"):
             with VerticalScroll(id="finetune-form"):
-                yield Label("Teacher outputs (a run, or the completions Distill selected)")
-                yield Select[int]([], id="source-run", prompt="choose a run")
+                yield Label("Teacher: a run's outputs, Distill's selection, or references")
+                yield Select[str]([], id="source-run", prompt="choose a run")
                 yield Static("", id="source-note")
+                with Horizontal(classes="row"):
+                    with Vertical(id="ft-gate-box"):
+                        yield Label("Only completions passing an eval run")
+                        yield Select[int]([], id="ft-gate", prompt=NO_GATE)
+                    with Vertical(id="ft-confidence-box"):
+                        yield Label("Min confidence")
+                        yield Input(placeholder="none (0.75, 75%, 6/8)", id="ft-min-confidence")
+                yield Static("", id="ft-kept")
                 yield Label("Student system prompt (goes into every example)")
                 yield Input(id="student-prompt")
                 with Horizontal(classes="row"):
@@ -131,6 +174,8 @@ class FineTuneScreen(DistillScreen):
     def on_screen_resume(self) -> None:
         if self._take_selection():
             self._fill_sources(prefer=SELECTION)
+        else:
+            self._fill_gates()  # an eval run of the chosen run may have finished meanwhile
 
     # -- the form ------------------------------------------------------------------------
 
@@ -148,15 +193,27 @@ class FineTuneScreen(DistillScreen):
     def action_refresh_sources(self) -> None:
         self._fill_sources()
 
-    def _fill_sources(self, prefer: int | None = None) -> None:
-        """The runs with finished completions (and the selection, first) as sources; the one
-        chosen stays chosen, else `prefer`, else the newest teacher run."""
+    def _fill_sources(self, prefer: str | None = None) -> None:
+        """The runs with finished completions (and the selection, first), then each dataset's
+        references as the teacher; the one chosen stays chosen, else `prefer`, else the
+        newest teacher run."""
         store = self.distill.store
         runs = [r for r in store.list_runs() if r.n_done > 0]
-        options = [(f"{r.label} · {r.dataset_name or '?'} · {r.n_done} done", r.id) for r in runs]
+        options = [
+            (f"{r.label} · {r.dataset_name or '?'} · {r.n_done} done", run_source(r.id))
+            for r in runs
+        ]
         if self.selection is not None:
             n = len(self.selection.completion_ids)
             options.insert(0, (f"the selection · {n:,} completions", SELECTION))
+        for dataset in store.list_datasets():
+            items = reference_items(store, dataset.id)
+            source = Source(dataset_id=dataset.id, reference_item_ids=items)
+            kept = training_set_report(store, source).kept
+            if kept:
+                which = "train split" if items is not None else "all items"
+                label = f"references of {dataset.name} as the teacher · {which} · {kept:,}"
+                options.append((label, references_source(dataset.id)))
         select = self.query_one("#source-run", Select)
         current = select.value
         select.set_options(options)
@@ -164,11 +221,12 @@ class FineTuneScreen(DistillScreen):
         if prefer is not None:
             select.value = prefer
             self.training = self.validation = None
-        elif isinstance(current, int) and any(value == current for _, value in options):
+        elif isinstance(current, str) and any(value == current for _, value in options):
             select.value = current
         elif teacher is not None:
-            select.value = teacher.id
+            select.value = run_source(teacher.id)
         self._show_source_note()
+        self._fill_gates()
 
     def _show_source_note(self) -> None:
         chosen = self.query_one("#source-run", Select).value == SELECTION
@@ -180,28 +238,99 @@ class FineTuneScreen(DistillScreen):
     @on(Select.Changed, "#source-run")
     def _source_changed(self, event: Select.Changed) -> None:
         self._show_source_note()
+        self._fill_gates()
         self.training = self.validation = None
-        if not isinstance(event.value, int):
-            return
         store = self.distill.store
-        if event.value == SELECTION and self.selection is not None:
-            run_ids = self.selection.run_ids
-        else:
-            run_ids = (event.value,)
-        runs = [store.get_run(run_id) for run_id in run_ids]
+        dataset_id = _id_of(event.value, REFERENCES)
+        if dataset_id is None:
+            if event.value == SELECTION and self.selection is not None:
+                run_ids = self.selection.run_ids
+            elif (run_id := _id_of(event.value, RUN)) is not None:
+                run_ids = (run_id,)
+            else:
+                return
+            runs = [store.get_run(run_id) for run_id in run_ids]
+            dataset_id = next((r.dataset_id for r in runs if r.dataset_id is not None), None)
         prompt = self.query_one("#student-prompt", Input)
-        dataset_id = next((r.dataset_id for r in runs if r.dataset_id is not None), None)
         if dataset_id is not None and not prompt.value:
             prompt.value = store.get_dataset(dataset_id).system_prompt
+
+    def _chosen_run(self) -> RunInfo | None:
+        run_id = _id_of(self.query_one("#source-run", Select).value, RUN)
+        return self.distill.store.get_run(run_id) if run_id is not None else None
+
+    def _fill_gates(self) -> None:
+        """The gate and the minimum confidence filter one run's labels: the gate offers that
+        run's eval runs; the confidence is there when the run voted over samples."""
+        store = self.distill.store
+        run = self._chosen_run()
+        gate = self.query_one("#ft-gate", Select)
+        chosen = gate.value
+        eval_runs = store.list_eval_runs(run_id=run.id) if run is not None else []
+        gate.prompt = NO_GATE if eval_runs or run is None else "no eval run of this run yet"
+        gate.set_options(
+            (f"eval run {er.id} · {er.eval_name} · {er.status}", er.id) for er in eval_runs
+        )
+        if isinstance(chosen, int) and any(er.id == chosen for er in eval_runs):
+            gate.value = chosen
+        gate.disabled = not eval_runs
+        confidence = self.query_one("#ft-min-confidence", Input)
+        confidence.disabled = run is None or sampled(run) < 2
+        if not confidence.disabled:
+            confidence.placeholder = "none (0.75, 75%, 6/8)"
+        else:
+            confidence.placeholder = "no vote: one sample" if run else "for a run's labels"
+        self._show_kept()
+
+    @on(Select.Changed, "#ft-gate")
+    @on(Input.Changed, "#ft-min-confidence")
+    def _filter_changed(self) -> None:
+        self.training = self.validation = None
+        self._show_kept()
 
     def _source(self) -> Source:
         value = self.query_one("#source-run", Select).value
         if value == SELECTION and self.selection is not None:
             selection = self.selection
             return Source(run_ids=selection.run_ids, completion_ids=list(selection.completion_ids))
-        if not isinstance(value, int):
+        dataset_id = _id_of(value, REFERENCES)
+        if dataset_id is not None:
+            items = reference_items(self.distill.store, dataset_id)
+            return Source(dataset_id=dataset_id, reference_item_ids=items)
+        run_id = _id_of(value, RUN)
+        if run_id is None:
             raise FineTuneError("choose the run whose outputs the student should learn")
-        return Source(run_id=value)
+        gate = self.query_one("#ft-gate", Select).value
+        least = 0.0
+        box = self.query_one("#ft-min-confidence", Input)
+        if not box.disabled and box.value.strip():
+            try:
+                least = parse_confidence(box.value)
+            except ValueError as error:
+                raise FineTuneError(f"min confidence: {error}") from error
+        return Source(
+            run_id=run_id,
+            passing_eval_run_id=gate if isinstance(gate, int) else None,
+            min_confidence=least,
+        )
+
+    @work(exclusive=True, group="finetune-kept", exit_on_error=False)
+    async def _show_kept(self) -> None:
+        """How many examples the source gives and why the rest are left out, as it is chosen."""
+        kept = self.query_one("#ft-kept", Static)
+        try:
+            source = self._source()
+        except FineTuneError as error:
+            value = self.query_one("#source-run", Select).value
+            kept.update(f"[red]{escape(str(error))}[/red]" if isinstance(value, str) else "")
+            return
+        store = self.distill.store
+        try:
+            report = await store.in_thread(training_set_report, store, source)
+        except (FineTuneError, StoreError) as error:
+            kept.update(f"[red]{escape(str(error))}[/red]")
+            return
+        kept.update(_kept_text(report))
 
     def _build(self) -> tuple[TrainingSet, Validation]:
         source = self._source()
@@ -235,10 +364,12 @@ class FineTuneScreen(DistillScreen):
         report = self.query_one("#report", Static)
         try:
             self.training, self.validation = self._build()
+            kept = training_set_report(self.distill.store, self._source())
         except (FineTuneError, StoreError) as error:
             report.update(f"[red]{escape(str(error))}[/red]")
             self.training = self.validation = None
             return
+        self.query_one("#ft-kept", Static).update(_kept_text(kept))
         report.update(_report_text(self.training, self.validation))
 
     @on(Button.Pressed, "#validate")
@@ -442,8 +573,15 @@ def _selection_text(selection: CompletionSelection) -> str:
     return (
         f"Training on the selection from Completions: [b]{len(selection.completion_ids):,}"
         f"[/b] completions of run{plural} {runs}, filter "
-        f"[b]{escape(selection.description)}[/b] (its finished outputs become the examples)"
+        f"[b]{escape(selection.description)}[/b] (its finished outputs become the examples; "
+        "to keep only confident labels, filter it there with conf:0.75)"
     )
+
+
+def _kept_text(report: TrainingSetReport) -> str:
+    """ "Kept 180 of 200 completions · dropped: 12 failed the gate (eval run 4), ...": what
+    the examples are, and what was left out and why."""
+    return escape(report.note()[:1].upper() + report.note()[1:])
 
 
 def _report_text(training: TrainingSet, validation: Validation) -> str:

@@ -1,7 +1,9 @@
 """The run form: dataset, split, role, model, system prompt, sampling, metadata, few-shot
-retrieval, budget, the estimate of what the run will cost, and the Start / Resume / Cancel
-buttons. It reads itself into a `RunForm` (tui/engine/run_form.py) and says what the user
-asked for with its own messages; starting, resuming and cancelling are the screen's."""
+retrieval (from all train references or the recipe's labelled pool), the teacher's n samples
+a request and the vote that picks the label, budget, the estimate of what the run will cost,
+and the Start / Resume / Cancel buttons. It reads itself into a `RunForm`
+(tui/engine/run_form.py) and says what the user asked for with its own messages; starting,
+resuming and cancelling are the screen's."""
 
 from __future__ import annotations
 
@@ -28,8 +30,10 @@ from tui.engine.run_form import (
     default_metadata,
     format_metadata,
     latest_fine_tuned_model,
+    recipe_pool,
 )
 from tui.engine.store import DatasetInfo, StoreError
+from tui.engine.voting import VOTE_RULES
 
 if TYPE_CHECKING:
     from screens.base import DistillHost
@@ -44,8 +48,17 @@ FIELD_IDS = {
     "seed": "seed",
     "metadata": "metadata",
     "few_shot": "few-shot",
+    "examples_from": "examples-from",
+    "samples": "samples",
+    "vote": "vote",
     "budget": "budget",
 }
+# How the vote decides that two samples give the same answer, in the user's words.
+VOTE_LABELS = {
+    "command_match": "same command (command_match)",
+    "normalised": "same text (normalised)",
+}
+ALL_TRAIN = "all train references"
 
 
 def backend_kind(distill: DistillHost) -> str:
@@ -58,8 +71,11 @@ def estimate_text(estimate: Estimate, *, local: bool) -> Text:
     text = Text("Estimate ", style="bold")
     text.append(
         f"{estimate.items:,} items · ≈{estimate.prompt_tokens:,} prompt + "
-        f"{estimate.completion_tokens:,} completion tokens · "
+        f"{estimate.completion_tokens:,} completion tokens"
     )
+    if estimate.samples > 1:
+        text.append(f" ({estimate.samples} samples a request)")
+    text.append(" · ")
     if estimate.priced:
         text.append(f"≈${estimate.cost:,.4f}", style="bold")
     elif local:
@@ -104,6 +120,8 @@ class RunFormPanel(Vertical):
         self._default_model = ""
         self._default_prompt = ""
         self._default_metadata = ""
+        # The recipe's labelled pool of the chosen dataset (item ids), when it has one.
+        self.pool: list[int] | None = None
 
     @property
     def distill(self) -> DistillHost:
@@ -140,6 +158,24 @@ class RunFormPanel(Vertical):
                 "Metadata", Input(placeholder="key=value …", id="metadata", compact=True)
             )
             yield from field("Few-shot k", Input("0", id="few-shot", compact=True, type="integer"))
+            yield from field(
+                "Examples",
+                Select(
+                    [(ALL_TRAIN, "train")],
+                    value="train",
+                    allow_blank=False,
+                    id="examples-from",
+                    compact=True,
+                ),
+                row_id="examples-from-row",
+            )
+            yield from field("Samples n", Input("1", id="samples", compact=True, type="integer"))
+            votes = [(VOTE_LABELS[rule], rule) for rule in VOTE_RULES]
+            yield from field(
+                "Vote",
+                Select(votes, value="normalised", allow_blank=False, id="vote", compact=True),
+                row_id="vote-row",
+            )
             yield from field("Budget $", Input(placeholder="no cap", id="budget", compact=True))
         yield Static("", id="estimate")
         with Horizontal(id="gen-buttons"):
@@ -148,13 +184,25 @@ class RunFormPanel(Vertical):
             yield Button("Cancel esc", id="cancel", variant="error", compact=True)
 
     @staticmethod
-    def _field(label: str, widget: Widget) -> ComposeResult:
-        with Horizontal(classes="field"):
+    def _field(label: str, widget: Widget, row_id: str | None = None) -> ComposeResult:
+        with Horizontal(classes="field", id=row_id):
             yield Label(label)
             yield widget
 
     def on_mount(self) -> None:
         self.query_one("#cancel").display = False
+        self._show_teacher_rows()
+
+    def _show_teacher_rows(self) -> None:
+        """Show the Examples row only with few-shot retrieval on, and the Vote row only
+        with more than one sample: rows that mean nothing otherwise stay out of the way."""
+
+        def number(widget_id: str) -> int:
+            text = self.query_one(f"#{widget_id}", Input).value.strip()
+            return int(text) if text.isdigit() else 0
+
+        self.query_one("#examples-from-row").display = number("few-shot") > 0
+        self.query_one("#vote-row").display = number("samples") > 1
 
     # -- what the user asks for ----------------------------------------------------------
 
@@ -224,6 +272,10 @@ class RunFormPanel(Vertical):
             metadata=value("metadata"),
             retrieve_k=value("few-shot"),
             budget=value("budget"),
+            samples=value("samples"),
+            vote=str(self.query_one("#vote", Select).value),
+            examples_from=str(self.query_one("#examples-from", Select).value),
+            pool=self.pool,
         )
 
     def load_datasets(self) -> None:
@@ -233,6 +285,7 @@ class RunFormPanel(Vertical):
         current = select.value
         options = [(f"{d.name} ({d.n_items:,})", d.id) for d in self.datasets]
         if options == self._dataset_options:
+            self._load_pool()  # the recipe may have chosen one since
             return
         self._dataset_options = options
         # Text, not markup: a dataset may be called "ops [b]".
@@ -297,8 +350,25 @@ class RunFormPanel(Vertical):
             )
             split.value = chosen if chosen in SPLIT_CHOICES else "all"
         self._apply_defaults()
+        self._load_pool()
         self.post_message(self.DatasetChanged(dataset))
         self._schedule_estimate()
+
+    def _load_pool(self) -> None:
+        """Offer the recipe's labelled pool as the source of retrieved examples when the
+        recipe has chosen one for this dataset (<workspace>/recipe-state.json)."""
+        dataset = self.dataset
+        pool = recipe_pool(self.distill.store.directory, dataset.id if dataset else None)
+        if pool == self.pool:
+            return
+        self.pool = pool
+        select = self.query_one("#examples-from", Select)
+        chosen = select.value
+        options = [(ALL_TRAIN, "train")]
+        if pool:
+            options.append((f"the recipe's labelled pool ({len(pool):,})", "pool"))
+        select.set_options(options)
+        select.value = chosen if chosen == "pool" and pool else "train"
 
     @on(Select.Changed, "#role")
     def _role_changed(self) -> None:
@@ -311,9 +381,11 @@ class RunFormPanel(Vertical):
             self.query_one("#model", Input).value = event.value
 
     @on(Select.Changed, "#split")
+    @on(Select.Changed, "#examples-from")
     @on(Input.Changed)
     @on(TextArea.Changed)
     def _form_changed(self) -> None:
+        self._show_teacher_rows()
         self._schedule_estimate()
 
     # -- the estimate --------------------------------------------------------------------

@@ -18,6 +18,7 @@ from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
 from tui.engine.generation import (
+    ConcurrencyChanged,
     Event,
     ItemDelta,
     ItemFinished,
@@ -68,6 +69,8 @@ class LiveRun:
         self.idle = "pending"  # what an item with no completion shows: "queued" while running
         self.version = 0  # bumped by every change; the view repaints when it moved
         self.finished: RunFinished | None = None
+        # The last change of the in-flight limit (its ceiling, and why it moved).
+        self.concurrency: ConcurrencyChanged | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self._counts: tuple[int, dict[str, int]] = (-1, {})
         for c in completions:
@@ -83,6 +86,10 @@ class LiveRun:
             self.completion_tokens += c.completion_tokens or 0
 
     def on_event(self, event: Event) -> None:
+        if isinstance(event, ConcurrencyChanged):
+            # Read with the run's totals by the progress line; nothing of the table changed.
+            self.concurrency = event
+            return
         if isinstance(event, ItemDelta):
             self.text[event.item_id].append(event.text)
         elif isinstance(event, ItemStarted):
@@ -165,6 +172,24 @@ class _Rows(Sequence[tuple[str, ...]]):
         )
 
 
+def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Text:
+    """The requests in flight and the limit on them: "in flight 12/64". A limit the backend's
+    rate limits lowered below the configured concurrency reads "in flight 12/32 of 64" (in
+    yellow), followed by the 429s so far, "(rate limited ×3)", or else why it was lowered."""
+    ceiling = changed.ceiling if changed is not None else stats.concurrency_limit
+    limit = stats.concurrency_limit or ceiling
+    lowered = limit < ceiling
+    text = Text(f"in flight {stats.in_flight}/{limit}")
+    if lowered:
+        text.append(f" of {ceiling}")
+        text.stylize("yellow")
+    if stats.rate_limited:
+        text.append(f" (rate limited ×{stats.rate_limited})", style="yellow")
+    elif lowered and changed is not None:
+        text.append(f" ({changed.reason})", style="yellow")
+    return text
+
+
 def run_figures(
     live: LiveRun, stats: RunStats | None, *, running: bool, price: Price, local: bool
 ) -> Figures:
@@ -172,20 +197,22 @@ def run_figures(
     until another run is viewed), else the counts of what the store holds."""
     if stats is not None:
         done = stats.done_before + stats.done
-        failed, cancelled, streaming = stats.failed, stats.cancelled, stats.in_flight
+        failed, cancelled = stats.failed, stats.cancelled
         cost = stats.cost
     else:
         counts = live.counts()
         done = counts.get("done", 0)
-        failed, cancelled, streaming = counts.get("failed", 0), counts.get("cancelled", 0), 0
+        failed, cancelled = counts.get("failed", 0), counts.get("cancelled", 0)
         cost = cost_of(price, live.prompt_tokens, live.completion_tokens)
     parts: list[str | Text] = []
     if failed:
         parts.append(Text(f"{failed:,} failed", style="red"))
     if cancelled:
         parts.append(Text(f"{cancelled:,} cancelled", style="yellow"))
-    if streaming:
-        parts.append(f"{streaming} streaming")
+    if stats is not None and running:
+        parts.append(concurrency_text(stats, live.concurrency))
+    elif stats is not None and stats.rate_limited:
+        parts.append(Text(f"rate limited ×{stats.rate_limited}", style="yellow"))
     notes: list[str | Text] = []
     if price.input or price.output:
         notes.append(f"${cost:,.4f}")
@@ -254,6 +281,13 @@ class LiveRunView(Vertical):
         if run.role:
             parts.append(run.role)
         parts.append(run.split or "all items")
+        k = int(run.params.get("retrieve_k", 0))
+        if k:
+            where = "the labelled pool" if "retrieve_from" in run.params else "train"
+            parts.append(f"{k} examples from {where}")
+        samples = int(run.params.get("samples", 1))
+        if samples > 1:
+            parts.append(f"{samples} samples, vote {run.params.get('vote', 'normalised')}")
         if run.metadata:
             parts.append(format_metadata(run.metadata))
         self.query_one("#run-title", Static).update(Text(" · ".join(parts), style="bold"))

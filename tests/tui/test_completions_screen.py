@@ -1,8 +1,11 @@
 """The Completions screen driven with real keys over a workspace holding two runs (a student's
 and a teacher's, one of its items failed): the dashboard filter, opening one completion with
-the messages that were sent, and handing the filtered set to Evaluate and Distill."""
+the messages that were sent, and handing the filtered set to Evaluate and Distill; and a
+teacher that sampled 4 times a request: its confidence column, `conf:` and its samples."""
 
 from __future__ import annotations
+
+import json
 
 from textual.widgets import Input, Label, Static
 
@@ -176,3 +179,77 @@ async def test_nothing_to_hand_over_says_so(small_app: DistillApp) -> None:
         assert t.app.current_mode == "completions"
         assert t.app.selection is None
         assert any("Nothing matches" in m for _, _, m in t.notifications())
+
+
+def add_voted_run(store: Store) -> int:
+    """A teacher that sampled 4 times a request under command_match: the odd positions
+    unanimous (4/4), the even ones 2 of 4 (a different command and an empty sample)."""
+    dataset = store.dataset_by_name(SMALL_NAME)
+    assert dataset is not None
+    run_id = create_run(
+        store,
+        RunSpec(dataset.id, "gpt-4o", role="teacher", samples=4, vote="command_match"),
+    )
+    for item in store.items(dataset.id):
+        answer = f"git log -n {item.position}"
+        if item.position % 2:
+            samples = [answer, f"git log -n{item.position}", answer, answer]
+        else:
+            samples = [answer, "git status", f"git log -n{item.position}", ""]
+        store.save_completion(
+            run_id,
+            item.id,
+            output=answer,
+            status="done",
+            confidence=1.0 if item.position % 2 else 0.5,
+            samples=json.dumps(samples),
+        )
+    store.set_run_status(run_id, "done", finished=True)
+    return run_id
+
+
+async def test_a_voted_runs_confidence_filter_and_samples(small_app: DistillApp) -> None:
+    student, _ = add_runs(small_app.store)
+    voted = add_voted_run(small_app.store)
+    async with drive(small_app) as t:
+        await t.press("3")
+        await t.settle()
+        screen = completions_screen(t)
+        # A run with a vote on show: the Conf column, "agreed/samples" (blank for the others).
+        assert screen.table.columns[-1].label == "Conf"
+        rows = shown(screen)
+        voted_rows = [r for r in rows if r[0] == str(voted)]
+        assert [r[-1] for r in voted_rows] == ["4/4" if n % 2 else "2/4" for n in range(1, N + 1)]
+        assert {r[-1] for r in rows if r[0] != str(voted)} == {""}
+        assert "confidence 4/4 (vote command_match)" in plain(
+            screen.query_one("#completion-detail", Static)
+        )
+
+        # conf: keeps the voted completions at least that sure, typed as the user would.
+        await set_filter(t, "conf:75%", typed=True)
+        rows = shown(screen)
+        assert [r[3] for r in rows] == [str(n) for n in range(1, N + 1, 2)]
+        assert {r[0] for r in rows} == {str(voted)} and {r[-1] for r in rows} == {"4/4"}
+        # A run that sampled once has no vote: no Conf column.
+        await set_filter(t, f"run:{student}", typed=True)
+        assert [c.label for c in screen.table.columns][-1] == "ms"
+
+        # The samples of a split vote, each marked by whether it agreed with the output.
+        await set_filter(t, f"run:{voted} conf:0.5 log -n 2", typed=True)
+        assert [r[3] for r in shown(screen)] == ["2"]
+        await t.press("enter")
+        await t.settle()
+        dialog = t.app.screen
+        assert isinstance(dialog, CompletionDialog)
+        sections = [plain(w) for w in dialog.query(".section").results(Label)]
+        assert "Samples (2 of 4 agree with the output, vote command_match)" in sections
+        samples = plain(dialog.query_one("#completion-samples", Static)).splitlines()
+        assert samples == [
+            "✓  1  git log -n 2",
+            "✗  2  git status",
+            "✓  3  git log -n2",
+            "✗  4  (empty)",
+        ]
+        assert "confidence  2/4 (50%)" in plain(dialog.query_one("#figures", Static))
+        await t.press("escape")
+        assert t.app.screen is screen

@@ -7,7 +7,7 @@ import json
 
 from textual.widgets import Input, Select, Static
 
-from screens.finetune import SELECTION, FineTuneScreen
+from screens.finetune import SELECTION, FineTuneScreen, run_source
 from tests.tui.conftest import Driver, drive, make_app, plain
 from tui.engine.datasets import ItemDraft
 from tui.engine.generation import RunSpec, create_run
@@ -83,7 +83,7 @@ async def test_distill_trains_on_exactly_the_filtered_completions(store: Store) 
         screen = t.app.screen
         assert isinstance(screen, FineTuneScreen)
         source = screen.query_one("#source-run", Select)
-        assert source.value in runs.values()
+        assert source.value in [run_source(r) for r in runs.values()]
         assert not screen.query_one("#source-note", Static).display
 
         assert await distill(t) is screen
@@ -114,7 +114,7 @@ async def test_distill_trains_on_exactly_the_filtered_completions(store: Store) 
         assert got == want
 
         # Another source can be chosen, and the selection stays on offer.
-        source.value = runs["student"]
+        source.value = run_source(runs["student"])
         await t.pilot.pause()
         assert not note.display
         await t.pilot.click("#validate")

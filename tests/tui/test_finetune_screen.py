@@ -11,8 +11,9 @@ from typing import Any
 
 import pytest
 from pydantic import SecretStr
-from textual.widgets import Input, RichLog, Static
+from textual.widgets import Input, RichLog, Select, Static
 
+from screens.finetune import FineTuneScreen, run_source
 from tests.helpers.tiny_model import build_tiny_gguf
 from tests.local.server_harness import KEY, client, model_id, start_thread_server
 from tui.app import DistillApp
@@ -119,4 +120,119 @@ async def test_nothing_to_train_on_and_format_errors(tmp_path: Path) -> None:
         await pilot.press("L")
         await pilot.pause()
         assert store.list_jobs() == []
+    store.close()
+
+
+def voted_workspace(path: Path) -> tuple[Store, int, int]:
+    """24 requests (4 without a reference) labelled by a teacher that sampled 4 times each:
+    #0–#1 failed, #2–#7 only half the samples agreed, the rest all 4; an eval run (the gate)
+    failed #20–#22 and passed the others."""
+    store = Store.open(path)
+    items = [
+        ItemDraft(
+            f"Create a new branch called 'topic-{i}'.",
+            "" if i % 6 == 5 else f"git branch topic-{i}",
+            "train",
+        )
+        for i in range(24)
+    ]
+    dataset = store.create_dataset("tiny-git", "Reply with one git command.", items)
+    run = store.create_run(
+        dataset_id=dataset,
+        model="gpt-4o",
+        role="teacher",
+        params={"samples": 4, "vote": "command_match"},
+    )
+    for n, item in enumerate(store.items(dataset)):
+        store.save_completion(
+            run,
+            item.id,
+            output="" if n < 2 else f"git branch topic-{n}",
+            status="failed" if n < 2 else "done",
+            confidence=0.5 if 2 <= n < 8 else 1.0,
+            samples="[]",
+        )
+    store.set_run_status(run, "done", finished=True)
+    eval_id = store.create_eval("gate", [{"type": "python", "name": "one command"}])
+    gate = store.create_eval_run(eval_id, run, [{"type": "python", "name": "one command"}])
+    failed = (20, 21, 22)
+    store.save_grades(
+        gate,
+        [
+            (c.id, "one command", 0.0 if n in failed else 1.0, n not in failed, "")
+            for n, c in enumerate(store.completions(run))
+            if c.status == "done"
+        ],
+    )
+    store.set_eval_run_status(gate, "done")
+    return store, run, gate
+
+
+async def test_training_set_sources_and_what_each_keeps(tmp_path: Path) -> None:
+    """A teacher run's labels kept by minimum confidence and by the gate, then the dataset's
+    own references as the teacher, each chosen with keys; the form says how many examples
+    each keeps and why the rest were dropped, and Validate builds exactly those."""
+    store, run, gate = voted_workspace(tmp_path / "ws")
+    app = DistillApp(
+        settings=load_settings(workspace=tmp_path / "ws"), store=store, start_backend=False
+    )
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("5")
+        await pilot.pause()
+        screen = app.screen
+        assert isinstance(screen, FineTuneScreen)
+        assert screen.query_one("#source-run", Select).value == run_source(run)
+
+        def kept() -> str:
+            return text_of(app, "#ft-kept")
+
+        async def settle() -> None:
+            await pilot.pause()
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+
+        await settle()
+        assert kept() == "Kept 22 of 24 completions · dropped: 2 not finished"
+
+        screen.query_one("#ft-min-confidence", Input).focus()
+        await pilot.press(*"75%")
+        await settle()
+        assert kept() == (
+            "Kept 16 of 24 completions · dropped: 2 not finished, 6 below confidence 75%"
+        )
+
+        gate_select = screen.query_one("#ft-gate", Select)
+        assert not gate_select.disabled
+        gate_select.focus()
+        await pilot.press("enter", "down", "enter")
+        await settle()
+        assert gate_select.value == gate
+        assert kept() == (
+            f"Kept 13 of 24 completions · dropped: 2 not finished, "
+            f"3 failed the gate (eval run {gate}), 6 below confidence 75%"
+        )
+        app.set_focus(None)
+        await pilot.press("v")
+        await settle()
+        assert "12 training and 1 validation examples" in text_of(app, "#report")
+        training = screen.training
+        assert training is not None
+        outputs = {e["messages"][2]["content"] for e in training.train + training.validation}
+        assert outputs == {f"git branch topic-{n}" for n in (*range(8, 20), 23)}
+
+        # The dataset's own answers as the teacher: the last choice of the source list.
+        source = screen.query_one("#source-run", Select)
+        source.focus()
+        await pilot.press("enter", "end", "enter")
+        await settle()
+        assert source.value == f"references:{store.list_datasets()[0].id}"
+        labels = {value: str(label) for label, value in source._options}
+        assert labels[source.value] == "references of tiny-git as the teacher · train split · 20"
+        assert screen.query_one("#ft-gate", Select).disabled
+        assert screen.query_one("#ft-min-confidence", Input).disabled
+        assert kept() == "Kept 20 of 24 items · dropped: 4 no reference"
+        app.set_focus(None)
+        await pilot.press("v")
+        await settle()
+        assert "18 training and 2 validation examples" in text_of(app, "#report")
     store.close()

@@ -5,6 +5,8 @@ moves the cursor."""
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -15,16 +17,23 @@ from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.pilot import Pilot
 from textual.widget import Widget
-from textual.widgets import Button, Input, Static, TextArea
+from textual.widgets import Button, Input, Select, Static, TextArea
 
 import screens.generate
 from screens.generate.form import RunFormPanel
-from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
 from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
-from tui.engine.generation import ItemDelta, ItemFinished, ItemStarted, RunStats, create_run
+from tui.engine.generation import (
+    ConcurrencyChanged,
+    ItemDelta,
+    ItemFinished,
+    ItemStarted,
+    RunStats,
+    create_run,
+)
 from tui.engine.run_form import FormError, RunForm
-from tui.engine.settings import Settings, load_settings
+from tui.engine.settings import Price, Settings, load_settings
 from tui.engine.store import Store
 
 CSS = Path(screens.generate.__file__).parent / "generate.tcss"
@@ -173,6 +182,104 @@ async def test_form_buttons_while_a_run_goes(store: Store, small: int) -> None:
         await h.pilot.click("#cancel")
         await h.settle()
         assert len(h.posted(RunFormPanel.CancelRequested)) == 2
+
+
+def completion_tokens(panel: RunFormPanel) -> int:
+    found = re.search(r"([\d,]+) completion tokens", plain(panel.query_one("#estimate", Static)))
+    assert found, plain(panel.query_one("#estimate", Static))
+    return int(found.group(1).replace(",", ""))
+
+
+async def test_teacher_options_samples_vote_and_the_recipes_pool(store: Store, small: int) -> None:
+    """n samples and the vote, and few-shot examples from the recipe's labelled pool, set with
+    the keyboard; the rows that mean nothing until then stay hidden, and the estimate pays for
+    every sample."""
+    pool = [i.id for i in store.items(small, "train")[:2]]
+    panel = RunFormPanel(id="gen-left")
+    async with host(panel, store) as h:
+        panel.load_datasets()
+        await h.pilot.pause(0.4)
+        await h.settle()
+        vote_row, examples_row = panel.query_one("#vote-row"), panel.query_one("#examples-from-row")
+        assert not vote_row.display and not examples_row.display
+        one_sample = completion_tokens(panel)
+
+        panel.query_one("#samples").focus()
+        await h.pilot.press("end", "ctrl+u", "4")
+        await h.pilot.pause(0.4)
+        await h.settle()
+        assert vote_row.display
+        estimate = plain(panel.query_one("#estimate", Static))
+        assert "(4 samples a request)" in estimate
+        assert completion_tokens(panel) == 4 * one_sample
+        vote = panel.query_one("#vote", Select)
+        assert vote.value == "normalised"
+        vote.focus()
+        await h.pilot.press("enter", "up", "enter")
+        assert vote.value == "command_match"
+
+        panel.query_one("#few-shot").focus()
+        await h.pilot.press("end", "ctrl+u", "2")
+        await h.pilot.pause()
+        assert examples_row.display
+        examples = panel.query_one("#examples-from", Select)
+        # No recipe state in the workspace: every train reference is the only source.
+        assert [value for _, value in examples._options] == ["train"]
+
+        # The recipe chooses a pool; the form offers it when it is shown again.
+        state = {"version": 2, "dataset_id": small, "pool": pool}
+        (store.directory / "recipe-state.json").write_text(json.dumps(state))
+        panel.load_datasets()
+        await h.pilot.pause()
+        assert [str(label) for label, _ in examples._options] == [
+            "all train references",
+            "the recipe's labelled pool (2)",
+        ]
+        examples.focus()
+        await h.pilot.press("enter", "down", "enter")
+        assert examples.value == "pool"
+
+        await h.pilot.click("#start")
+        await h.settle()
+        (submitted,) = h.posted(RunFormPanel.Submitted)
+        spec = submitted.form.to_spec()
+        assert (spec.samples, spec.vote) == (4, "command_match")
+        assert (spec.retrieve_k, spec.retrieve_from) == (2, pool)
+
+        # Back to one sample: the vote row goes away and the spec takes no vote.
+        panel.query_one("#samples").focus()
+        await h.pilot.press("backspace", "1")
+        await h.pilot.pause()
+        assert not vote_row.display
+        assert panel.read_form().to_spec().samples == 1
+
+
+def test_progress_line_shows_the_in_flight_limit(store: Store, small: int) -> None:
+    """The figures the progress line reads at each repaint: requests in flight against the
+    limit, the limit lowered below the configured concurrency, and the 429s so far."""
+    (run_id,) = make_runs(store, small, 1)
+    live = LiveRun(store.get_run(run_id), store.run_items(run_id), [])
+    free = Price()
+
+    def line(running: bool = True) -> str:
+        return run_figures(live, stats, running=running, price=free, local=True).text().plain
+
+    stats = RunStats(total=10, todo=10, in_flight=12, concurrency_limit=64)
+    assert "in flight 12/64" in line() and "rate limited" not in line()
+
+    # Lowered as the rate limit neared: the ceiling and the reason (an event the live run
+    # keeps without a repaint of its table).
+    stats.concurrency_limit, stats.in_flight = 32, 30
+    version = live.version
+    live.on_event(ConcurrencyChanged(32, 64, "the rate limit is near"))
+    assert live.version == version
+    assert "in flight 30/32 of 64 (the rate limit is near)" in line()
+
+    # 429s: counted while it runs, and still said once it is over.
+    stats.rate_limited = 3
+    assert "in flight 30/32 of 64 (rate limited ×3)" in line()
+    assert "in flight" not in line(running=False)
+    assert "rate limited ×3" in line(running=False)
 
 
 # -- the runs table ----------------------------------------------------------------------

@@ -6,6 +6,8 @@ connection of its own."""
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Callable, Iterator
 
@@ -15,7 +17,7 @@ from pydantic import SecretStr
 from textual.widgets import Button, Input, Select, Static, TextArea
 
 from screens.generate import GenerateScreen
-from tests.helpers.fake_openai import FakeOpenAI
+from tests.helpers.fake_openai import FakeOpenAI, fail_first, rate_limited
 from tests.tui.conftest import (
     SMALL_ITEMS,
     SMALL_NAME,
@@ -148,7 +150,9 @@ async def test_start_streams_every_item_to_done(
         await wait_until(t, lambda: stream_text(screen).startswith("echo:"))
         assert screen.query_one("#gen-form").disabled
         assert screen.check_action("cancel_run", ())
-        assert "streaming" in progress_text(screen)
+        # The requests in flight and the limit on them (the configured concurrency).
+        limit = small_app.settings.concurrency
+        assert re.search(rf"in flight \d+/{limit}\b", progress_text(screen))
 
         await t.settle()
         await t.pilot.pause(0.2)  # one more repaint after the last event
@@ -289,3 +293,47 @@ async def test_the_buttons_start_and_resume_like_the_keys(
         await t.settle()
         assert any("nothing left" in m for _, _, m in t.notifications())
         assert len(fake.chat_requests) == N_ITEMS
+
+
+async def test_a_teacher_run_with_samples_under_a_rate_limit(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    """n samples and the vote typed into the form reach the request (OpenAI's `n`) and the
+    run; while the backend answers 429s, the progress line says how many requests are in
+    flight against the limit and how often the run was rate limited."""
+    small_app.backend = backend_for(fake)
+    fake.token_delay = 0.05  # 0.6 s a reply: the run is still going when we look
+    fake.policy = fail_first(2, rate_limited(retry_after=0.1))
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        screen.query_one("#samples", Input).focus()
+        await t.press("end", "ctrl+u", "3")
+        assert screen.query_one("#vote-row").display
+        vote = screen.query_one("#vote", Select)
+        vote.focus()
+        await t.press("enter", "up", "enter")
+        assert vote.value == "command_match"
+        await t.press("ctrl+s")
+        await wait_until(t, lambda: "rate limited ×" in progress_text(screen))
+        assert re.search(
+            r"in flight \d+/\d+( of \d+)? \(rate limited ×\d+\)", progress_text(screen)
+        )
+        assert "3 samples, vote command_match" in plain(screen.query_one("#run-title", Static))
+
+        await t.settle()
+        await t.pilot.pause(0.2)
+        assert statuses(screen) == ["done"] * N_ITEMS
+        # Every 429 the server sent is counted, and still said once the run is over.
+        refused = sum(1 for r in fake.chat_requests if r.status == 429)
+        assert refused >= N_ITEMS  # (two items share a request, and so their two refusals)
+        shown = progress_text(screen)
+        assert f"rate limited ×{refused}" in shown and "in flight" not in shown
+
+    assert {r.body.get("n") for r in fake.chat_requests} == {3}
+    (params,) = db.rows("SELECT params FROM runs")
+    assert json.loads(params[0])["samples"] == 3
+    assert json.loads(params[0])["vote"] == "command_match"
+    # This server answers once whatever `n` says: the vote is over that one sample.
+    rows = db.rows("SELECT confidence, samples, output FROM completions")
+    assert len(rows) == N_ITEMS
+    assert all(c == 1.0 and json.loads(s) == [o] for c, s, o in rows)

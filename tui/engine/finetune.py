@@ -562,3 +562,121 @@ def metrics_series(events: Iterable[JobEvent]) -> dict[str, list[tuple[int, floa
             if isinstance(value, int | float):
                 series.setdefault(name, []).append((step, float(value)))
     return series
+
+
+# -- what a source keeps, and why the rest is left out ----------------------------------------
+
+# Why a completion (or an item) of a source gives no example, in the order the filters apply
+# (a completion left out for two reasons counts under the first).
+NOT_FINISHED = "not finished"  # failed or cancelled
+NOT_GRADED = "not graded by the gate"  # the gate's eval run has no grade for it
+FAILED_GATE = "failed the gate"
+BELOW_CONFIDENCE = "below the confidence"
+EMPTY = "empty"
+NO_REFERENCE = "no reference"
+
+
+@dataclass(frozen=True)
+class TrainingSetReport:
+    """How many examples a `Source` gives (before the validation split) and why the rest of
+    what it covers gives none: the same filters as `build_training_set`, counted."""
+
+    kept: int
+    considered: int  # the completions (or, for references, the items) the source covers
+    dropped: dict[str, int]  # reason → how many, in the filters' order; only those that did
+    references: int = 0  # of `kept`: the pool's references added beside a run's labels
+    unit: str = "completions"  # what `considered` counts: "completions" or "items"
+    min_confidence: float = 0.0
+    gate: int | None = None  # the eval run that gated the labels
+
+    def reason_text(self, reason: str) -> str:
+        if reason == BELOW_CONFIDENCE:
+            return f"below confidence {self.min_confidence:.0%}"
+        if reason in (FAILED_GATE, NOT_GRADED) and self.gate is not None:
+            return f"{reason} (eval run {self.gate})"
+        return reason
+
+    def note(self) -> str:
+        """ "kept 180 of 200 completions · dropped: 12 failed the gate (eval run 4), 6 below
+        confidence 75%, 2 empty" (+ the pool's references trained on beside them)."""
+        labelled = self.kept - self.references
+        text = f"kept {labelled:,} of {self.considered:,} {self.unit}"
+        if self.references:
+            text += f" + {self.references:,} references of the labelled pool"
+        if self.dropped:
+            text += " · dropped: " + ", ".join(
+                f"{n:,} {self.reason_text(why)}" for why, n in self.dropped.items()
+            )
+        return text
+
+
+def training_set_report(store: Store, source: Source) -> TrainingSetReport:
+    """What `build_training_set` would keep of `source`, and why it would leave out the rest:
+    not finished (failed or cancelled), not graded by or failed the gate (an eval run whose
+    graders must all pass), below the minimum confidence (a teacher's vote share), empty."""
+    dropped: dict[str, int] = {}
+
+    def drop(reason: str) -> None:
+        dropped[reason] = dropped.get(reason, 0) + 1
+
+    if source.run_id is None and not source.run_ids:
+        if source.dataset_id is None:
+            raise FineTuneError("choose a run (the teacher's outputs) or a dataset's references")
+        wanted = set(source.reference_item_ids) if source.reference_item_ids is not None else None
+        items = [i for i in store.items(source.dataset_id) if wanted is None or i.id in wanted]
+        for item in items:
+            if not item.reference.strip():
+                drop(NO_REFERENCE)
+        kept = len(items) - sum(dropped.values())
+        return TrainingSetReport(kept, len(items), dropped, unit="items")
+
+    if source.run_id is not None:
+        rows = store.completions(source.run_id)
+        gate, least = source.passing_eval_run_id, source.min_confidence
+    else:
+        rows = store.search_completions(run_ids=source.run_ids)
+        gate, least = None, 0.0  # a selection is filtered on the Completions screen
+    if source.completion_ids is not None:
+        wanted = set(source.completion_ids)
+        rows = [r for r in rows if r.id in wanted]
+    passing: set[int] = set()
+    graded: set[int] = set()
+    if gate is not None:
+        passing = _passing_completions(store, gate)
+        graded = {
+            r["completion_id"]
+            for r in store.query(
+                "SELECT DISTINCT completion_id FROM grades WHERE eval_run_id = ?", (gate,)
+            )
+        }
+    labelled: set[int] = set()
+    for row in rows:
+        if row.status != "done":
+            drop(NOT_FINISHED)
+        elif gate is not None and row.id not in passing:
+            drop(FAILED_GATE if row.id in graded else NOT_GRADED)
+        elif least > 0 and (row.confidence or 1.0) < least:
+            drop(BELOW_CONFIDENCE)
+        elif not row.output.strip():
+            drop(EMPTY)
+        else:
+            labelled.add(row.item_id)
+    references = 0
+    if source.run_id is not None and source.reference_item_ids:
+        dataset_id = store.get_run(source.run_id).dataset_id
+        if dataset_id is not None:
+            references = sum(
+                1
+                for p in _reference_pairs(store, dataset_id, source.reference_item_ids)
+                if p.item_id not in labelled
+            )
+    kept = len(rows) - sum(dropped.values()) + references
+    order = (NOT_FINISHED, NOT_GRADED, FAILED_GATE, BELOW_CONFIDENCE, EMPTY)
+    return TrainingSetReport(
+        kept,
+        len(rows),
+        {reason: dropped[reason] for reason in order if reason in dropped},
+        references=references,
+        min_confidence=least,
+        gate=gate,
+    )

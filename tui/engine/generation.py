@@ -220,16 +220,18 @@ def cost_of(price: Price, prompt_tokens: int | None, completion_tokens: int | No
 class Estimate:
     items: int
     prompt_tokens: int
-    completion_tokens: int
+    completion_tokens: int  # of every sample: n samples a request cost n replies
     cost: float
     priced: bool  # False when the model has no price (local, unknown URL)
+    samples: int = 1  # replies a request (OpenAI's `n`)
 
 
 def estimate_run(store: Store, run_id: int, price: Price) -> Estimate:
     """Before (re)starting a run: what its pending items will cost (see `_estimate`)."""
     run = store.get_run(run_id)
     items = store.pending_items(run_id)
-    return _estimate(items, PromptBuilder.for_run(store, run), sampling_of(run), price)
+    samples = int(run.params.get("samples", 1))
+    return _estimate(items, PromptBuilder.for_run(store, run), sampling_of(run), price, samples)
 
 
 def estimate_spec(store: Store, spec: RunSpec, price: Price) -> Estimate:
@@ -241,17 +243,26 @@ def estimate_spec(store: Store, spec: RunSpec, price: Price) -> Estimate:
         items = store.items(spec.dataset_id, split=spec.split or None)
     retriever = None
     if spec.retrieve_k > 0:
-        train = [(i.input, i.reference) for i in store.items(spec.dataset_id, "train")]
-        retriever = SimilarExamples([pair for pair in train if pair[1]])
+        if spec.retrieve_from is None:
+            pool = store.items(spec.dataset_id, "train")
+        else:
+            wanted = set(spec.retrieve_from)
+            pool = [i for i in store.items(spec.dataset_id) if i.id in wanted]
+        retriever = SimilarExamples([(i.input, i.reference) for i in pool if i.reference])
     builder = PromptBuilder(spec.system_prompt, spec.few_shot, retriever, spec.retrieve_k)
-    return _estimate(items, builder, spec.params, price)
+    return _estimate(items, builder, spec.params, price, spec.samples)
 
 
 def _estimate(
-    items: Sequence[Item], builder: PromptBuilder, sampling: SamplingParams, price: Price
+    items: Sequence[Item],
+    builder: PromptBuilder,
+    sampling: SamplingParams,
+    price: Price,
+    samples: int = 1,
 ) -> Estimate:
     """Tokens ≈ characters / 4; replies as long as the references (× 1.5), or max_tokens,
-    or 256 when there are neither."""
+    or 256 when there are neither. With n samples a request, the prompt is billed once and
+    the reply n times (OpenAI's `n`)."""
     prompt_chars = sum(
         sum(len(m["content"]) for m in builder.messages(item)) + 16 for item in items
     )
@@ -263,13 +274,15 @@ def _estimate(
     else:
         per_reply = sampling.max_tokens or 256
     prompt_tokens = prompt_chars // 4
-    completion_tokens = per_reply * len(items)
+    samples = max(1, samples)
+    completion_tokens = per_reply * len(items) * samples
     return Estimate(
         items=len(items),
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         cost=cost_of(price, prompt_tokens, completion_tokens),
         priced=bool(price.input or price.output),
+        samples=samples,
     )
 
 

@@ -4,14 +4,22 @@ so the rules are the same for the TUI and its tests."""
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
+from pathlib import Path
 
 from tui.engine.generation import RunSpec, SamplingParams
+from tui.engine.recipe import STATE_FILE
 from tui.engine.store import DatasetInfo, RunInfo, Store
+from tui.engine.voting import VOTE_RULES
 
 ROLES = ("student", "teacher", "fine-tuned")
 SPLIT_CHOICES = ("all", "train", "eval")
+MAX_SAMPLES = 16  # OpenAI's `n` per request, as far as this form goes
+# Where retrieved few-shot examples come from: every train-split item with a reference, or
+# only the recipe's labelled pool (the references a real user would have written).
+EXAMPLES_FROM = ("train", "pool")
 
 # OpenAI's limits on stored-completion metadata; other backends accept the same.
 MAX_METADATA_KEYS = 16
@@ -82,6 +90,24 @@ def run_size(run: RunInfo, dataset: DatasetInfo | None) -> int | None:
     )
 
 
+def recipe_pool(workspace: Path, dataset_id: int | None) -> list[int] | None:
+    """The item ids of the recipe's labelled pool of this dataset (`pool` in
+    <workspace>/recipe-state.json), or None when the recipe has chosen none for it. An
+    unreadable state file is no pool: the form must open whatever the recipe left behind."""
+    try:
+        state = json.loads((workspace / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(state, dict):
+        return None
+    pool = state.get("pool")
+    owner = state.get("dataset_id")
+    if not isinstance(pool, list) or not pool or (owner is not None and owner != dataset_id):
+        return None
+    ids = [i for i in pool if isinstance(i, int)]
+    return ids or None
+
+
 def _number(field: str, text: str, kind: type, low: float, high: float) -> float | int | None:
     text = text.strip()
     if not text:
@@ -112,6 +138,12 @@ class RunForm:
     metadata: str = ""
     retrieve_k: str = "0"
     budget: str = ""
+    # The teacher's options: n samples a request and the vote that picks the label, and
+    # where retrieved examples come from ("train" or "pool": `pool`, the recipe's ids).
+    samples: str = "1"
+    vote: str = "normalised"
+    examples_from: str = "train"
+    pool: list[int] | None = None
 
     def to_spec(self) -> RunSpec:
         if self.dataset_id is None:
@@ -125,6 +157,10 @@ class RunForm:
         max_tokens = _number("max_tokens", self.max_tokens, int, 1, 1_000_000)
         seed = _number("seed", self.seed, int, -(2**63), 2**63 - 1)
         k = _number("few_shot", self.retrieve_k, int, 0, 64) or 0
+        samples = int(_number("samples", self.samples, int, 1, MAX_SAMPLES) or 1)
+        if samples > 1 and self.vote not in VOTE_RULES:
+            raise FormError("vote", f"vote: {self.vote!r} is not one of {', '.join(VOTE_RULES)}")
+        retrieve_from = self._retrieve_from() if k else None
         self.budget_cap()
         return RunSpec(
             dataset_id=self.dataset_id,
@@ -139,7 +175,25 @@ class RunForm:
             ),
             metadata=parse_metadata(self.metadata),
             retrieve_k=int(k),
+            retrieve_from=retrieve_from,
+            samples=samples,
+            vote=self.vote if samples > 1 else "normalised",
         )
+
+    def _retrieve_from(self) -> list[int] | None:
+        if self.examples_from == "train":
+            return None
+        if self.examples_from != "pool":
+            raise FormError(
+                "examples_from", f"examples from: {self.examples_from!r} is not train or pool"
+            )
+        if not self.pool:
+            raise FormError(
+                "examples_from",
+                "examples from: the recipe has no labelled pool for this dataset "
+                "(run `distill-tui run` first, or take all train references)",
+            )
+        return list(self.pool)
 
     def budget_cap(self) -> float | None:
         text = self.budget.strip().lstrip("$")

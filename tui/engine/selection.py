@@ -4,8 +4,11 @@ Fine-tune screens.
 
 Filter words: `model:gpt-4o-mini` (exact, or a glob such as `model:*mini*`), `run:3` or
 `run:3,5`, `role:teacher`, `dataset:git-requests`, `status:failed` (done, failed, cancelled),
-`meta:task=git` (repeatable, all must match); every other word is text looked for in the
-request or the output. Words of the same kind are alternatives; different kinds all apply."""
+`meta:task=git` (repeatable, all must match), `conf:0.75` (or `conf:75%`, `conf:6/8`: voted
+completions whose share of agreeing samples is at least that; a completion of a run that
+sampled once has no confidence and does not match); every other word is text looked for in
+the request or the output. Words of the same kind are alternatives; different kinds all
+apply."""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from dataclasses import dataclass, field
 
 from tui.engine.generation import PromptBuilder
 from tui.engine.store import CompletionRow, Item, RunInfo, Store
+from tui.engine.voting import rule
 
 STATUSES = ("done", "failed", "cancelled")
 
@@ -28,6 +32,7 @@ class CompletionFilter:
     statuses: list[str] = field(default_factory=list)
     metadata: dict[str, str] = field(default_factory=dict)
     text: str = ""
+    min_confidence: float | None = None  # `conf:`: only voted completions, at least this share
     problems: list[str] = field(default_factory=list)  # words that could not be understood
 
     def matches_run(self, run: RunInfo) -> bool:
@@ -48,6 +53,51 @@ def _model_matches(pattern: str, model: str) -> bool:
     return model.casefold() == pattern.casefold()
 
 
+def parse_confidence(text: str) -> float:
+    """A vote share as people write it: "0.75", "75%" or "6/8" → 0.75. Raises ValueError
+    with a readable message when it is not one, or not between 0 and 1."""
+    text = text.strip()
+    try:
+        if text.endswith("%"):
+            value = float(text[:-1]) / 100
+        elif "/" in text:
+            votes, _, samples = text.partition("/")
+            value = int(votes) / int(samples)
+        else:
+            value = float(text)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError(f"{text!r} is not a share such as 0.75, 75% or 6/8") from error
+    if not 0 <= value <= 1:
+        raise ValueError(f"{text!r} is not between 0 and 1 (0 % and 100 %)")
+    return value
+
+
+def confidence_text(row: CompletionRow) -> str:
+    """A completion's vote as the table shows it: "5/8" (samples that agreed / samples),
+    or "62%" when the samples were not kept; "" when the run sampled once."""
+    if row.confidence is None:
+        return ""
+    if row.samples:
+        n = len(row.samples)
+        return f"{round(row.confidence * n)}/{n}"
+    return f"{row.confidence:.0%}"
+
+
+def sample_votes(run: RunInfo, row: CompletionRow) -> list[tuple[str, bool]]:
+    """Each sample of a voted completion and whether it agreed with the answer kept, under
+    the run's vote rule (the same test the vote made)."""
+    samples = row.samples or []
+    answer = row.output.strip()
+    try:
+        same = rule(str(run.params.get("vote", "normalised")))
+    except ValueError:
+        same = rule("normalised")
+    return [
+        (sample, bool(answer) and (sample.strip() == answer or same(sample.strip(), answer)))
+        for sample in samples
+    ]
+
+
 def parse_filter(query: str) -> CompletionFilter:
     """Parse the filter box. Never raises: words it cannot use are listed in `problems`."""
     result = CompletionFilter()
@@ -59,7 +109,7 @@ def parse_filter(query: str) -> CompletionFilter:
     for word in words:
         kind, sep, value = word.partition(":")
         kind = kind.casefold()
-        if not sep or kind not in ("model", "run", "role", "dataset", "status", "meta"):
+        if not sep or kind not in ("model", "run", "role", "dataset", "status", "meta", "conf"):
             text.append(word)
             continue
         if not value:
@@ -76,6 +126,11 @@ def parse_filter(query: str) -> CompletionFilter:
             result.roles.append(value.casefold())
         elif kind == "dataset":
             result.datasets.append(value.casefold())
+        elif kind == "conf":
+            try:
+                result.min_confidence = parse_confidence(value)
+            except ValueError as error:
+                result.problems.append(f"conf:{error}")
         elif kind == "status":
             status = value.casefold()
             if status in STATUSES:
@@ -103,9 +158,17 @@ def find_completions(store: Store, query: CompletionFilter, limit: int = 100_000
     runs = {run.id: run for run in store.list_runs() if query.matches_run(run)}
     if not runs:
         return Found({}, [], False)
+    least = query.min_confidence
     rows = store.search_completions(
-        run_ids=sorted(runs), statuses=query.statuses, text=query.text, limit=limit + 1
+        run_ids=sorted(runs),
+        statuses=query.statuses,
+        text=query.text,
+        # The share is filtered here, after the query: the limit counts what is left.
+        limit=limit + 1 if least is None else None,
     )
+    if least is not None:
+        # 1e-9: "conf:5/8" keeps a share computed as 5/8 by the vote.
+        rows = [r for r in rows if r.confidence is not None and r.confidence >= least - 1e-9]
     truncated = len(rows) > limit
     rows = rows[:limit]
     present = {row.run_id for row in rows}
