@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tui.engine.evals import ItemCell, RunColumn
+from tui.engine.report import row_name
 
 BASELINE_MARK = "★"
 DIFF_OLD = "bold #ffffff on #8b1e2d"
@@ -26,10 +27,16 @@ def cell_verdict(cell: ItemCell, graders: Sequence[str]) -> tuple[str, str]:
     return "✓", "green"
 
 
+def role_label(column: RunColumn) -> str:
+    """What the run is in the recipe's report: "teacher", "baseline student", "pool-only
+    student", "fine-tuned student" (or its role as it is)."""
+    return row_name(column.role, column.label, column.model)
+
+
 def run_title(column: RunColumn, baseline: int) -> str:
     mark = f" {BASELINE_MARK}" if column.run_id == baseline else ""
-    role = f" {column.role}" if column.role else ""
-    return f"run {column.run_id}{role}{mark}"
+    label = role_label(column)
+    return f"run {column.run_id}{' ' + label if label else ''}{mark}"
 
 
 def one_line(text: str) -> str:

@@ -1,8 +1,10 @@
 """The Compare screen: step 7 of the recipe, "compare with the baseline" — what distillation
 bought, shown to a stakeholder.
 
-Top, the summary panel (each run's pass rate per grader against the baseline, latency, tokens,
-cost); below, the items panel (the runs' outputs side by side, filtered to where they differ,
+Top, the summary panel (each run as a row of the recipe's report — teacher, baseline student,
+pool-only student, fine-tuned student — with its pass rate per grader against the baseline,
+latency, tokens per request and cost per 1,000 requests, and the business case in one line);
+below, the items panel (the runs' outputs side by side, filtered to where they differ,
 regressions or improvements, and the highlighted item's differences marked). The screen loads
 the comparison, routes the keys and grades the runs that have no grades yet."""
 
@@ -16,16 +18,15 @@ from textual.binding import Binding
 from textual.containers import Vertical
 
 from screens.base import DistillScreen
+from screens.compare.choose import CompareDialog, CompareRequest
 from screens.compare.dialog import CompareItemDialog
 from screens.compare.items import CompareItems
 from screens.compare.summary import FILTERS, CompareSummary
-from screens.eval_dialogs import CompareDialog, CompareRequest
 from tui.engine.eval_views import default_comparison, ungraded_runs
 from tui.engine.evals import CompareFilter, Comparison, EvalRunner, compare, start_eval_run
+from tui.engine.report import price_by_role
 from tui.engine.store import StoreError
 from tui.widgets.virtual_table import VirtualTable
-
-REPAINT_HZ = 12
 
 
 class CompareScreen(DistillScreen):
@@ -58,7 +59,6 @@ class CompareScreen(DistillScreen):
 
     def on_mount(self) -> None:
         self.sub_title = "Compare"
-        self.set_interval(1 / REPAINT_HZ, self._show_grading)
         self.table.focus()
         choice = default_comparison(self.distill.store)
         if choice is not None:
@@ -115,7 +115,7 @@ class CompareScreen(DistillScreen):
                 request.eval_id,
                 request.run_ids,
                 request.baseline_run_id,
-                self.distill.settings.price,
+                price_by_role(self.distill.settings),
             )
         except StoreError as error:
             self.notify(str(error), title="Cannot compare", severity="error", markup=False)
@@ -235,6 +235,7 @@ class CompareScreen(DistillScreen):
                 )
                 self.runner = runner
                 self.grading_note = f"run {run_id} ({n} of {len(run_ids)})"
+                self._show_grading()
                 self.refresh_bindings()
                 finished = await runner.run(eval_run_id)
                 if finished.status != "done":

@@ -1,6 +1,9 @@
-"""The Compare screen's summary panel: what is compared, each run's pass rate per grader with
-its difference from the baseline (in points, green when better), its mean latency, tokens and
-cost, the grading in progress, and the item filters with their counts."""
+"""The Compare screen's summary panel: what is compared; each run as a row of the recipe's
+report (teacher, baseline student, pool-only student, fine-tuned student) with its pass rate
+per grader and its difference from the baseline (in points, green when better), its mean
+latency, tokens per request and cost per 1,000 requests; the business case in one line (the
+share of the teacher's lead the fine-tuned student recovered); the grading in progress; and
+the item filters with their counts."""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.widgets import Static
 
-from screens.compare.marks import BASELINE_MARK, run_title
+from screens.compare.marks import BASELINE_MARK, role_label
 from tui.engine.evals import CompareFilter, Comparison, EvalRunner, RunColumn
+from tui.engine.report import business_case, cost_per_1k, money, tokens_per_request
+from tui.widgets.progress_line import Figures, ProgressLine
 
 FILTERS: tuple[tuple[CompareFilter, str], ...] = (
     ("all", "All"),
@@ -31,33 +36,34 @@ def summary_table(comparison: Comparison) -> Table:
         padding=(0, 1),
         caption=(
             f"pass rate per grader, ± points against run {baseline} {BASELINE_MARK}"
-            " · latency: mean per completion · tokens: prompt + completion"
+            " · latency: mean per request · tokens: prompt + completion"
         ),
         caption_style="dim",
         caption_justify="right",
     )
-    table.add_column("Run", no_wrap=True, style="bold")
-    table.add_column("Model", no_wrap=True, max_width=32, overflow="ellipsis")
+    table.add_column("Run", no_wrap=True)
+    table.add_column("Model", no_wrap=True, max_width=20, overflow="ellipsis")
     for grader in comparison.graders:
         table.add_column(
             grader, no_wrap=True, ratio=1, justify="right", min_width=max(13, len(grader))
         )
     table.add_column("Latency", justify="right", no_wrap=True)
-    table.add_column("Tokens", justify="right", no_wrap=True)
-    table.add_column("Cost", justify="right", no_wrap=True)
+    table.add_column("Tok/req", justify="right", no_wrap=True)
+    table.add_column("$/1k req", justify="right", no_wrap=True)
     for column in comparison.runs:
-        cells: list[Text | str] = [
-            Text(
-                run_title(column, baseline),
-                style="bold cyan" if column.run_id == baseline else "bold",
-            ),
-            column.model,
-        ]
+        title = Text(f"run {column.run_id} ", style="dim")
+        title.append(role_label(column), style="bold")
+        if column.run_id == baseline:
+            title.append(f" {BASELINE_MARK}", style="bold")
+            title.stylize("cyan")
+        cells: list[Text | str] = [title, column.model]
         for grader in comparison.graders:
             cells.append(rate_cell(column, grader))
         cells.append("–" if column.mean_latency_ms is None else f"{column.mean_latency_ms:,.0f} ms")
-        cells.append(f"{column.prompt_tokens + column.completion_tokens:,}")
-        cells.append(Text(f"${column.cost:,.4f}") if column.priced else Text("–", "dim"))
+        tokens = tokens_per_request(column)
+        cells.append("–" if tokens is None else f"{tokens:,.0f}")
+        cost = cost_per_1k(column)
+        cells.append(Text("–", "dim") if cost is None else Text(money(cost)))
         table.add_row(*cells)
     return table
 
@@ -86,7 +92,8 @@ class CompareSummary(Vertical):
     def compose(self) -> ComposeResult:
         yield Static("", id="compare-title")
         yield Static("", id="compare-summary")
-        yield Static("", id="compare-progress")
+        yield Static("", id="compare-case")
+        yield ProgressLine(id="compare-progress")
         yield Static("", id="compare-filters")
 
     def show(
@@ -102,6 +109,12 @@ class CompareSummary(Vertical):
         widget.display = comparison is not None
         if comparison is not None:
             widget.update(summary_table(comparison))
+        case = business_case(comparison) if comparison is not None else ""
+        line = self.query_one("#compare-case", Static)
+        line.display = bool(case)
+        text = Text(case, style="bold")
+        text.highlight_regex(r"\d+% of the teacher's lead recovered", "green")
+        line.update(text)
         self._show_filters(comparison, filter, counts)
 
     def _show_title(self, comparison: Comparison | None, dataset: str) -> None:
@@ -139,17 +152,22 @@ class CompareSummary(Vertical):
         self.query_one("#compare-filters", Static).update(text)
 
     def show_grading(self, runner: EvalRunner | None, note: str) -> None:
-        widget = self.query_one("#compare-progress", Static)
-        widget.display = runner is not None
-        if runner is None:
-            return
-        stats = runner.stats
-        done = stats.done_before + stats.graded
-        text = Text()
-        text.append(f"Grading {note}: ", style="bold")
-        text.append(f"{done:,}/{stats.total:,} grades")
-        text.append(f" · {stats.passed:,} ✓", style="green")
-        text.append(f" {stats.failed:,} ✗", style="red")
-        text.append(f" {stats.errored:,} !", style="yellow")
-        text.append("   esc cancels", style="dim")
-        widget.update(text)
+        """Follow `runner`'s grading on the progress line (None: hide the line)."""
+        line = self.query_one("#compare-progress", ProgressLine)
+        line.display = runner is not None
+        line.follow(None if runner is None else lambda: grading_figures(runner, note))
+
+
+def grading_figures(runner: EvalRunner, note: str) -> Figures:
+    stats = runner.stats
+    return Figures.of(
+        stats,
+        label=f"Grading {note}",
+        unit="grades",
+        counts=(
+            Text(f"{stats.passed:,} ✓", style="green"),
+            Text(f"{stats.failed:,} ✗", style="red"),
+            Text(f"{stats.errored:,} !", style="yellow"),
+        ),
+        hint="esc cancels",
+    )

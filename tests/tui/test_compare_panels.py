@@ -17,6 +17,7 @@ from screens.compare.marks import DIFF_NEW, DIFF_OLD
 from screens.compare.summary import CompareSummary
 from tests.tui.eval_data import GIT_GRADERS, build
 from tui.engine.evals import Comparison, EvalRunner, compare, create_eval, start_eval_run
+from tui.engine.settings import load_settings
 from tui.engine.store import Store
 
 
@@ -37,7 +38,8 @@ async def comparison_of(store: Store) -> Comparison:
     for run_id in work.runs.values():
         await EvalRunner(store).run(start_eval_run(store, eval_id, run_id))
     runs = [work.runs[r] for r in ("student", "teacher", "fine-tuned")]
-    return compare(store, eval_id, runs, runs[0])
+    price = load_settings(workspace=store.directory).price  # the shipped price table
+    return compare(store, eval_id, runs, runs[0], price)
 
 
 def shown(widget: Static, width: int = 120) -> str:
@@ -59,9 +61,9 @@ async def test_items_panel_marks_differences_and_opens_an_item(store: Store) -> 
         assert [c.label for c in panel.table.columns] == [
             "#",
             "Request",
-            f"run {student} student ★",
+            f"run {student} baseline student ★",
             f"run {teacher} teacher",
-            f"run {tuned} fine-tuned",
+            f"run {tuned} fine-tuned student",
         ]
         # The regression: the fine-tuned -D against the baseline's -d, cells by verdict.
         diff = panel.query_one("#compare-diff", Static).content
@@ -100,6 +102,21 @@ async def test_summary_panel_shows_rates_deltas_and_filters(store: Store) -> Non
         assert title.startswith("git commands on git-requests · 3 runs · 10 items")
         table = shown(summary.query_one("#compare-summary", Static))
         assert "30.0%" in table and "100.0% +70.0" in table and "90.0% +60.0" in table
+        # Each run as the report's row, with its tokens per request and cost per 1k requests.
+        student, teacher, tuned = (c.run_id for c in comparison.runs)
+        lines = [line for line in table.splitlines() if line.startswith("│ run ")]
+        rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")] for line in lines}
+        assert list(rows) == [
+            f"run {student} baseline student ★",
+            f"run {teacher} teacher",
+            f"run {tuned} fine-tuned student",
+        ]
+        assert rows[f"run {teacher} teacher"][-3:-1] == ["51", "$0.18"]
+        assert rows[f"run {tuned} fine-tuned student"][-3:-1] == ["51", "$0.02"]
+        # The business case: (80 − 20) / (90 − 20) of the teacher's exact-match lead.
+        case = " ".join(shown(summary.query_one("#compare-case", Static)).split())
+        assert case.startswith("fine-tuned student exact match 80%; teacher 90%; 86% of the")
+        assert "3.0× faster" in case and "$0.02 vs $0.18 per 1k requests" in case
         filters = shown(summary.query_one("#compare-filters", Static))
         assert "All 10" in filters and "Regressions 1" in filters
         assert not summary.query_one("#compare-progress", Static).display
@@ -107,4 +124,5 @@ async def test_summary_panel_shows_rates_deltas_and_filters(store: Store) -> Non
         summary.show(None, dataset="", filter="all", counts={})
         await pilot.pause()
         assert not summary.query_one("#compare-summary", Static).display
+        assert not summary.query_one("#compare-case", Static).display
         assert "Nothing to compare yet" in shown(summary.query_one("#compare-title", Static))

@@ -1,7 +1,9 @@
 """The Compare screen driven with real keys over a real workspace: the student's baseline and
-the teacher graded, the fine-tuned student not yet (g grades it); pass rates with deltas
-against the baseline, the filters, the differing parts of two outputs, another baseline, the
-choice of runs, an item opened."""
+the teacher graded, the fine-tuned student not yet (g grades it, its progress on the shared
+progress line, esc cancels); the runs side by side as the recipe's report shows them, pass
+rates with deltas against the baseline, cost per 1,000 requests and the share of the
+teacher's lead recovered, the filters, the differing parts of two outputs, another baseline,
+the choice of runs, an item opened."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from rich.console import Console
 from rich.text import Text
 from textual.widgets import SelectionList, Static
 
-from screens.compare import DIFF_NEW, DIFF_OLD, CompareItemDialog, CompareScreen
-from screens.eval_dialogs import CompareDialog
+from screens.compare import DIFF_NEW, DIFF_OLD, CompareDialog, CompareItemDialog, CompareScreen
 from tests.tui.conftest import Db, Driver, drive, make_app
 from tests.tui.eval_data import GIT_GRADERS, build
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
+from tui.widgets.progress_line import ProgressLine
 
 
 def compare_screen(driver: Driver) -> CompareScreen:
@@ -53,8 +55,9 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         screen = compare_screen(driver)
         comparison = screen.comparison
         assert comparison is not None
-        # Opens on the eval just graded, its two runs and the newest ungraded run of the dataset.
-        assert [c.run_id for c in comparison.runs] == [student, teacher, tuned]
+        # Opens on the eval just graded, its two runs and the newest ungraded run of the
+        # dataset, side by side as the recipe's report shows them: teacher first.
+        assert [c.run_id for c in comparison.runs] == [teacher, student, tuned]
         assert comparison.baseline_run_id == student
         by_run = {c.run_id: c for c in comparison.runs}
         assert by_run[student].pass_rates == {"command match": 0.3, "exact match": 0.2}
@@ -64,6 +67,12 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert "100.0% +70.0" in summary and "90.0% +70.0" in summary
         assert "not graded (g)" in summary
         assert "455 ms" in summary and "1,295 ms" in summary  # mean latency per run
+        assert (
+            f"run {teacher} teacher" in summary and f"run {student} baseline student ★" in summary
+        )
+        assert f"run {tuned} fine-tuned student" in summary and "$0.18" in summary  # per 1k
+        case = screen.query_one("#compare-case", Static)
+        assert not case.display  # no business case before the fine-tuned student is graded
 
         palette = [command.title for command in screen.palette_commands()]
         assert "Compare: Grade missing" in palette and "Compare: show regressions" in palette
@@ -78,6 +87,7 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert tuned_column.pass_rates["command match"] == 0.9
         assert round(tuned_column.deltas["command match"] or 0, 3) == 0.6
         assert "90.0% +60.0" in shown(screen.query_one("#compare-summary", Static))
+        assert case.display and "86% of the teacher's lead recovered" in shown(case)
         assert db.rows("SELECT COUNT(*) FROM eval_runs WHERE run_id = ?", (tuned,)) == [(1,)]
 
         # f: all → where they differ → regressions → improvements.
@@ -105,7 +115,7 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert marked(diff, DIFF_NEW) == ["checkout -b", "checkout -b"]
         # Cells are coloured by verdict: the baseline failed item 2, the others passed.
         cell_style = screen.items_panel.cell_style
-        assert cell_style(0, 2) == "red" and cell_style(0, 3) == "green"
+        assert cell_style(0, 2) == "green" and cell_style(0, 3) == "red"  # teacher, baseline
 
         # enter: the item across runs.
         await driver.press("enter")
@@ -113,7 +123,11 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         await driver.press("escape")
         assert driver.app.screen is screen
 
-        # b: the teacher as baseline; the student is now 70 points behind.
+        # b moves the baseline along the columns: the fine-tuned student, then (wrapping) the
+        # teacher, against whom the student is 70 points behind.
+        await driver.press("b")
+        await driver.settle()
+        assert screen.comparison is not None and screen.comparison.baseline_run_id == tuned
         await driver.press("b")
         await driver.settle()
         comparison = screen.comparison
@@ -121,6 +135,7 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         by_run = {c.run_id: c for c in comparison.runs}
         assert round(by_run[student].deltas["command match"] or 0, 3) == -0.7
         assert "30.0% -70.0" in shown(screen.query_one("#compare-summary", Static))
+        assert "86% of the teacher's lead recovered" in shown(case)  # still from the untuned
 
         # c: compare two runs only (space unticks the highlighted one: the fine-tuned run).
         await driver.press("c")
@@ -135,8 +150,9 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         await driver.settle()
         comparison = screen.comparison
         assert comparison is not None
-        assert [c.run_id for c in comparison.runs] == [student, teacher]
+        assert [c.run_id for c in comparison.runs] == [teacher, student]
         assert comparison.baseline_run_id == teacher
+        assert not case.display  # no fine-tuned student among them
         assert not driver.errors()
 
 
@@ -152,3 +168,39 @@ async def test_nothing_to_compare_says_what_to_do(store: Store) -> None:
         await driver.settle()
         assert driver.app.screen is screen
         assert any("No eval yet" in message for _, _, message in driver.notifications())
+
+
+SLOW_GRADER = {
+    "type": "python",
+    "name": "slow",
+    "source": "import time\ndef grade(sample, item):\n    time.sleep(0.4)\n    return 1.0\n",
+}
+
+
+async def test_grading_shows_on_the_progress_line_and_escape_cancels(store: Store, db: Db) -> None:
+    work = build(store, roles=("student", "teacher"))
+    student, teacher = work.runs["student"], work.runs["teacher"]
+    eval_id = create_eval(store, "slow", [SLOW_GRADER])
+    await grade(store, eval_id, student)
+    async with drive(make_app(store)) as driver:
+        await driver.press("6")
+        await driver.settle()
+        screen = compare_screen(driver)
+        progress = screen.query_one("#compare-progress", ProgressLine)
+        assert not progress.display
+
+        await driver.press("g")  # the teacher has no grades of this eval
+        assert screen.runner is not None
+        assert progress.display and progress.following
+        assert progress.shown.startswith(f"Grading run {teacher} (1 of 1) ")
+        assert "/10 grades" in progress.shown and "esc cancels" in progress.shown
+
+        await driver.press("escape")
+        await driver.settle()
+        assert driver.app.screen is screen  # esc cancelled the grading; it did not go back
+        assert screen.runner is None
+        assert not progress.display and not progress.following
+        assert db.rows("SELECT status FROM eval_runs WHERE run_id = ?", (teacher,)) == [
+            ("cancelled",)
+        ]
+        assert any("cancelled" in title for _, title, _ in driver.notifications())

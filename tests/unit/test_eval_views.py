@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.tui.eval_data import GIT_GRADERS, build
+from tests.tui.eval_data import GIT_GRADERS, ITEMS, OUTPUTS, build
+from tui.engine.datasets import ItemDraft
 from tui.engine.eval_views import (
     ALL,
     ERRORED,
@@ -24,7 +25,7 @@ from tui.engine.eval_views import (
 )
 from tui.engine.evals import EvalRunner, compare, create_eval, start_eval_run
 from tui.engine.selection import CompletionSelection
-from tui.engine.store import GradeRow, Store
+from tui.engine.store import GradeRow, Item, Store
 
 
 def test_presets_added_twice_get_distinct_names() -> None:
@@ -86,11 +87,93 @@ def test_selection_targets_eval_runs_and_views(tmp_path: Path) -> None:
         assert scores == sorted(scores)  # type: ignore[type-var]
 
         # Compare opens on the eval just graded, baseline the student, with the ungraded
-        # teacher beside it, ready for one key to grade it.
+        # teacher beside it (first, as in the recipe's report), ready for one key to grade it.
         choice = default_comparison(store)
         assert choice is not None
-        assert choice.run_ids == [student, teacher] and choice.baseline_run_id == student
+        assert choice.run_ids == [teacher, student] and choice.baseline_run_id == student
         comparison = compare(store, choice.eval_id, choice.run_ids, choice.baseline_run_id)
         assert ungraded_runs(comparison) == [teacher]
+    finally:
+        store.close()
+
+
+def test_compare_opens_on_the_recipes_rows_with_the_teacher(tmp_path: Path) -> None:
+    """After `distill-tui run`: the teacher's eval run, the untuned, pool-only and fine-tuned
+    students side by side as the report shows them — not the rounds' validation runs, nor
+    the teacher's labels of the train split (graded by the gate's eval)."""
+    store = Store.open(tmp_path / "ws")
+    try:
+        train = [ItemDraft(f"train request {i}", f"git train-{i}", "train") for i in range(4)]
+        drafts = [ItemDraft(request, reference, "eval") for request, reference in ITEMS]
+        dataset_id = store.create_dataset("git", "", [*drafts, *train])
+        items = store.items(dataset_id)
+        eval_items, train_items = items[: len(ITEMS)], items[len(ITEMS) :]
+
+        def run(
+            name: str, role: str, model: str, on: list[Item], outputs: tuple[str, ...], split: str
+        ) -> int:
+            pairs = zip(on, outputs, strict=True)
+            done = [(item.id, {"output": output, "status": "done"}) for item, output in pairs]
+            return store.add_finished_run(
+                done, dataset_id=dataset_id, name=name, role=role, model=model, split=split
+            )
+
+        ft = "ft:smollm2:local:distill-r1:1"
+        main = create_eval(store, "git", GIT_GRADERS)
+        gate = create_eval(store, "gate", [GIT_GRADERS[0]])
+        baseline = run(
+            "recipe: student (eval)", "student", "smollm2", eval_items, OUTPUTS["student"], "eval"
+        )
+        pool_only = run(
+            "recipe: pool-only student (eval)",
+            "fine-tuned",
+            "ft:smollm2:pool",
+            eval_items,
+            OUTPUTS["student"],
+            "eval",
+        )
+        labels = run(
+            "recipe: teacher, round 1 (train)",
+            "teacher",
+            "smollm2",
+            train_items,
+            ("git x",) * 4,
+            "",
+        )
+        validation = run(
+            "recipe: round 1 student (pool validation)",
+            "fine-tuned",
+            ft,
+            train_items[:2],
+            ("git x",) * 2,
+            "",
+        )
+        teacher = run(
+            "recipe: teacher of round 1 (eval)",
+            "teacher",
+            "smollm2",
+            eval_items,
+            OUTPUTS["teacher"],
+            "eval",
+        )
+        tuned = run(
+            "recipe: fine-tuned student (eval)",
+            "fine-tuned",
+            ft,
+            eval_items,
+            OUTPUTS["fine-tuned"],
+            "eval",
+        )
+
+        async def grade() -> None:
+            await EvalRunner(store).run(start_eval_run(store, gate, labels))
+            for run_id in (baseline, pool_only, validation, teacher, tuned):
+                await EvalRunner(store).run(start_eval_run(store, main, run_id))
+
+        asyncio.run(grade())
+        choice = default_comparison(store)
+        assert choice is not None and choice.eval_id == main
+        assert choice.run_ids == [teacher, baseline, pool_only, tuned]
+        assert choice.baseline_run_id == baseline
     finally:
         store.close()

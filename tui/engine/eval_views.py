@@ -22,6 +22,7 @@ from tui.engine.evals import (
     result_rows,
 )
 from tui.engine.graders import criteria_match, custom_prompt, parse_graders
+from tui.engine.report import ROW_ORDER, row_name, row_rank
 from tui.engine.selection import CompletionSelection
 from tui.engine.store import EvalRunInfo, GradeRow, GraderSummary, RunInfo, Store
 
@@ -300,10 +301,23 @@ class CompareChoice:
     baseline_run_id: int
 
 
+def run_row(run: RunInfo) -> str:
+    """The report row a run stands for ("teacher", "baseline student"...; see `row_name`)."""
+    return row_name(run.role, run.name, run.model)
+
+
+def side_by_side(runs: Sequence[RunInfo]) -> list[int]:
+    """The runs' ids in the order the recipe's report shows them: teacher, baseline student,
+    pool-only student, fine-tuned student, then any other; oldest first within a row."""
+    return [r.id for r in sorted(runs, key=lambda r: (row_rank(run_row(r)), r.id))]
+
+
 def default_comparison(store: Store) -> CompareChoice | None:
     """What the Compare screen opens on: the eval graded most recently, over up to four runs
-    of that dataset — those it has graded (baseline first), then the newest it has not, so a
-    new fine-tuned run shows up ready to be graded."""
+    of that dataset side by side — the baseline, then one run of each other row of the
+    recipe's report (teacher, pool-only student, fine-tuned student...: the newest, graded
+    and on the eval split first), then the other runs it has graded, then the newest it has not,
+    so a new fine-tuned run shows up ready to be graded."""
     eval_runs = store.list_eval_runs()
     if not eval_runs:
         return None
@@ -315,9 +329,19 @@ def default_comparison(store: Store) -> CompareChoice | None:
     if not graded_runs:
         return None
     baseline = pick_baseline(graded_runs)
-    chosen = [baseline, *(r.id for r in graded_runs if r.id != baseline)]
-    chosen += sorted((r.id for r in runs if r.id not in graded), reverse=True)
-    return CompareChoice(latest.eval_id, sorted(chosen[:4]), baseline)
+    chosen = [baseline]
+    baseline_row = run_row(next(r for r in graded_runs if r.id == baseline))
+    for row in ROW_ORDER:
+        kind = [r for r in runs if run_row(r) == row and r.id != baseline]
+        if kind and row != baseline_row:
+            best = max(kind, key=lambda r: (r.id in graded, r.split == "eval", r.id))
+            chosen.append(best.id)
+    chosen += [r.id for r in graded_runs if r.id not in chosen]
+    chosen += sorted((r.id for r in runs if r.id not in chosen), reverse=True)
+    picked = set(chosen[:4])
+    return CompareChoice(
+        latest.eval_id, side_by_side([r for r in runs if r.id in picked]), baseline
+    )
 
 
 def ungraded_runs(comparison: Comparison) -> list[int]:

@@ -1,6 +1,9 @@
 """The recipe's report: teacher, untuned student, the baselines and the fine-tuned student side
 by side on the eval split, so the business case reads in one line — how much of the teacher's
-lead the student recovered, and what a thousand requests cost and take on each."""
+lead the student recovered, and what a thousand requests cost and take on each. The Compare
+screen shows any comparison the same way: its runs as the report's rows (`row_name`), their
+per-request figures and, with a teacher, an untuned and a fine-tuned student among them, the
+same line (`business_case`)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tui.engine.evals import RunColumn, compare
+from tui.engine.evals import Comparison, RunColumn, compare
 from tui.engine.graders import case, parse_graders
-from tui.engine.settings import Price
+from tui.engine.settings import Price, Settings
 from tui.engine.store import Store
 from tui.engine.teaching import recovered
 
@@ -27,8 +30,81 @@ class RowSource:
     run_id: int = 0
 
 
+# The rows of a comparison, in the order the report and the Compare screen show them.
+ROW_ORDER = ("teacher", "baseline student", "pool-only student", "fine-tuned student")
+
+
+def row_name(role: str, name: str = "", model: str = "") -> str:
+    """The report row a run stands for, from its role ("teacher", "student", "fine-tuned"),
+    its name (the recipe names its runs "recipe: pool-only student (eval)"...) and its model
+    (a student run of an `ft:` model is a fine-tuned student): one of ROW_ORDER, else the
+    role as it is ("" for none)."""
+    kind = role.strip().casefold()
+    if "pool-only" in name.casefold():
+        return "pool-only student"
+    if kind == "teacher":
+        return "teacher"
+    if kind == "fine-tuned" or (kind in ("", "student", "baseline") and model.startswith("ft:")):
+        return "fine-tuned student"
+    if kind in ("student", "baseline"):
+        return "baseline student"
+    return role.strip()
+
+
+def row_rank(row: str) -> int:
+    """Where a row goes among the others: ROW_ORDER, then every other row."""
+    return ROW_ORDER.index(row) if row in ROW_ORDER else len(ROW_ORDER)
+
+
+def tokens_per_request(column: RunColumn) -> float | None:
+    """Prompt + completion tokens of the mean request (None: no completion)."""
+    if not column.n_completions:
+        return None
+    return (column.prompt_tokens + column.completion_tokens) / column.n_completions
+
+
+def cost_per_1k(column: RunColumn) -> float | None:
+    """What 1,000 requests cost at the run's mean usage (None: unpriced, or no completion)."""
+    if not column.priced or not column.n_completions:
+        return None
+    return column.cost / column.n_completions * 1000
+
+
+def money(dollars: float) -> str:
+    """Cents, or two significant figures below a cent (a small model's thousand requests)."""
+    if dollars == 0 or dollars >= 0.01:
+        return f"${dollars:,.2f}"
+    return f"${dollars:.2g}"
+
+
+def price_by_role(settings: Settings) -> Callable[[str], Price]:
+    """A run's model priced on the backend it runs on, as the recipe prices its rows: the
+    teacher model at the teacher's prices, any other (the student and its fine-tuned models)
+    at the student's."""
+    return lambda model: settings.price(
+        model, "teacher" if model == settings.teacher else "student"
+    )
+
+
 def _rate(column: RunColumn, grader: str) -> float | None:
     return column.pass_rates.get(grader)
+
+
+def lead_recovered(
+    graders: Sequence[str],
+    untuned: RunColumn | None,
+    tuned: RunColumn | None,
+    teacher: RunColumn | None,
+) -> dict[str, float | None]:
+    """Per grader, the share of the teacher's lead over the untuned student recovered."""
+    return {
+        grader: recovered(
+            _rate(untuned, grader) if untuned else None,
+            _rate(tuned, grader) if tuned else None,
+            _rate(teacher, grader) if teacher else None,
+        )
+        for grader in graders
+    }
 
 
 def build_report(
@@ -61,21 +137,13 @@ def build_report(
             f"{column.mean_latency_ms:.0f} ms" if column.mean_latency_ms else "n/a"
         )
         row["tokens / request"] = f"{(column.prompt_tokens + column.completion_tokens) / n:.0f}"
-        row["cost / 1k requests"] = (
-            f"${column.cost / n * 1000:.2f}" if column.priced else "unpriced"
-        )
+        row["cost / 1k requests"] = money(column.cost / n * 1000) if column.priced else "unpriced"
         out_rows.append(row)
 
     teacher = named.get("teacher")
     untuned = named.get("baseline student")
     tuned = named.get("fine-tuned student")
-    lead: dict[str, float | None] = {}
-    for grader in comparison.graders:
-        lead[grader] = recovered(
-            _rate(untuned, grader) if untuned else None,
-            _rate(tuned, grader) if tuned else None,
-            _rate(teacher, grader) if teacher else None,
-        )
+    lead = lead_recovered(comparison.graders, untuned, tuned, teacher)
     report: dict[str, Any] = {
         "eval": comparison.eval_name,
         "graders": comparison.graders,
@@ -110,12 +178,37 @@ def summary_line(
         if share is not None:
             parts.append(f"{share:.0%} of the teacher's lead recovered")
         if teacher.mean_latency_ms and tuned.mean_latency_ms:
-            parts.append(f"{teacher.mean_latency_ms / tuned.mean_latency_ms:.1f}× faster")
-        if teacher.priced and tuned.priced and tuned.n_completions and teacher.n_completions:
-            t_cost = teacher.cost / teacher.n_completions * 1000
-            s_cost = tuned.cost / tuned.n_completions * 1000
-            parts.append(f"${s_cost:.2f} vs ${t_cost:.2f} per 1k requests")
+            speed = teacher.mean_latency_ms / tuned.mean_latency_ms
+            parts.append(f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower")
+        t_cost, s_cost = cost_per_1k(teacher), cost_per_1k(tuned)
+        if t_cost is not None and s_cost is not None:
+            parts.append(f"{money(s_cost)} vs {money(t_cost)} per 1k requests")
     return "; ".join(p for p in parts if p)
+
+
+def business_case(comparison: Comparison) -> str:
+    """A comparison's business case in one line (`summary_line`), when a teacher, an untuned
+    student and a fine-tuned student are among its runs, all graded ("" otherwise). The
+    untuned student is the comparison's baseline when it is one; the teacher and the
+    fine-tuned student are the newest of their kind."""
+    kinds: dict[str, list[RunColumn]] = {}
+    for column in comparison.runs:
+        kinds.setdefault(row_name(column.role, column.label, column.model), []).append(column)
+    teachers, untuned, tuned = (
+        kinds.get(k, []) for k in ("teacher", "baseline student", "fine-tuned student")
+    )
+    if not (teachers and untuned and tuned):
+        return ""
+    base = next(
+        (c for c in untuned if c.run_id == comparison.baseline_run_id),
+        min(untuned, key=lambda c: c.run_id),
+    )
+    teacher = max(teachers, key=lambda c: c.run_id)
+    student = max(tuned, key=lambda c: c.run_id)
+    if any(c.eval_run_id is None for c in (base, teacher, student)):
+        return ""  # not graded yet: no case to make
+    lead = lead_recovered(comparison.graders, base, student, teacher)
+    return summary_line({"recovered": lead}, teacher, student, comparison.graders)
 
 
 def label_quality(
@@ -148,7 +241,8 @@ def label_quality(
     kept = [
         r
         for r in rows
-        if (kept_ids is None or r.id in kept_ids) and (r.confidence or 1.0) >= min_confidence
+        if (kept_ids is None or r.id in kept_ids)
+        and (1.0 if r.confidence is None else r.confidence) >= min_confidence
     ]
     name = check.name or check.default_name()
     note = f"teacher labels {name}: {sum(map(right, rows))}/{len(rows)} right"
@@ -197,7 +291,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def write_report(directory: Path, report: dict[str, Any]) -> Path:
-    directory.mkdir(exist_ok=True)
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "recipe.json").write_text(json.dumps(report, indent=1), encoding="utf-8")
     path = directory / "recipe.md"
     path.write_text(report_markdown(report), encoding="utf-8")

@@ -1,5 +1,5 @@
-"""The Compare screen's choice of what to compare: an eval, 2–4 runs of one dataset, and the
-baseline among them. (The Evals screen's own dialogs are in the screens/evals package.)"""
+"""The Compare screen's choice of what to compare: an eval, 2–4 runs of one dataset (shown
+side by side in the order of the recipe's report), and the baseline among them."""
 
 from __future__ import annotations
 
@@ -13,8 +13,7 @@ from textual.widgets import Label, Select, SelectionList
 from textual.widgets.selection_list import Selection
 
 from screens.dialogs import Dialog
-from screens.grades import score_text as score_text  # the Compare screen imports it from here
-from tui.engine.eval_views import run_label
+from tui.engine.eval_views import run_label, side_by_side
 from tui.engine.store import EvalInfo, RunInfo
 
 
@@ -28,7 +27,7 @@ class CompareRequest:
 class CompareDialog(Dialog[CompareRequest]):
     """An eval, 2–4 runs of one dataset, and the baseline among them."""
 
-    CSS_PATH = "eval_dialogs.tcss"
+    CSS_PATH = "compare.tcss"
 
     def __init__(
         self,
@@ -105,4 +104,5 @@ class CompareDialog(Dialog[CompareRequest]):
         if not isinstance(baseline, int) or baseline not in chosen:
             self.show_error("Choose the baseline among the chosen runs.")
             return
-        self.dismiss(CompareRequest(eval_id, sorted(chosen), baseline))
+        runs = side_by_side([r for r in self.runs if r.id in chosen])
+        self.dismiss(CompareRequest(eval_id, runs, baseline))
