@@ -8,7 +8,6 @@ panel REPAINT_HZ times a second, and only when something changed."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 from rich.text import Text
@@ -32,7 +31,7 @@ from tui.engine.run_form import format_metadata
 from tui.engine.settings import Price
 from tui.engine.store import CompletionRow, Item, RunInfo
 from tui.widgets.progress_line import REPAINT_HZ, Figures
-from tui.widgets.virtual_table import Column, VirtualTable
+from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 ITEM_COLUMNS = (
     Column("#", width=5, justify="right"),
@@ -148,28 +147,18 @@ class LiveRun:
         return counts
 
 
-class _Rows(Sequence[tuple[str, ...]]):
-    """The item table's rows, computed when drawn: only the visible ones ever are."""
-
-    def __init__(self, live: LiveRun) -> None:
-        self.live = live
-
-    def __len__(self) -> int:
-        return len(self.live.items)
-
-    def __getitem__(self, index: Any) -> Any:
-        live = self.live
-        item = live.items[index]
-        tokens = live.tokens.get(item.id)
-        latency = live.latency.get(item.id)
-        return (
-            str(item.position),
-            live.status_of(item.id),
-            item.input,
-            live.output_of(item.id),
-            "" if tokens is None else str(tokens),
-            "" if latency is None else f"{latency:.0f}",
-        )
+def item_cells(live: LiveRun, item: Item) -> Row:
+    """An item's row of the table, made when it is drawn: only the visible ones ever are."""
+    tokens = live.tokens.get(item.id)
+    latency = live.latency.get(item.id)
+    return (
+        str(item.position),
+        live.status_of(item.id),
+        item.input,
+        live.output_of(item.id),
+        "" if tokens is None else str(tokens),
+        "" if latency is None else f"{latency:.0f}",
+    )
 
 
 def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Text:
@@ -275,7 +264,9 @@ class LiveRunView(Vertical):
         self._stream_key = ()
         if live.items:
             self._skip_highlights += 1
-        self.items_table.set_rows(_Rows(live), keep_cursor=False)
+        self.items_table.set_rows(
+            RowView(live.items, lambda item: item_cells(live, item)), keep_cursor=False
+        )
         run = live.run
         parts = [f"run {run.id}", run.model]
         if run.role:
