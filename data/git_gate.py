@@ -13,8 +13,8 @@ import re
 import shlex
 
 # `git help -a` (git 2.39): the commands a reply may name.
-SUBCOMMANDS = set(
-    """add am archive bisect branch bundle checkout cherry-pick citool clean clone commit
+_SUBCOMMAND_WORDS = """add am archive bisect branch bundle checkout cherry-pick citool clean
+    clone commit
     describe diff fetch format-patch gc grep init log maintenance merge mv notes pull push
     range-diff rebase reset restore revert rm shortlog show sparse-checkout stash status
     submodule switch tag worktree config fast-export fast-import filter-branch mergetool
@@ -22,8 +22,8 @@ SUBCOMMANDS = set(
     difftool fsck help instaweb merge-tree rerere show-branch verify-commit verify-tag version
     whatchanged apply cherry ls-files ls-remote ls-tree merge-base name-rev rev-list rev-parse
     show-ref check-ignore check-attr for-each-ref cat-file hash-object update-index
-    symbolic-ref update-ref write-tree read-tree diff-tree diff-index diff-files""".split()
-)
+    symbolic-ref update-ref write-tree read-tree diff-tree diff-index diff-files"""
+SUBCOMMANDS = set(_SUBCOMMAND_WORDS.split())
 # Quoted names, file names, commit hashes, URLs and numbers in a request are the arguments the
 # command must carry, character for character.
 _QUOTED = re.compile(r"""(?<!\w)'([^'\s][^']*?)'(?!\w)|"([^"]+)"|`([^`]+)`""")

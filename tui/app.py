@@ -23,7 +23,7 @@ from tui.screen_registry import KEYS, SCREENS_IN_ORDER
 
 if TYPE_CHECKING:
     from screens.base import DistillHost
-    from tui.engine.backend import Backend
+    from tui.engine.backend import Backend, Backends
     from tui.engine.finetune import JobUpdate
     from tui.engine.selection import CompletionSelection
 
@@ -58,7 +58,8 @@ class DistillApp(App[int]):
         self.settings = settings
         self.store = store
         self.start_backend = start_backend
-        self.backend: Backend | None = None
+        self.backend: Backend | None = None  # the student's (and the default) backend
+        self.backends: Backends | None = None
         self._mode_history: list[str] = []
         self.job_updates: dict[int, JobUpdate] = {}
         self._watching: set[int] = set()
@@ -150,14 +151,20 @@ class DistillApp(App[int]):
 
     @work(exclusive=True, group="backend")
     async def connect_backend(self) -> None:
-        from tui.engine.backend import open_backend
+        from tui.engine.backend import open_backends
 
         def progress(message: str) -> None:
             self.backend_label = message
 
-        backend = await open_backend(self.settings, on_progress=progress)
-        self.backend = backend
-        self.backend_label = backend.label
+        # One client per distinct backend: the teacher may live on OpenAI or a GPU box while
+        # the student is trained on and served by the local backend. Screens that act for
+        # the student (generation by default, fine-tuning, jobs) use `backend`; judges use
+        # `backend_for("judge")`.
+        backends = await open_backends(self.settings, on_progress=progress)
+        self.backends = backends
+        self.backend = backends.student
+        self.backend_label = backends.label
+        backend = backends.student
         # Jobs started in an earlier session are polled again (their ids are in the store).
         from tui.engine.finetune import unfinished_jobs
 
@@ -194,10 +201,17 @@ class DistillApp(App[int]):
                 severity="warning",
             )
 
+    def backend_for(self, role: str) -> Backend | None:
+        """The open backend of a role (teacher, student, judge); None until connected."""
+        if self.backends is None:
+            return self.backend
+        return self.backends.by_role.get(role, self.backend)  # type: ignore[call-overload]
+
     async def on_unmount(self) -> None:
-        backend = self.backend
-        if backend is not None:
-            await backend.aclose()
+        if self.backends is not None:
+            await self.backends.aclose()
+        elif self.backend is not None:
+            await self.backend.aclose()
 
     @on(Worker.StateChanged)
     def _report_worker_error(self, event: Worker.StateChanged) -> None:

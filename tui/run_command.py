@@ -68,12 +68,16 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     rows = report.get("rows", [])
     if not rows:
         return
-    table = Table(title="Baseline student vs fine-tuned student (eval split)")
+    table = Table(title=f"Teacher and students on the eval split ({report.get('items')} items)")
     for header in rows[0]:
         table.add_column(str(header))
     for row in rows:
         table.add_row(*(str(v) for v in row.values()))
     console.print(table)
+    if report.get("summary"):
+        console.print(f"[b]{report['summary']}")
+    for step, note in (report.get("teaching") or {}).get("notes", {}).items():
+        console.print(f"[dim]{step}: {note}")
 
 
 async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:

@@ -219,7 +219,7 @@ class CompareScreen(DistillScreen):
     async def _grade(self, comparison: Comparison, run_ids: list[int]) -> None:
         """Grade (or finish grading) each run with the comparison's eval, one after another."""
         store = self.distill.store
-        backend = self.distill.backend
+        backend = self.distill.backend_for("judge")
         by_id = {c.run_id: c for c in comparison.runs}
         try:
             for n, run_id in enumerate(run_ids, 1):

@@ -289,7 +289,7 @@ class EvalsScreen(DistillScreen):
         store = self.distill.store
         live = await store.in_thread(LiveResults.load, store, eval_run_id)
         self.results.show(live)
-        backend = self.distill.backend
+        backend = self.distill.backend_for("judge")  # model graders run on the judge's backend
         if backend is None and any(
             g.type in ("score_model", "label_model") for g in parse_graders(live.info.graders)
         ):

@@ -98,14 +98,21 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         recipe = Recipe(store, c, settings, config, backend_kind="local", reporter=second)
         report = await recipe.run()
     assert second.skipped == before
-    after = ["round-1/train", "teacher", "teacher/eval", "finetuned", "finetuned/eval", "compare"]
+    after = [
+        "round-1/train",
+        "round-1/student",
+        "round-1/student/eval",
+        "teacher",
+        "teacher/eval",
+        "compare",
+    ]
     assert second.started == after
 
     state = json.loads((store.directory / STATE_FILE).read_text())
     runs = state["runs"]
     baseline = store.get_run(runs["baseline"])
     teacher = store.get_run(runs["round-1/teacher"])
-    finetuned = store.get_run(runs["finetuned"])
+    finetuned = store.get_run(runs["round-1/student"])
     info = store.get_dataset(state["dataset_id"])
     assert (baseline.split, baseline.n_done) == ("eval", info.n_eval)
     # The teacher labels the train items outside the pool, sees only the pool's references,
@@ -147,7 +154,7 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         ("teacher", "teacher/eval"),
         ("baseline student", "baseline/eval"),
         ("pool-only student", "pool-only/eval"),
-        ("fine-tuned student", "finetuned/eval"),
+        ("fine-tuned student", "round-1/student/eval"),
     ):
         rows = result_rows(store, state["eval_runs"][step])
         for grader, rate in report["pass_rates"][label].items():

@@ -71,8 +71,8 @@ def test_business_case_of_a_comparison(tmp_path: Path) -> None:
         assert cost_per_1k(columns[tuned]) == pytest.approx((445 * 0.3 + 69 * 1.2) / 1e6 * 100)
         # Exact match: untuned 20 %, teacher 90 %, fine-tuned 80 %: (80 − 20) / (90 − 20).
         assert business_case(comparison) == (
-            "fine-tuned student exact match 80%; teacher 90%; 86% of the teacher's lead "
-            "recovered; 3.0× faster; $0.02 vs $0.18 per 1k requests"
+            "fine-tuned student 80% exact match vs teacher 90% (86% of its lead recovered), "
+            "3.0× faster, $0.02 vs $0.18 / 1k requests"
         )
         # The same case whichever run is the baseline the deltas are taken against.
         by_teacher = compare(store, eval_id, [teacher, student, tuned], teacher, price)

@@ -95,7 +95,11 @@ def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
             passing = _passing_completions(store, source.passing_eval_run_id)
             rows = [r for r in rows if r.id in passing]
         if source.min_confidence > 0:
-            rows = [r for r in rows if (r.confidence or 1.0) >= source.min_confidence]
+            rows = [
+                r
+                for r in rows
+                if (1.0 if r.confidence is None else r.confidence) >= source.min_confidence
+            ]
         splits = {i.id: i.split for i in store.items(run.dataset_id)} if run.dataset_id else {}
         pairs = [
             _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))

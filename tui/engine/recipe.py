@@ -107,7 +107,14 @@ class RecipeConfig(BaseModel):
     # the answer most samples agree on (vote: "command_match" or "normalised"; None: the
     # first grader's kind), its vote share the teacher's confidence.
     teacher_samples: int | None = Field(default=None, ge=1, le=16)
-    teacher_temperature: float = Field(default=0.8, ge=0, le=2)
+    # Measured on 30 train requests outside the pool (SmolLM2 with 10 pool examples): at 0.8
+    # without top_p the samples were mostly noise that ran to max_tokens; 0.6 with top_p 0.9
+    # and a stop at the line's end keeps them short and on topic.
+    teacher_temperature: float = Field(default=0.6, ge=0, le=2)
+    teacher_top_p: float = Field(default=0.9, gt=0, le=1)
+    # Where a teacher's label ends; None = at the end of the line on the git dataset (one
+    # command a line: what the gate keeps anyway), nowhere elsewhere.
+    teacher_stop: list[str] | None = None
     vote: str | None = None
     # The quality gate: reference-free graders every kept label must pass (None = the shipped
     # "one well-formed git command" check on the git dataset, none elsewhere) and a minimum
@@ -234,6 +241,7 @@ class Recipe:
         teacher_client: openai.AsyncOpenAI | None = None,
         teacher_backend_kind: str | None = None,
         judge_client: openai.AsyncOpenAI | None = None,
+        state_file: str | None = None,
     ) -> None:
         self.store = store
         self.client = client  # the student's backend: its runs, the training file, the job
@@ -244,7 +252,10 @@ class Recipe:
         self.backend_kind = backend_kind
         self.teacher_backend_kind = teacher_backend_kind or backend_kind
         self.reporter = reporter or Reporter()
-        self.state_path = store.directory / STATE_FILE
+        # Another state file (and reports folder) lets variants of the recipe share one
+        # workspace: bench/distill_quality.py seeds each variant with the steps they share.
+        self.state_path = store.directory / (state_file or STATE_FILE)
+        self.reports_dir = store.directory / "reports" / (state_file or "").removesuffix(".json")
         self.state = RecipeState.load(self.state_path)
         self._checked = False
 
@@ -298,7 +309,7 @@ class Recipe:
     def teacher_samples(self) -> int:
         if self.config.teacher_samples is not None:
             return self.config.teacher_samples
-        return 8 if self.self_taught else 1
+        return 5 if self.self_taught else 1
 
     @property
     def rounds(self) -> int:
@@ -382,12 +393,17 @@ class Recipe:
 
     # -- the runs ----------------------------------------------------------------------------
 
-    def _sampling(self, samples: int = 1) -> SamplingParams:
-        temperature = self.config.teacher_temperature if samples > 1 else self.config.temperature
+    def _sampling(self, samples: int = 1, *, teacher: bool = False) -> SamplingParams:
+        sampled = samples > 1
+        stop = self.config.teacher_stop
+        if stop is None:
+            stop = ["\n"] if self.config.dataset == GIT_DATASET_NAME else []
         return SamplingParams(
             max_tokens=self.config.max_tokens,
-            temperature=temperature,
-            seed=0 if samples > 1 else None,
+            temperature=self.config.teacher_temperature if sampled else self.config.temperature,
+            top_p=self.config.teacher_top_p if sampled else None,
+            seed=0 if sampled else None,
+            stop=list(stop) if teacher else [],
         )
 
     def _metadata(self, role: str) -> dict[str, str]:
@@ -405,7 +421,7 @@ class Recipe:
             system_prompt=self.teacher_prompt,
             split=split,
             item_ids=item_ids,
-            params=self._sampling(samples),
+            params=self._sampling(samples, teacher=True),
             metadata=self._metadata("teacher"),
             retrieve_k=self.teacher_examples,
             retrieve_from=self.pool() if self.teacher_examples else None,
@@ -495,12 +511,12 @@ class Recipe:
                 i.id for i in self.store.items(self.dataset_id(), "train") if i.reference.strip()
             ]
             training = self._references_training("round-1/train", train_ids)
-            final_model = await self._finetune(
-                "round-1/train", training, self.config.finetune.suffix
-            )
+            model = await self._finetune("round-1/train", training, self.config.finetune.suffix)
+            await self._student_on_eval(1, model)
             self.state.best_round = 1
+            rounds = [1]
         else:
-            final_model = await self._rounds(rows)
+            rounds = await self._rounds()
             teacher_round = self.state.best_round or 1
             spec = self.teacher_spec(
                 self.round_teacher_model(teacher_round),
@@ -514,15 +530,33 @@ class Recipe:
             await self._evaluate("teacher")
             rows.insert(0, RowSource("teacher", "teacher"))
 
-        spec = self.student_spec(final_model, "fine-tuned", "recipe: fine-tuned student (eval)")
-        await self._generate(Generation("finetuned", "Fine-tuned student on the eval split", spec))
-        await self._evaluate("finetuned")
-        rows.append(RowSource("fine-tuned student", "finetuned"))
+        # Each round's student has a row; the best round's is "the fine-tuned student".
+        for round_ in rounds:
+            name = (
+                "fine-tuned student"
+                if round_ == self.state.best_round
+                else f"round {round_} student"
+            )
+            rows.append(RowSource(name, f"round-{round_}/student"))
         return self._compare(rows)
 
-    async def _rounds(self, rows: list[RowSource]) -> str:
-        """Label → gate → train, repeated while the pool-validation score improves."""
-        best_model = ""
+    async def _student_on_eval(self, round_: int, model: str) -> None:
+        several = self.rounds > 1 and not self.references_teacher
+        spec = self.student_spec(
+            model,
+            "fine-tuned",
+            f"recipe: round {round_} student (eval)"
+            if several
+            else "recipe: fine-tuned student (eval)",
+        )
+        title = "Fine-tuned student on the eval split" + (f" (round {round_})" if several else "")
+        await self._generate(Generation(f"round-{round_}/student", title, spec))
+        await self._evaluate(f"round-{round_}/student")
+
+    async def _rounds(self) -> list[int]:
+        """Label → gate → train, repeated while the pool-validation score improves; returns
+        the rounds that ran."""
+        done: list[int] = []
         for round_ in range(1, self.rounds + 1):
             key = f"round-{round_}"
             if (
@@ -539,8 +573,11 @@ class Recipe:
             model = await self._finetune(
                 f"{key}/train", training, f"{self.config.finetune.suffix}-r{round_}"
             )
+            await self._student_on_eval(round_, model)
+            done.append(round_)
             if self.rounds == 1 or not self.state.pool_validation:
-                self.state.best_round, best_model = round_, model
+                self.state.best_round = round_
+                self._save()
                 break
             spec = self.student_spec(
                 model,
@@ -559,16 +596,14 @@ class Recipe:
             previous = self.state.scores.get(f"round-{round_ - 1}")
             self.state.scores[key] = score
             if previous is None or score > previous:
-                self.state.best_round, best_model = round_, model
+                self.state.best_round = round_
             self._save()
             if previous is not None and score <= previous:
                 self.reporter.finish(
                     key, f"validation {score:.0%} ≤ {previous:.0%}: round {round_ - 1} kept"
                 )
                 break
-        if not best_model:
-            best_model = self.state.models[f"round-{self.state.best_round}/train"]
-        return best_model
+        return done
 
     def _teacher_generation(self, round_: int) -> Generation:
         spec = self.teacher_spec(
@@ -856,7 +891,7 @@ class Recipe:
             "notes": dict(self.state.notes),
         }
         self.state.report = report
-        path = write_report(self.store.directory / "reports", report)
+        path = write_report(self.reports_dir, report)
         self.reporter.finish("compare", str(path))
         self._save("compare")
         return report

@@ -169,21 +169,23 @@ def summary_line(
         return ""
     main = graders[-1] if len(graders) > 1 else graders[0]  # exact match when it is there
     rate = tuned.pass_rates.get(main)
-    parts = [f"fine-tuned student {main} {rate:.0%}" if rate is not None else ""]
+    # Short enough for one line of a 120-column terminal (the Compare screen shows it).
+    head = f"fine-tuned student {rate:.0%} {main}" if rate is not None else ""
+    parts = []
     if teacher is not None:
         t_rate = teacher.pass_rates.get(main)
         if t_rate is not None:
-            parts.append(f"teacher {t_rate:.0%}")
+            head += f" vs teacher {t_rate:.0%}"
         share = report["recovered"].get(main)
         if share is not None:
-            parts.append(f"{share:.0%} of the teacher's lead recovered")
+            head += f" ({share:.0%} of its lead recovered)"
         if teacher.mean_latency_ms and tuned.mean_latency_ms:
             speed = teacher.mean_latency_ms / tuned.mean_latency_ms
             parts.append(f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower")
         t_cost, s_cost = cost_per_1k(teacher), cost_per_1k(tuned)
         if t_cost is not None and s_cost is not None:
-            parts.append(f"{money(s_cost)} vs {money(t_cost)} per 1k requests")
-    return "; ".join(p for p in parts if p)
+            parts.append(f"{money(s_cost)} vs {money(t_cost)} / 1k requests")
+    return ", ".join(p for p in [head, *parts] if p)
 
 
 def business_case(comparison: Comparison) -> str:
