@@ -26,26 +26,23 @@ from pathlib import Path
 from typing import Any
 
 from tui.local.chat import hf_chat_template
-from tui.local.protocol import GenChunk, GenRequest, QueueFull, choice_requests
+from tui.local.protocol import END, ChunkStream, GenChunk, GenRequest, QueueFull, choice_requests
 from tui.local.text_stream import TextOut, WindowDecoder
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-_END = object()  # a choice's queue gets this after its last chunk
 
-
-class _Choice(AsyncIterator[GenChunk]):
+class _Choice(ChunkStream):
     """One choice's stream. The worker thread ``emit``s into it; closing it (``aclose``,
     cancelling the task awaiting it, or dropping it) tells the worker to stop this choice."""
 
     def __init__(self, req: GenRequest, error: BaseException | None = None) -> None:
+        super().__init__(error)
         self.req = req
         self.cancelled = threading.Event()
-        self._error = error
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._loop = asyncio.get_running_loop()
-        self._finished = False
-        self.ended = False  # the worker has sent _END
+        self.ended = False  # the worker has sent END
 
     def emit(self, item: Any) -> None:
         """From the worker thread: a GenChunk or an exception."""
@@ -56,32 +53,12 @@ class _Choice(AsyncIterator[GenChunk]):
         """From the worker thread: nothing more will come."""
         if not self.ended:
             self.ended = True
-            self.emit(_END)
+            self.emit(END)
 
-    def __aiter__(self) -> _Choice:
-        return self
+    def _chunks(self) -> asyncio.Queue[Any]:
+        return self._queue
 
-    async def __anext__(self) -> GenChunk:
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._finished = True
-            raise error
-        if self._finished:
-            raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:
-            self.cancelled.set()
-            raise
-        if item is _END:
-            self._finished = True
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        return item  # type: ignore[no-any-return]
-
-    async def aclose(self) -> None:
+    def _cancel(self) -> None:
         self._finished = True
         self.cancelled.set()
 

@@ -26,14 +26,22 @@ import sys
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tui.engine.local_model import LOCAL_DEFAULT_MODEL, default_gguf_path
 from tui.local.chat import ChatTemplate
-from tui.local.protocol import Engine, GenChunk, GenRequest, QueueFull, choice_requests
+from tui.local.protocol import (
+    END,
+    ChunkStream,
+    Engine,
+    GenChunk,
+    GenRequest,
+    QueueFull,
+    choice_requests,
+)
 from tui.local.text_stream import TextOut
 
 log = logging.getLogger(__name__)
@@ -67,7 +75,6 @@ class ModelInfo:
 
 # ---- the llama.cpp engine ----------------------------------------------------------------------
 
-_END = object()  # pushed into a request's queue after its last chunk
 # Sharing fewer cached tokens than this is not worth a wait or a KV bookkeeping call.
 _MIN_SHARED_PREFIX = 16
 
@@ -108,7 +115,7 @@ class _Slot:
     request: _Request | None = None
 
 
-class GenStream(AsyncIterator[GenChunk]):
+class GenStream(ChunkStream):
     """The async iterator ``LlamaEngine.generate`` returns.
 
     ``aclose()``, cancelling the task that awaits ``__anext__``, or dropping the object all
@@ -118,36 +125,12 @@ class GenStream(AsyncIterator[GenChunk]):
     def __init__(
         self, engine: LlamaEngine, request: _Request | None, error: BaseException | None = None
     ) -> None:
+        super().__init__(error)
         self._engine = engine
         self._request = request
-        self._error = error
-        self._finished = False
 
-    def __aiter__(self) -> GenStream:
-        return self
-
-    async def __anext__(self) -> GenChunk:
-        if self._error is not None:
-            error, self._error = self._error, None
-            self._finished = True
-            raise error
-        if self._finished or self._request is None:
-            raise StopAsyncIteration
-        try:
-            item = await self._request.queue.get()
-        except BaseException:
-            self._cancel()
-            raise
-        if item is _END:
-            self._finished = True
-            raise StopAsyncIteration
-        if isinstance(item, BaseException):
-            self._finished = True
-            raise item
-        return item  # type: ignore[no-any-return]
-
-    async def aclose(self) -> None:
-        self._cancel()
+    def _chunks(self) -> asyncio.Queue[Any] | None:
+        return self._request.queue if self._request is not None else None
 
     def _cancel(self) -> None:
         self._finished = True
@@ -465,7 +448,7 @@ class LlamaEngine:
                         for s in self._slots:
                             if s.request is not None:
                                 out.append((s.request, RuntimeError(f"generation failed: {exc}")))
-                                out.append((s.request, _END))
+                                out.append((s.request, END))
                                 self._release(s.request, keep_cache=False)
                 self._deliver(out)
         finally:
@@ -643,7 +626,7 @@ class LlamaEngine:
                     ),
                 )
             )
-            out.append((r, _END))
+            out.append((r, END))
             self._release(r, keep_cache=True)
 
     def _deliver(self, out: list[tuple[_Request, Any]]) -> None:
@@ -667,10 +650,10 @@ class LlamaEngine:
             self._waiting.clear()
         for r in waiting:
             r.done = True
-            out += [(r, err), (r, _END)]
+            out += [(r, err), (r, END)]
         for s in self._slots:
             if s.request is not None:
-                out += [(s.request, err), (s.request, _END)]
+                out += [(s.request, err), (s.request, END)]
                 self._release(s.request, keep_cache=False)
         self._deliver(out)
         ll.llama_batch_free(self._batch)

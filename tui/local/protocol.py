@@ -4,10 +4,13 @@ its errors. Neither engine module imports the other; both import this."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
+
+END = object()  # a stream's queue gets this after its last chunk
 
 
 @dataclass
@@ -26,6 +29,50 @@ class GenChunk:
     finish_reason: str | None = None  # "stop" | "length" on the last chunk
     prompt_tokens: int = 0  # filled on the last chunk
     completion_tokens: int = 0  # filled on the last chunk
+
+
+class ChunkStream(AsyncIterator[GenChunk]):
+    """A generation's chunks as an async iterator, fed through an asyncio queue by an
+    engine's worker thread (GenChunks, an exception, then END). Leaving early (aclose(), or
+    cancelling the task that awaits a chunk) calls `_cancel`, which each engine implements
+    to free its decoding slot."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self._error = error  # refused before it started: raised on the first read
+        self._finished = False
+
+    def _chunks(self) -> asyncio.Queue[Any] | None:
+        raise NotImplementedError
+
+    def _cancel(self) -> None:
+        raise NotImplementedError
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    async def __anext__(self) -> GenChunk:
+        if self._error is not None:
+            error, self._error = self._error, None
+            self._finished = True
+            raise error
+        queue = self._chunks()
+        if self._finished or queue is None:
+            raise StopAsyncIteration
+        try:
+            item = await queue.get()
+        except BaseException:
+            self._cancel()
+            raise
+        if item is END:
+            self._finished = True
+            raise StopAsyncIteration
+        if isinstance(item, BaseException):
+            self._finished = True
+            raise item
+        return item  # type: ignore[no-any-return]
+
+    async def aclose(self) -> None:
+        self._cancel()
 
 
 class QueueFull(Exception):
