@@ -6,11 +6,13 @@
 Each variant is the real recipe (`distill-tui run`'s engine) on the embedded local backend
 with the shipped git dataset, judged on its eval split (never tuned on):
 
-    default      the recipe's defaults: labelled pool, k nearest pool examples as context,
-                 5 samples + a command_match vote, the git gate, up to 2 rounds
-    gate         the same, one round (the first round of default)
-    vote         5 samples + vote, no gate, one round
-    context      the teacher given k nearest pool examples only (greedy, no vote, no gate)
+    default      the recipe's defaults: labelled pool; round 1's teacher is the pool-only
+                 student (greedy), its labels gated by the git gate; up to 2 rounds
+    one-round    the same, one round (the first round of default)
+    no-gate      one round, every label trained on
+    vote         one round, 5 samples at T 0.6 and a command_match vote
+    context      the untuned model as the teacher, given the 10 nearest pool examples
+                 (context distillation), gated, one round
     references   the student fine-tuned on every train reference (the ceiling)
 
 Rows: the untuned student and the pool-only student (shared by every variant), each
@@ -45,10 +47,11 @@ from tui.engine.store import Store  # noqa: E402
 # variant → (recipe config overrides, parent variant, the parent's steps it reuses)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
     "default": ({}, None, ()),
-    "gate": ({"rounds": 1}, "default", ("baseline", "pool-only", "round-1")),
-    "vote": ({"rounds": 1, "gate": []}, "default", ("baseline", "pool-only", "round-1/teacher")),
+    "one-round": ({"rounds": 1}, "default", ("baseline", "pool-only", "round-1")),
+    "no-gate": ({"rounds": 1, "gate": []}, "default", ("baseline", "pool-only", "round-1/teacher")),
+    "vote": ({"rounds": 1, "teacher_samples": 5}, "default", ("baseline", "pool-only")),
     "context": (
-        {"rounds": 1, "gate": [], "teacher_samples": 1},
+        {"rounds": 1, "pool_teacher": False, "teacher_examples": 10},
         "default",
         ("baseline", "pool-only"),
     ),

@@ -319,7 +319,13 @@ class Recipe:
     def teacher_samples(self) -> int:
         if self.config.teacher_samples is not None:
             return self.config.teacher_samples
-        return 5 if self.self_taught else 1
+        # Measured with the pool-only student as the teacher, on the first 53 train requests
+        # it labelled: 5 samples at T 0.6 and a command_match vote were right on 4 (vote
+        # share 0.35 on average: the samples rarely agree), where its greedy answer is right
+        # on 13 % of held-out train requests. A 135M teacher's samples are worse than its
+        # greedy answer, so the default is one greedy answer; n and the vote are there for
+        # teachers whose samples agree.
+        return 1
 
     @property
     def rounds(self) -> int:
