@@ -19,7 +19,7 @@ from textual.widgets import Footer, Header
 from tui.widgets.status_line import StatusLine
 
 if TYPE_CHECKING:
-    from tui.engine.backend import Backend
+    from tui.engine.backend import Backend, Backends
     from tui.engine.finetune import JobUpdate
     from tui.engine.selection import CompletionSelection
     from tui.engine.settings import Settings
@@ -31,7 +31,9 @@ class DistillHost(Protocol):
 
     store: Store
     settings: Settings
-    backend: Backend | None
+    backend: Backend | None  # the student's (and the default) backend
+    # Every role's open backend (None until connected): the teacher's may be another.
+    backends: Backends | None
     job_updates: dict[int, JobUpdate]
     # The dataset open on the Dataset screen (the Generate screen's default).
     current_dataset_id: int | None

@@ -4,7 +4,9 @@ Left: where the examples come from (a teacher run, the completions Distill selec
 dataset's own references as the teacher), which of a run's labels to keep (only those passing
 an eval run, the gate; only those the teacher's vote agreed on enough, the minimum confidence)
 and how many that keeps, the student's prompt, the base model and hyperparameters, and the
-validation report (the cookbook's checks, token figures, cost).
+validation report (the cookbook's checks, token figures, cost). Under the base model, the base
+the job will name on the student's backend (on OpenAI the dated snapshot of an alias, as
+preflight resolves it); a model that backend cannot fine-tune says so and cannot be launched.
 Right: the workspace's jobs, and for the selected one its status, live events, a loss chart,
 its checkpoints; `g` starts step 7 with the fine-tuned model."""
 
@@ -36,6 +38,7 @@ from tui.engine.finetune import (
     training_set_report,
     validate_training_set,
 )
+from tui.engine.preflight import NotFineTunable, fine_tune_base
 from tui.engine.selection import CompletionSelection, parse_confidence
 from tui.engine.store import JobInfo, RunInfo, Store, StoreError
 from tui.engine.training_data import TokenCounter
@@ -110,6 +113,8 @@ class FineTuneScreen(DistillScreen):
         self._job_ids: list[int] = []
         # What the Completions screen's Distill handed over (kept when another source is chosen).
         self.selection: CompletionSelection | None = None
+        # Why the base model cannot be fine-tuned on the student's backend (None: it can).
+        self.base_error: str | None = None
 
     def compose_body(self) -> ComposeResult:
         with Horizontal(id="finetune"):
@@ -134,6 +139,7 @@ class FineTuneScreen(DistillScreen):
                     with Vertical():
                         yield Label("Validation share")
                         yield Input("0.1", id="validation-fraction")
+                yield Static("", id="ft-base")
                 with Horizontal(classes="row"):
                     with Vertical():
                         yield Label("Epochs")
@@ -170,6 +176,8 @@ class FineTuneScreen(DistillScreen):
         self._fill_sources(prefer=SELECTION if self.selection is not None else None)
         self._load_jobs()
         self.set_interval(1.0, self._tick)
+        # The student's backend decides the base (OpenAI's snapshots): again once connected.
+        self.watch(self.app, "backend_label", self._show_base)
 
     def on_screen_resume(self) -> None:
         if self._take_selection():
@@ -177,7 +185,44 @@ class FineTuneScreen(DistillScreen):
         else:
             self._fill_gates()  # an eval run of the chosen run may have finished meanwhile
 
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "launch":
+            return self.base_error is None
+        return True
+
     # -- the form ------------------------------------------------------------------------
+
+    def _student_kind(self) -> str:
+        """The kind of the student's backend (where jobs run), or the settings' guess."""
+        backend = self.distill.backend
+        if backend is not None:
+            return backend.spec.kind
+        return self.distill.settings.backend_kind("student")
+
+    def resolved_base(self) -> str:
+        """The base model the job will name (raises NotFineTunable)."""
+        model = self.query_one("#base-model", Input).value.strip()
+        if not model:
+            raise NotFineTunable("name the base model (the student) to fine-tune")
+        return fine_tune_base(self.distill.settings, self._student_kind(), model)
+
+    @on(Input.Changed, "#base-model")
+    def _show_base(self) -> None:
+        line = self.query_one("#ft-base", Static)
+        backend = self.distill.backend
+        where = backend.label if backend is not None else f"{self._student_kind()} (not started)"
+        try:
+            base = self.resolved_base()
+        except NotFineTunable as error:
+            self.base_error = str(error)
+            line.update(f"[red]{escape(self.base_error)}[/red]")
+        else:
+            self.base_error = None
+            model = self.query_one("#base-model", Input).value.strip()
+            alias = f" (what {escape(model)} names there)" if base != model else ""
+            line.update(f"Fine-tunes [b]{escape(base)}[/b]{alias} on {escape(where)}")
+        self.query_one("#launch", Button).disabled = self.base_error is not None
+        self.refresh_bindings()
 
     def _take_selection(self) -> bool:
         """The Completions screen's Distill hands its selection over through the app: take it
@@ -355,7 +400,7 @@ class FineTuneScreen(DistillScreen):
         validation = validate_training_set(
             training,
             count=self._counters[(kind, base)],
-            price=self.distill.settings.price(base),
+            price=self.distill.settings.price(base, "student"),
             n_epochs=None if epochs == AUTO else epochs,
         )
         return training, validation
@@ -381,6 +426,11 @@ class FineTuneScreen(DistillScreen):
         self.action_launch()
 
     def action_launch(self) -> None:
+        try:
+            base = self.resolved_base()
+        except NotFineTunable as error:
+            self.notify(str(error), title="Fine-tuning not started", severity="error")
+            return
         self.action_validate()
         if self.training is None or self.validation is None:
             return
@@ -409,7 +459,7 @@ class FineTuneScreen(DistillScreen):
         self._launch(
             self.training,
             self.validation,
-            self.query_one("#base-model", Input).value.strip(),
+            base,
             hyper,
             self.query_one("#suffix", Input).value.strip() or None,
             seed,

@@ -1,5 +1,9 @@
 """The Settings screen: what the app runs with, where each value comes from, and a form that
-saves the non-secret ones to the TOML config file. Keys are shown masked and never saved."""
+saves the non-secret ones to the TOML config file. Keys are shown masked and never saved.
+
+A backend per role: the teacher, the student and the judge each have a backend choice and a
+base URL (saved like the rest), and a line saying whether a key of their own is set in the
+environment (the key itself is neither shown nor saved)."""
 
 from __future__ import annotations
 
@@ -15,14 +19,23 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.widgets import Button, Input, Label, Select, Static
 
 from screens.base import DistillScreen
-from tui.engine.settings import Settings, config_path, save_settings
+from tui.engine.settings import ROLES, Role, Settings, config_path, save_settings
 
 BACKENDS = [
-    ("auto: OpenAI if a key is set, a URL if set, else local", "auto"),
+    ("auto: the base URL if set, else OpenAI if a key is set, else local", "auto"),
     ("local: the embedded backend", "local"),
     ("openai: api.openai.com", "openai"),
     ("url: any OpenAI-compatible server", "url"),
 ]
+ROLE_BACKENDS = [
+    ("auto: its own base URL or key if set, else the default backend", "auto"),
+    ("default: the backend above", "default"),
+    ("local: the embedded backend", "local"),
+    ("openai: api.openai.com", "openai"),
+    ("url: any OpenAI-compatible server (its base URL)", "url"),
+]
+# Never copied from the form nor written to the config: they come from the environment.
+SECRETS = ("api_key", "local_api_key", *(f"{role}_api_key" for role in ROLES))
 
 
 def mask(secret: Any) -> str:
@@ -32,6 +45,15 @@ def mask(secret: Any) -> str:
     if not value:
         return "not set"
     return f"set ({value[:3]}…{value[-4:]})" if len(value) > 12 else "set (****)"
+
+
+def role_key_text(settings: Settings, role: Role) -> str:
+    """Whether the role has a key of its own, and where it would come from; never the key."""
+    key = getattr(settings, f"{role}_api_key")
+    env = f"DISTILL_{role.upper()}_API_KEY"
+    if key is not None and key.get_secret_value():
+        return f"set in {env} (environment or .env; never saved)"
+    return f"not set ({env}) — the shared key is used where it is meant for this server"
 
 
 class SettingsScreen(DistillScreen):
@@ -62,6 +84,29 @@ class SettingsScreen(DistillScreen):
                     id="api_key",
                 ),
             )
+            for role in ROLES:
+                title = role.capitalize()
+                yield from self._field(
+                    f"{title} backend",
+                    Select(
+                        ROLE_BACKENDS,
+                        value=getattr(s, f"{role}_backend"),
+                        id=f"{role}_backend",
+                        allow_blank=False,
+                    ),
+                )
+                yield from self._field(
+                    f"{title} base URL",
+                    Input(
+                        getattr(s, f"{role}_base_url") or "",
+                        id=f"{role}_base_url",
+                        placeholder="http://gpu-box:8000/v1 (backend url)",
+                    ),
+                )
+                yield from self._field(
+                    f"{title} API key",
+                    Static(role_key_text(s, role), id=f"{role}_api_key", classes="key-status"),
+                )
             yield from self._field(
                 "Teacher model",
                 Input(s.teacher_model or "", id="teacher_model", placeholder=s.teacher),
@@ -118,7 +163,12 @@ class SettingsScreen(DistillScreen):
             prices = json.loads(prices_raw)
         except json.JSONDecodeError as exc:
             raise ValueError(f"Prices: not valid JSON ({exc.msg} at column {exc.colno})") from exc
+        roles: dict[str, Any] = {}
+        for role in ROLES:
+            roles[f"{role}_backend"] = self.query_one(f"#{role}_backend", Select).value
+            roles[f"{role}_base_url"] = self._value(f"{role}_base_url") or None
         return {
+            **roles,
             "backend": backend,
             "base_url": self._value("base_url") or None,
             "teacher_model": self._value("teacher_model") or None,
@@ -143,10 +193,9 @@ class SettingsScreen(DistillScreen):
             # Validate through the same model as the environment; secrets stay as they are.
             merged = Settings.model_validate(
                 {
-                    **current.model_dump(exclude={"api_key", "local_api_key"}),
+                    **current.model_dump(exclude=set(SECRETS)),
                     **values,
-                    "api_key": current.api_key,
-                    "local_api_key": current.local_api_key,
+                    **{name: getattr(current, name) for name in SECRETS},
                 }
             )
         except ValueError as exc:

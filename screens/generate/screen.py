@@ -13,7 +13,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 
 from screens.base import DistillScreen
-from screens.generate.form import RunFormPanel, backend_kind
+from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
 from tui.engine.generation import Generator, RunFinished, RunStats, create_run
@@ -168,12 +168,13 @@ class GenerateScreen(DistillScreen):
         generator = self.generator
         # The generator replaces its totals when its run starts: read them each time.
         stats = generator.stats if generator is not None else self.stats
+        target = self.run_form.target(live.run.model, live.run.role)
         return run_figures(
             live,
             stats if generator is not None or live.finished is not None else None,
             running=generator is not None,
-            price=self.distill.settings.price(live.run.model),
-            local=backend_kind(self.distill) == "local",
+            price=self.distill.settings.price(live.run.model, target.price_role),
+            local=target.kind == "local",
         )
 
     # -- start, resume, cancel -----------------------------------------------------------
@@ -253,16 +254,19 @@ class GenerateScreen(DistillScreen):
         return False
 
     def _begin(self, run_id: int, budget: float | None) -> None:
-        backend = self.distill.backend
-        assert backend is not None
         settings = self.distill.settings
         run = self.distill.store.get_run(run_id)
+        # The backend the model was picked from (a teacher on OpenAI, a student served
+        # locally...), at that backend's prices.
+        target = self.run_form.target(run.model, run.role)
+        backend = target.backend or self.distill.backend
+        assert backend is not None
         generator = Generator(
             self.distill.store,
             backend.client,
             concurrency=settings.concurrency,
             max_retries=settings.max_retries,
-            price=settings.price(run.model),
+            price=settings.price(run.model, target.price_role),
             budget=budget,
             # Stored completions (and their metadata) exist on OpenAI and the local backend.
             store_completions=backend.spec.kind in ("openai", "local"),

@@ -50,6 +50,7 @@ class PanelApp(App[None]):
         self.store = store
         self.settings = settings
         self.backend = None
+        self.backends = None
         self.current_dataset_id: int | None = None
 
     def compose(self) -> ComposeResult:
