@@ -7,12 +7,12 @@ Each variant is the real recipe (`distill-tui run`'s engine) on the embedded loc
 with the shipped git dataset, judged on its eval split (never tuned on):
 
     default      the recipe's defaults: labelled pool; round 1's teacher is the pool-only
-                 student (greedy), its labels gated by the git gate; up to 2 rounds
+                 student, 5 samples at T 0.6 with a command_match vote, only labels 4 of 5
+                 samples agree on, passing the git gate; up to 2 rounds
     one-round    the same, one round (the first round of default)
-    no-gate      one round, every label trained on
-    vote         one round, 5 samples at T 0.6 and a command_match vote
+    greedy       one greedy label a request, every label the gate passes, one round
     context      the untuned model as the teacher, given the 10 nearest pool examples
-                 (context distillation), gated, one round
+                 (context distillation), 5 samples and the vote, gated, one round
     references   the student fine-tuned on every train reference (the ceiling)
 
 Rows: the untuned student and the pool-only student (shared by every variant), each
@@ -48,8 +48,7 @@ from tui.engine.store import Store  # noqa: E402
 VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
     "default": ({}, None, ()),
     "one-round": ({"rounds": 1}, "default", ("baseline", "pool-only", "round-1")),
-    "no-gate": ({"rounds": 1, "gate": []}, "default", ("baseline", "pool-only", "round-1/teacher")),
-    "vote": ({"rounds": 1, "teacher_samples": 5}, "default", ("baseline", "pool-only")),
+    "greedy": ({"rounds": 1, "teacher_samples": 1}, "default", ("baseline", "pool-only")),
     "context": (
         {"rounds": 1, "pool_teacher": False, "teacher_examples": 10},
         "default",
@@ -120,7 +119,7 @@ async def main() -> None:
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
     print(f"distill_quality: {load()} before", flush=True)
-    settings = Settings()
+    settings = Settings(workspace=args.workspace)  # the local backend keeps its models there
     store = Store.open(args.workspace)
     backend = await open_backend(settings)
     results: dict[str, tuple[dict[str, Any], Timer]] = {}

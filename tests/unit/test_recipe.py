@@ -71,6 +71,9 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
             teacher_pool=0.34,
             teacher_samples=3,
             gate=[{"type": "python", "name": "non-empty", "source": KEEP_NON_EMPTY}],
+            # The tiny random model's samples never agree: keep every label (by default only
+            # those 4 of 5 samples agree on are kept).
+            min_confidence=0.0,
             rounds=1,
             max_tokens=6,
             # The tiny random model's greedy reply is blank lines; sampled, it says something.
@@ -96,6 +99,11 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
 
         second = Recorder()
         recipe = Recipe(store, c, settings, config, backend_kind="local", reporter=second)
+        assert recipe.pool_teacher and recipe.teacher_samples == 3
+        defaults = Recipe(
+            store, c, settings, RecipeConfig(dataset="tiny-git"), backend_kind="local"
+        )
+        assert (defaults.teacher_samples, defaults.min_confidence) == (5, 0.8)
         report = await recipe.run()
     assert second.skipped == before
     after = [
