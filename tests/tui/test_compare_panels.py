@@ -116,7 +116,7 @@ async def test_summary_panel_shows_rates_deltas_and_filters(store: Store) -> Non
         # The business case: (80 − 20) / (90 − 20) of the teacher's exact-match lead.
         case = " ".join(shown(summary.query_one("#compare-case", Static)).split())
         assert case.startswith("fine-tuned student 80% exact match vs teacher 90% (86% of its")
-        assert "3.0× faster" in case and "$0.02 vs $0.18 / 1k requests" in case
+        assert "3.0× faster" in case and "$0.02 vs $0.18 / 1k req" in case
         filters = shown(summary.query_one("#compare-filters", Static))
         assert "All 10" in filters and "Regressions 1" in filters
         assert not summary.query_one("#compare-progress", Static).display

@@ -72,7 +72,7 @@ def test_business_case_of_a_comparison(tmp_path: Path) -> None:
         # Exact match: untuned 20 %, teacher 90 %, fine-tuned 80 %: (80 − 20) / (90 − 20).
         assert business_case(comparison) == (
             "fine-tuned student 80% exact match vs teacher 90% (86% of its lead recovered), "
-            "3.0× faster, $0.02 vs $0.18 / 1k requests"
+            "3.0× faster, $0.02 vs $0.18 / 1k req"
         )
         # The same case whichever run is the baseline the deltas are taken against.
         by_teacher = compare(store, eval_id, [teacher, student, tuned], teacher, price)

@@ -184,7 +184,7 @@ def summary_line(
             parts.append(f"{speed:.1f}× faster" if speed >= 1 else f"{1 / speed:.1f}× slower")
         t_cost, s_cost = cost_per_1k(teacher), cost_per_1k(tuned)
         if t_cost is not None and s_cost is not None:
-            parts.append(f"{money(s_cost)} vs {money(t_cost)} / 1k requests")
+            parts.append(f"{money(s_cost)} vs {money(t_cost)} / 1k req")
     return ", ".join(p for p in [head, *parts] if p)
 
 
