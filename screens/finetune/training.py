@@ -84,12 +84,12 @@ class TrainingSetPanel(Vertical):
         return cast("DistillHost", self.app)
 
     def compose(self) -> ComposeResult:
-        yield Label("Teacher: a run's outputs, Distill's selection, or references")
+        yield Label("Teacher's outputs: a run, a selection, or references")
         yield Select[str]([], id="source-run", prompt="choose a run")
         yield Static("", id="source-note")
         with Horizontal(classes="row"):
             with Vertical(id="ft-gate-box"):
-                yield Label("Only completions passing an eval run")
+                yield Label("Gate: pass an eval run")
                 yield Select[int]([], id="ft-gate", prompt=NO_GATE)
             with Vertical(id="ft-confidence-box"):
                 yield Label("Min confidence")
