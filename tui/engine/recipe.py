@@ -261,7 +261,8 @@ class Recipe:
         # Another state file (and reports folder) lets variants of the recipe share one
         # workspace: bench/distill_quality.py seeds each variant with the steps they share.
         self.state_path = store.directory / (state_file or STATE_FILE)
-        self.reports_dir = store.directory / "reports" / (state_file or "").removesuffix(".json")
+        variant = "" if state_file in (None, STATE_FILE) else str(state_file)
+        self.reports_dir = store.directory / "reports" / variant.removesuffix(".json")
         self.state = RecipeState.load(self.state_path)
         self._checked = False
 
