@@ -64,7 +64,10 @@ the train split, never the eval split):
 - epochs and learning rate: the cookbook's epochs rule (3, more for small sets) and lr 2e-5
   for a full fine-tune. On a 54-example pool judged on 60 held-out train requests, 3 epochs
   at lr 2e-5, 3 at 8e-5 and 8 at 2e-5 all answered 8 of 60 exactly (13.3 %): the extra
-  epochs cost 2.8x the time for nothing measurable, so the defaults stay.
+  epochs cost 2.8x the time for nothing measurable. But on 303 train references (same 60
+  held-out requests) lr 8e-5 answered 16 exactly against 10 at 2e-5: a single pair of runs,
+  measured too late to re-run the recipe's figures, so the default is still 2e-5 — the
+  next thing to confirm (FINDINGS.md).
 
 Measured (SmolLM2-135M, 400 git examples of ~64 tokens, batch 8; the machine was shared,
 load average 5-7 on its 2 cores, so CPU seconds per step are the comparable figure):
