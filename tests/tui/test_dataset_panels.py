@@ -12,6 +12,7 @@ from textual.widgets import Input, Static
 
 import screens.dataset.items as items_module
 from screens.dataset.items import DatasetHeader, ItemsPanel
+from tests.helpers.pilot import posted
 from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
 from tui.engine.store import Item, Store
 
@@ -27,11 +28,6 @@ class PanelApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield from self.panels
-
-
-def posted(messages: list[Message], kind: type[Message]) -> list[Message]:
-    """Each message of `kind` once (the hook sees a message at every node it bubbles to)."""
-    return list({id(m): m for m in messages if isinstance(m, kind)}.values())
 
 
 async def test_items_panel_filters_and_opens_items_with_real_keys() -> None:

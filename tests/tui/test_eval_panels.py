@@ -10,7 +10,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any
 
 from rich.console import Console
 from textual.app import App, ComposeResult
@@ -24,13 +24,12 @@ from screens.evals.dialogs import PresetDialog, ResultItemDialog
 from screens.evals.editor import EvalEditor
 from screens.evals.grader_form import GraderDialog
 from screens.evals.results import ResultsPanel
+from tests.helpers.pilot import posted, settle
 from tests.tui.conftest import Db, plain
 from tests.tui.eval_data import GIT_GRADERS, build
 from tui.engine.eval_views import FAILING, LiveResults
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
-
-M = TypeVar("M", bound=Message)
 
 
 class EditorApp(App[None]):
@@ -96,23 +95,12 @@ async def running(app: App[None], messages: list[Message]) -> AsyncIterator[Pilo
         yield pilot
 
 
-async def settle(pilot: Pilot[Any]) -> None:
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    await pilot.pause()
-
-
 async def wait_until(pilot: Pilot[Any], done: Callable[[], bool], timeout: float = 10) -> None:
     for _ in range(int(timeout / 0.05)):
         if done():
             return
         await pilot.pause(0.05)
     raise AssertionError("the panel did not repaint")
-
-
-def posted(messages: list[Message], kind: type[M]) -> list[M]:
-    """The messages of a kind, once each (the hook sees a message again as it bubbles up)."""
-    return list({id(m): m for m in messages if isinstance(m, kind)}.values())
 
 
 def shown(widget: Static) -> str:

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 from textual.app import App, ComposeResult
 from textual.message import Message
-from textual.pilot import Pilot
 from textual.reactive import reactive
 from textual.widget import Widget
 from textual.widgets import Button, Input, Select, Static
@@ -20,6 +19,7 @@ from textual.widgets import Button, Input, Select, Static
 import screens.finetune
 from screens.finetune.launch import LaunchPanel
 from screens.finetune.training import TrainingSetPanel, references_source, run_source
+from tests.helpers.pilot import Harness
 from tests.tui.conftest import plain
 from tui.engine.datasets import ItemDraft
 from tui.engine.finetune import FineTuneError
@@ -46,24 +46,6 @@ class PanelApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield self.panel
-
-
-class Harness:
-    def __init__(self, app: PanelApp, pilot: Pilot[None], messages: list[Message]) -> None:
-        self.app, self.pilot, self.messages = app, pilot, messages
-
-    def posted(self, kind: type[Message]) -> list[Any]:
-        """The messages of a kind, each once (the hook sees one at every node it bubbles to)."""
-        seen: dict[int, Message] = {}
-        for m in self.messages:
-            if isinstance(m, kind):
-                seen.setdefault(id(m), m)
-        return list(seen.values())
-
-    async def settle(self) -> None:
-        await self.pilot.pause()
-        await self.app.workers.wait_for_complete()
-        await self.pilot.pause()
 
 
 @asynccontextmanager

@@ -10,12 +10,10 @@ import re
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 from textual.app import App, ComposeResult
 from textual.message import Message
-from textual.pilot import Pilot
 from textual.widget import Widget
 from textual.widgets import Button, Input, Select, Static, TextArea
 
@@ -23,6 +21,7 @@ import screens.generate
 from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
+from tests.helpers.pilot import Harness
 from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
 from tui.engine.generation import (
     ConcurrencyChanged,
@@ -55,24 +54,6 @@ class PanelApp(App[None]):
 
     def compose(self) -> ComposeResult:
         yield self.panel
-
-
-class Harness:
-    def __init__(self, app: PanelApp, pilot: Pilot[None], messages: list[Message]) -> None:
-        self.app, self.pilot, self.messages = app, pilot, messages
-
-    def posted(self, kind: type[Message]) -> list[Any]:
-        """The messages of a kind, each once (the hook sees one at every node it bubbles to)."""
-        seen: dict[int, Message] = {}
-        for m in self.messages:
-            if isinstance(m, kind):
-                seen.setdefault(id(m), m)
-        return list(seen.values())
-
-    async def settle(self) -> None:
-        await self.pilot.pause()
-        await self.app.workers.wait_for_complete()
-        await self.pilot.pause()
 
 
 @asynccontextmanager
