@@ -92,7 +92,7 @@ def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
             wanted = set(source.completion_ids)
             rows = [r for r in rows if r.id in wanted]
         if source.passing_eval_run_id is not None:
-            passing = _passing_completions(store, source.passing_eval_run_id)
+            passing = passing_completions(store, source.passing_eval_run_id)
             rows = [r for r in rows if r.id in passing]
         if source.min_confidence > 0:
             rows = [
@@ -151,7 +151,7 @@ def _reference_pairs(store: Store, dataset_id: int, item_ids: list[int] | None) 
     ]
 
 
-def _passing_completions(store: Store, eval_run_id: int) -> set[int]:
+def passing_completions(store: Store, eval_run_id: int) -> set[int]:
     """Completions that passed every grader of the eval run (none errored or failed)."""
     rows = store.query(
         "SELECT completion_id, MIN(COALESCE(passed, 0)) AS ok FROM grades"
@@ -646,7 +646,7 @@ def training_set_report(store: Store, source: Source) -> TrainingSetReport:
     passing: set[int] = set()
     graded: set[int] = set()
     if gate is not None:
-        passing = _passing_completions(store, gate)
+        passing = passing_completions(store, gate)
         graded = {
             r["completion_id"]
             for r in store.query(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tui.engine.evals import Comparison, RunColumn, compare
+from tui.engine.finetune import passing_completions
 from tui.engine.graders import case, parse_graders
 from tui.engine.settings import Price, Settings
 from tui.engine.store import Store
@@ -226,14 +227,7 @@ def label_quality(
     rows = [r for r in store.completions(run_id) if r.status == "done" and r.reference.strip()]
     if not checks or not rows:
         return "no references to judge the labels by"
-    kept_ids: set[int] | None = None
-    if gate_eval_run_id is not None:
-        verdicts: dict[int, bool] = {}
-        for grade in store.grades(gate_eval_run_id):
-            verdicts[grade.completion_id] = verdicts.get(grade.completion_id, True) and bool(
-                grade.passed
-            )
-        kept_ids = {cid for cid, ok in verdicts.items() if ok}
+    kept_ids = None if gate_eval_run_id is None else passing_completions(store, gate_eval_run_id)
     check = checks[-1]  # the strictest (exact match when configured)
     scorer = check.scorer()
 

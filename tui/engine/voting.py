@@ -11,8 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from tui.engine.graders import normalize_text
-from tui.engine.shell import ShellSyntaxError, compare_commands, extract_command, parse_command
+from tui.engine.graders import CommandMatch, case, normalize_text
 
 Same = Callable[[str, str], bool]
 VOTE_RULES = ("command_match", "normalised")
@@ -26,18 +25,14 @@ class Vote:
     samples: int
 
 
+# Prepared once (templates compiled, verdicts cached): a vote compares every pair of samples.
+_COMMAND_MATCH = CommandMatch(type="command_match").scorer()
+
+
 def same_command(a: str, b: str) -> bool:
-    """The two replies hold equivalent commands (command_match's pass)."""
-    left, right = extract_command(a), extract_command(b)
-    if not left or not right:
-        return False
-    if left == right:
-        return True
-    try:
-        score, _ = compare_commands(parse_command(left), parse_command(right))
-    except ShellSyntaxError:
-        return False
-    return score >= 1.0
+    """The two replies hold equivalent commands: command_match's own verdict, `b` taken as
+    the reference."""
+    return _COMMAND_MATCH(case(a, b)).passed is True
 
 
 def _plain(text: str) -> str:
