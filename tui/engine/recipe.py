@@ -37,6 +37,7 @@ from tui.engine.finetune import (
     build_training_set,
     launch_job,
     token_counter_for,
+    training_set_report,
     validate_training_set,
 )
 from tui.engine.generation import (
@@ -753,6 +754,18 @@ class Recipe:
         update_eval(self.store, existing.id, graders=graders)
         return existing.id
 
+    def _eval_id_of(self, gate: bool) -> int:
+        """The recipe's eval (or its gate's), created once and remembered in the state."""
+        if gate:
+            if self.state.gate_eval_id is None:
+                self.state.gate_eval_id = self._eval_id(gate=True)
+                self._save()
+            return self.state.gate_eval_id
+        if self.state.eval_id is None:
+            self.state.eval_id = self._eval_id(gate=False)
+            self._save()
+        return self.state.eval_id
+
     async def _evaluate(self, run_key: str, *, gate: bool = False) -> float:
         """Grade a step's run (with the configured graders, or the gate's); returns the first
         grader's pass rate."""
@@ -760,11 +773,7 @@ class Recipe:
         title = "Gate the teacher's labels" if gate else f"Evaluate: {run_key}"
         if gate and not self.gate:
             return 1.0
-        attr = "gate_eval_id" if gate else "eval_id"
-        if getattr(self.state, attr) is None:
-            setattr(self.state, attr, self._eval_id(gate))
-            self._save()
-        eval_id: int = getattr(self.state, attr)
+        eval_id = self._eval_id_of(gate)
         eval_run_id = self.state.eval_runs.get(step)
         if eval_run_id is None:
             eval_run_id = start_eval_run(self.store, eval_id, run_id=self.state.runs[run_key])
@@ -827,19 +836,20 @@ class Recipe:
         )
 
     def _teacher_training(self, key: str) -> TrainingSet:
-        gate_run = self.state.eval_runs.get(f"{key}/teacher/gate")
+        source = Source(
+            run_id=self.state.runs[f"{key}/teacher"],
+            passing_eval_run_id=self.state.eval_runs.get(f"{key}/teacher/gate"),
+            min_confidence=self.min_confidence,
+            reference_item_ids=self.pool_train(),
+        )
+        # Sized by what will be kept (the pool plus the labels that pass), not by the
+        # requests labelled: the gate and the confidence may keep few of them.
+        kept = training_set_report(self.store, source).kept
         return build_training_set(
             self.store,
-            Source(
-                run_id=self.state.runs[f"{key}/teacher"],
-                passing_eval_run_id=gate_run,
-                min_confidence=self.min_confidence,
-                reference_item_ids=self.pool_train(),
-            ),
+            source,
             system_prompt=self.student_prompt,
-            validation_fraction=self._validation_fraction(
-                len(self.pool_train()) + len(self.unlabelled_train())
-            ),
+            validation_fraction=self._validation_fraction(kept),
             seed=self.config.finetune.seed,
         )
 
