@@ -140,6 +140,30 @@ MIGRATIONS: list[str] = [
     ALTER TABLE completions ADD COLUMN confidence REAL;
     ALTER TABLE completions ADD COLUMN samples TEXT;
     """,
+    # A run sent through a Batch API (tui/engine/batch.py): a row per batch, written with its
+    # uploaded input file before `batches.create` and given the batch's id the moment that
+    # returns, so a restart finds it. `item_ids` (JSON) are the items it asks for: no item is
+    # sent again while a batch holds it. `collected` = its results were mapped back to items.
+    """
+    CREATE TABLE batches(
+        id INTEGER PRIMARY KEY,
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        remote_id TEXT,
+        base_url TEXT NOT NULL DEFAULT '',
+        input_file TEXT NOT NULL,
+        item_ids TEXT NOT NULL DEFAULT '[]',
+        status TEXT NOT NULL,
+        request_counts TEXT NOT NULL DEFAULT '{}',
+        output_file TEXT,
+        error_file TEXT,
+        error TEXT,
+        expires_at INTEGER,
+        collected INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX batches_by_run ON batches(run_id, collected);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -649,17 +673,28 @@ class Store:
 
     def save_completion(self, run_id: int, item_id: int, **fields: Any) -> None:
         """Insert or replace the run's completion of an item: never two for the same item."""
-        columns = ["run_id", "item_id", "created_at", *fields]
-        values = [run_id, item_id, now(), *fields.values()]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in ["created_at", *fields])
+        self.save_completions(run_id, [(item_id, fields)])
+
+    def save_completions(
+        self, run_id: int, completions: Sequence[tuple[int, dict[str, Any]]]
+    ) -> None:
+        """`save_completion` for many items in one transaction (a batch's results)."""
+        stamp = now()
+        by_columns: dict[tuple[str, ...], list[list[Any]]] = {}
+        for item_id, fields in completions:
+            rows = by_columns.setdefault(tuple(fields), [])
+            rows.append([run_id, item_id, stamp, *fields.values()])
         with self.transaction() as conn:
-            conn.execute(
-                f"INSERT INTO completions({', '.join(columns)})"
-                f" VALUES ({', '.join('?' for _ in columns)})"
-                f" ON CONFLICT(run_id, item_id) DO UPDATE SET {updates},"
-                " attempts = completions.attempts + 1",
-                values,
-            )
+            for names, rows in by_columns.items():
+                columns = ["run_id", "item_id", "created_at", *names]
+                updates = ", ".join(f"{c} = excluded.{c}" for c in ["created_at", *names])
+                conn.executemany(
+                    f"INSERT INTO completions({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' for _ in columns)})"
+                    f" ON CONFLICT(run_id, item_id) DO UPDATE SET {updates},"
+                    " attempts = completions.attempts + 1",
+                    rows,
+                )
 
     def completions(self, run_id: int) -> list[CompletionRow]:
         rows = self.query(
@@ -812,6 +847,65 @@ class Store:
             )
             for r in rows
         ]
+
+    # -- batches (a run sent through a Batch API) ----------------------------------------
+
+    def add_batch(
+        self, run_id: int, *, base_url: str, input_file: str, item_ids: Sequence[int]
+    ) -> int:
+        """Record a batch's uploaded input file before the batch is created (status
+        "uploaded"), so the items it holds are never sent twice."""
+        stamp = now()
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO batches(run_id, base_url, input_file, item_ids, status, created_at,"
+                " updated_at) VALUES (?, ?, ?, ?, 'uploaded', ?, ?)",
+                (run_id, base_url, input_file, json.dumps(list(item_ids)), stamp, stamp),
+            )
+            return int(cur.lastrowid or 0)
+
+    def update_batch(self, batch_id: int, **fields: Any) -> None:
+        allowed = {
+            "remote_id",
+            "status",
+            "request_counts",
+            "output_file",
+            "error_file",
+            "error",
+            "expires_at",
+            "collected",
+        }
+        unknown = set(fields) - allowed
+        if unknown:
+            raise StoreError(f"unknown batch fields: {', '.join(sorted(unknown))}")
+        values = {k: dumps(v) if k == "request_counts" else v for k, v in fields.items()}
+        sets = ", ".join(f"{k} = ?" for k in values)
+        with self.transaction() as conn:
+            conn.execute(
+                f"UPDATE batches SET {sets}, updated_at = ? WHERE id = ?",
+                (*values.values(), now(), batch_id),
+            )
+
+    def get_batch(self, batch_id: int) -> BatchInfo:
+        rows = self.query("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        if not rows:
+            raise StoreError(f"no batch with id {batch_id}")
+        return _batch_info(rows[0])
+
+    def run_batches(self, run_id: int) -> list[BatchInfo]:
+        """The run's batches, oldest first."""
+        rows = self.query("SELECT * FROM batches WHERE run_id = ? ORDER BY id", (run_id,))
+        return [_batch_info(row) for row in rows]
+
+    def unfinished_batches(self, run_id: int | None = None) -> list[BatchInfo]:
+        """Batches whose results are not yet mapped back to their items (what a restart
+        resumes), oldest first; of one run, or of every run."""
+        sql = "SELECT * FROM batches WHERE collected = 0"
+        args: list[Any] = []
+        if run_id is not None:
+            sql += " AND run_id = ?"
+            args.append(run_id)
+        return [_batch_info(row) for row in self.query(sql + " ORDER BY id", args)]
 
     # -- evals, eval runs and grades -----------------------------------------------------
     # An eval is a named list of grader configs (OpenAI testing_criteria JSON). An eval run
@@ -1176,6 +1270,35 @@ def _completion_row(row: sqlite3.Row) -> CompletionRow:
     fields = {f: row[f] for f in CompletionRow.__dataclass_fields__ if f != "samples"}
     samples = row["samples"]
     return CompletionRow(**fields, samples=json.loads(samples) if samples else None)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    """A batch of a run at a backend's Batch API (see `Store.add_batch`)."""
+
+    id: int
+    run_id: int
+    remote_id: str | None  # None until `batches.create` returned
+    base_url: str
+    input_file: str
+    item_ids: list[int]
+    status: str  # "uploaded", then the backend's: validating, in_progress, ... completed
+    request_counts: dict[str, int]  # total, completed, failed (as the backend last said)
+    output_file: str | None
+    error_file: str | None
+    error: str | None
+    expires_at: int | None  # unix seconds: the end of its completion window
+    collected: bool
+    created_at: str
+    updated_at: str
+
+
+def _batch_info(row: sqlite3.Row) -> BatchInfo:
+    fields = {f: row[f] for f in BatchInfo.__dataclass_fields__}
+    fields["item_ids"] = json.loads(row["item_ids"])
+    fields["request_counts"] = json.loads(row["request_counts"])
+    fields["collected"] = bool(row["collected"])
+    return BatchInfo(**fields)
 
 
 TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
