@@ -131,6 +131,9 @@ class Settings(BaseSettings):
     fine_tuned_prices: dict[str, Price] = Field(
         default_factory=lambda: dict(DEFAULT_FINE_TUNED_PRICES)
     )
+    # The share of the live price a Batch API run saves (tui/engine/batch.py): OpenAI bills
+    # batches at half price (platform.openai.com/docs/guides/batch).
+    batch_discount: float = Field(default=0.5, ge=0.0, lt=1.0)
     # OpenAI alias -> the dated snapshot fine-tuning jobs (and the recipe's baseline) use.
     fine_tunable: dict[str, str] = Field(default_factory=lambda: dict(openai_models.FINE_TUNABLE))
     workspace: Path = Path("distill-workspace")
@@ -280,6 +283,7 @@ SAVED_FIELDS = (
     "max_retries",
     "prices",
     "fine_tuned_prices",
+    "batch_discount",
     "fine_tunable",
     "workspace",
     "local_models",
