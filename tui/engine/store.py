@@ -164,6 +164,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX batches_by_run ON batches(run_id, collected);
     """,
+    # A completion imported from the backend's stored completions (stored_import.py): its id
+    # there and the metadata it was stored with. A stored completion is in a run at most once,
+    # whoever imports it and however often: the unique index refuses a second copy even when
+    # two imports of the same filter race.
+    """
+    ALTER TABLE completions ADD COLUMN stored_id TEXT;
+    ALTER TABLE completions ADD COLUMN metadata TEXT;
+    CREATE UNIQUE INDEX completions_stored ON completions(run_id, stored_id)
+        WHERE stored_id IS NOT NULL;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -746,6 +756,98 @@ class Store:
             raise StoreError(f"no completion with id {completion_id}")
         return _completion_row(rows[0])
 
+    # -- runs of the backend's stored completions (stored_import.py) ----------------------
+
+    def stored_run(self, key: str) -> int | None:
+        """The run an earlier import with this filter key made (its dataset still there)."""
+        rows = self.query(self._STORED_RUN_SQL, (key,))
+        return int(rows[0][0]) if rows else None
+
+    _STORED_RUN_SQL = (
+        "SELECT id FROM runs WHERE source = 'stored' AND dataset_id IS NOT NULL"
+        " AND json_extract(params, '$.stored_key') = ? ORDER BY id LIMIT 1"
+    )
+
+    def open_stored_run(self, key: str, dataset_name: str, **fields: Any) -> tuple[int, bool]:
+        """The run of an import with this filter key: the one made before, or a new run with a
+        new dataset (named `dataset_name`, numbered if taken) for its requests. Found or made
+        in one transaction, so two imports of one filter at once share a run. Returns (run
+        id, whether it is new)."""
+        base = _clean_name(dataset_name)
+        with self.transaction() as conn:
+            row = conn.execute(self._STORED_RUN_SQL, (key,)).fetchone()
+            if row:
+                return int(row[0]), False
+            name, n = base, 1
+            while conn.execute("SELECT 1 FROM datasets WHERE name = ?", (name,)).fetchone():
+                n += 1
+                name = f"{base} ({n})"
+            stamp = now()
+            cur = conn.execute(
+                "INSERT INTO datasets(name, system_prompt, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?)",
+                (name, fields.get("system_prompt", ""), stamp, stamp),
+            )
+            params = {**(fields.pop("params", None) or {}), "stored_key": key}
+            run_id = self._insert_run(
+                conn, dataset_id=int(cur.lastrowid or 0), source="stored", params=params, **fields
+            )
+            return run_id, True
+
+    def stored_ids(self, run_id: int) -> set[str]:
+        """The stored completions (their ids on the backend) a run already holds."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT stored_id FROM completions WHERE run_id = ? AND stored_id IS NOT NULL",
+                (run_id,),
+            ).fetchall()
+        return {r[0] for r in rows}
+
+    def add_stored_completions(
+        self, run_id: int, rows: Sequence[StoredRow], *, system_prompt: str = ""
+    ) -> int:
+        """Add imported stored completions to a run, in one transaction. A row without an
+        item gets a new item of the run's dataset (its request); a stored id the run already
+        holds, or an item it has already answered, is skipped. `system_prompt` becomes the
+        run's (and a new dataset's) when it has none yet. Returns how many were added."""
+        from tui.engine.datasets import ItemDraft
+
+        added = 0
+        with self.transaction() as conn:
+            found = conn.execute("SELECT dataset_id FROM runs WHERE id = ?", (run_id,)).fetchone()
+            if found is None or found[0] is None:
+                raise StoreError(f"run {run_id} has no dataset to add the requests to")
+            dataset_id = int(found[0])
+            for row in rows:
+                held = conn.execute(
+                    "SELECT 1 FROM completions WHERE run_id = ? AND (stored_id = ? OR item_id = ?)",
+                    (run_id, row.stored_id, row.item_id),
+                ).fetchone()
+                if held:
+                    continue
+                item_id = row.item_id
+                if item_id is None:
+                    (item_id,) = self._insert_items(conn, dataset_id, [ItemDraft(row.input)])
+                values = {"created_at": now(), **row.values, "stored_id": row.stored_id}
+                columns = ["run_id", "item_id", *values]
+                conn.execute(
+                    f"INSERT INTO completions({', '.join(columns)})"
+                    f" VALUES ({', '.join('?' for _ in columns)})",
+                    [run_id, item_id, *values.values()],
+                )
+                added += 1
+            if system_prompt:
+                conn.execute(
+                    "UPDATE runs SET system_prompt = ? WHERE id = ? AND system_prompt = ''",
+                    (system_prompt, run_id),
+                )
+                conn.execute(
+                    "UPDATE datasets SET system_prompt = ? WHERE id = ? AND system_prompt = ''"
+                    " AND id IN (SELECT dataset_id FROM runs WHERE id = ? AND source = 'stored')",
+                    (system_prompt, dataset_id, run_id),
+                )
+        return added
+
     # -- fine-tuning jobs ----------------------------------------------------------------
 
     def save_job(
@@ -1264,12 +1366,29 @@ class CompletionRow:
     created_at: str
     confidence: float | None = None  # the vote share, when the run sampled n > 1 times
     samples: list[str] | None = None
+    stored_id: str | None = None  # imported from the backend's stored completions: its id
+    metadata: dict[str, str] | None = None  # ... and the metadata it was stored with
 
 
 def _completion_row(row: sqlite3.Row) -> CompletionRow:
-    fields = {f: row[f] for f in CompletionRow.__dataclass_fields__ if f != "samples"}
-    samples = row["samples"]
-    return CompletionRow(**fields, samples=json.loads(samples) if samples else None)
+    json_fields = ("samples", "metadata")
+    fields = {f: row[f] for f in CompletionRow.__dataclass_fields__ if f not in json_fields}
+    samples, metadata = row["samples"], row["metadata"]
+    return CompletionRow(
+        **fields,
+        samples=json.loads(samples) if samples else None,
+        metadata=json.loads(metadata) if metadata else None,
+    )
+
+
+class StoredRow(NamedTuple):
+    """One stored completion to import (Store.add_stored_completions): the item it answers,
+    or None for a new item holding `input`; `values` are the completion's columns."""
+
+    stored_id: str
+    item_id: int | None
+    input: str
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)
