@@ -16,6 +16,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Select, Static, TextArea
 from textual.widgets.option_list import Option
 
+from tui.engine.datasets import file_problem
 from tui.engine.store import DatasetInfo, Item
 
 SPLIT_CHOICES = [("unassigned", ""), ("train", "train"), ("eval", "eval")]
@@ -276,7 +277,7 @@ class ImportDialog(Dialog[ImportRequest]):
         is_csv = fmt == "csv" or (not fmt and path.lower().endswith((".csv", ".tsv")))
         box = self.query_one("#csv-columns")
         box.set_class(not is_csv, "hidden")
-        if is_csv and Path(path).expanduser().is_file():
+        if is_csv and path and file_problem(Path(path).expanduser()) is None:
             self._load_columns(Path(path).expanduser())
 
     def _load_columns(self, path: Path) -> None:
@@ -309,8 +310,9 @@ class ImportDialog(Dialog[ImportRequest]):
             self.show_error("Give the path of the file to import.")
             return
         path = Path(raw).expanduser()
-        if not path.is_file():
-            self.show_error(f"{path}: no such file")
+        problem = file_problem(path)  # from its metadata: a named pipe is never opened
+        if problem is not None:
+            self.show_error(f"{path}: {problem}")
             return
         fmt = self.query_one("#format", Select).value
         input_column = self.query_one("#input-column", Select).value

@@ -23,6 +23,8 @@ Like OpenAI, when asked (`like_openai()` sets all three):
     can be fine-tuned: an alias or an unknown model gets OpenAI's `400 model_not_available`;
     fewer than 10 examples fail the job (`invalid_n_examples`);
   - `models=OPENAI_MODELS`: the aliases and their snapshots;
+  - stored chat completions (`store: true`), listed and read back as OpenAI does
+    (`server.stored`, see tests/helpers/fake_stored.py);
   - `rate_limits=RateLimits(requests=500, tokens=200_000, minute=60)`: the
     `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` headers on every chat answer and
     a per-minute budget enforced as OpenAI does (a bucket refilled continuously; a request
@@ -82,6 +84,8 @@ from types import TracebackType
 from typing import Any
 
 import uvicorn
+
+from tests.helpers.fake_stored import FakeStoredCompletions
 
 Message = dict[str, Any]
 Scope = dict[str, Any]
@@ -514,6 +518,7 @@ class FakeOpenAIApp:
         self.attempts: dict[str, int] = {}
         self.chat_count = 0
         self.files: dict[str, tuple[dict[str, Any], bytes]] = {}
+        self.stored = FakeStoredCompletions()
         self.jobs: dict[str, _Job] = {}
         self.throttled = 0  # 429s for the per-minute budget
         self.rate_limits: RateLimits | None = None
@@ -644,6 +649,8 @@ class FakeOpenAIApp:
                 )
         elif (method, path) == ("POST", "/v1/chat/completions"):
             await self._chat(record, send, gone)
+        elif self.stored.enabled and path.startswith("/v1/chat/completions"):
+            await self._stored(record, send, method, path)
         elif self.fine_tuning and path.startswith(("/v1/files", "/v1/fine_tuning/jobs")):
             status, data, param = self._fine_tuning_route(record, method, path)
             if isinstance(data, bytes):
@@ -665,6 +672,20 @@ class FakeOpenAIApp:
     def _model_object(self, model: str) -> dict[str, Any]:
         owner = ORGANIZATION if model.startswith("ft:") else "system"
         return {"id": model, "object": "model", "created": 1700000000, "owned_by": owner}
+
+    async def _stored(self, record: RecordedRequest, send: Send, method: str, path: str) -> None:
+        query = dict(urllib.parse.parse_qsl(record.query))
+        policy = self.stored.policy
+        action = policy(method, path, query) if policy is not None else None
+        if action is not None:
+            await self._error(record, send, action)
+            return
+        status, data, param = self.stored.route(method, path, query, record.query)
+        if status == 200:
+            await self._json(record, send, 200, data)
+        else:
+            action = Action(status=status, error_message=data["message"], error_code=data["code"])
+            await self._error(record, send, action, param=param)
 
     # -- files and fine-tuning jobs (fine_tuning=True)
 
@@ -1116,6 +1137,10 @@ class FakeOpenAIApp:
             await self._body(send, chunk([], usage))
         await self._body(send, b"data: [DONE]\n\n", more=False)
         record.outcome = "ok"
+        message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+        choice_ = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+        body = {**common, "object": "chat.completion", "choices": [choice_], "usage": usage}
+        self.stored.keep(record.body, body)
 
     async def _complete(
         self,
@@ -1150,6 +1175,7 @@ class FakeOpenAIApp:
             return
         await self._json(record, send, 200, data, action)
         record.outcome = "ok"
+        self.stored.keep(record.body, data)
 
     # -- HTTP plumbing
 
@@ -1295,6 +1321,11 @@ class FakeOpenAI:
         self.app.set_rate_limits(limits)
 
     @property
+    def stored(self) -> FakeStoredCompletions:
+        """Stored chat completions: `enabled`, `add(...)` to seed one, `items`, `policy`."""
+        return self.app.stored
+
+    @property
     def throttled(self) -> int:
         """How many chat requests were refused for the per-minute budget."""
         with self.app.lock:
@@ -1420,7 +1451,9 @@ def like_openai(**kw: Any) -> FakeOpenAI:
     (pass rate_limits=RateLimits(...) for a per-minute budget too)."""
     kw.setdefault("models", OPENAI_MODELS)
     kw.setdefault("fine_tuning", True)
-    return FakeOpenAI(**kw)
+    server = FakeOpenAI(**kw)
+    server.stored.enabled = True  # OpenAI keeps completions made with store=true
+    return server
 
 
 class FakeOpenAIProcess:

@@ -2,8 +2,8 @@
 
 Everything here is plain Python (no Textual): the dataset screen and the CLI call it.
 Parsing is a synchronous core (`parse_dataset`) over bytes already in memory; the async
-wrappers do the file I/O with aiofiles and run the parsing in a thread so a big import never
-blocks the UI loop.
+wrappers do the file I/O and the parsing in a thread so a big import never blocks the UI loop.
+Only regular files are read: a named pipe would block a reader forever.
 
 An import is all-or-nothing: the first problem raises `DatasetFormatError`, whose message
 names the file, the line (or CSV row) and the problem, and nothing is returned.
@@ -15,9 +15,12 @@ import asyncio
 import codecs
 import contextlib
 import csv
+import errno
 import io
+import itertools
 import json
 import os
+import re
 import secrets
 import stat
 import sys
@@ -42,6 +45,7 @@ __all__ = [
     "ParsedDataset",
     "csv_columns",
     "detect_format",
+    "file_problem",
     "find_duplicates",
     "normalise_request",
     "parse_dataset",
@@ -116,6 +120,21 @@ class DatasetFormatError(ValueError):
 # --------------------------------------------------------------------------- requests
 
 
+# Control characters other than tab, newline and carriage return: a file may spell them as
+# JSON escapes ("\u0000"), which decoding turns into the raw characters a text file refuses.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+def _control_problem(text: str, what: str) -> str | None:
+    found = _CONTROL.search(text)
+    if found is None:
+        return None
+    return (
+        f"{what} contains a control character (U+{ord(found.group()):04X} at character "
+        f"{found.start() + 1:,}); remove it"
+    )
+
+
 def _request_problem(text: str) -> str | None:
     if not text:
         return "the request is empty"
@@ -123,7 +142,7 @@ def _request_problem(text: str) -> str | None:
         return (
             f"the request is longer than {MAX_INPUT_CHARS:,} characters ({len(text):,} characters)"
         )
-    return None
+    return _control_problem(text, "the request")
 
 
 def validate_request(text: str) -> str:
@@ -184,6 +203,75 @@ def find_duplicates(inputs: Sequence[str]) -> list[str]:
     return flags
 
 
+# --------------------------------------------------------------------------- files
+
+
+def _kind_problem(mode: int) -> str | None:
+    """What is wrong with a file of this st_mode for an import, or None for a regular file."""
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "it is a directory, not a file"
+    if stat.S_ISFIFO(mode):
+        return "it is a named pipe (FIFO), not a regular file; save the data to a file first"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "it is a device, not a regular file"
+    if stat.S_ISSOCK(mode):
+        return "it is a socket, not a regular file"
+    return "it is not a regular file"
+
+
+def _os_problem(error: OSError) -> str:
+    return f"cannot read the file ({error.strerror or error})"
+
+
+def file_problem(path: str | Path) -> str | None:
+    """Why `path` cannot be imported, from its metadata alone (it is never opened, so a FIFO
+    cannot block the caller): missing, a directory, a named pipe, a device, a socket, or
+    unreadable. None for a readable regular file."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "no such file"
+    except OSError as e:
+        return _os_problem(e)
+    problem = _kind_problem(mode)
+    if problem is None and not os.access(path, os.R_OK):
+        return f"cannot read the file ({os.strerror(errno.EACCES)})"
+    return problem
+
+
+def _open_regular(path: Path) -> io.BufferedReader:
+    """Open `path` for reading only if it is a regular file. Opened non-blocking and checked
+    on the open descriptor, so neither a FIFO nor a file swapped for one after a check can
+    make the read wait forever."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise DatasetFormatError(path, _os_problem(e)) from None
+    try:
+        problem = _kind_problem(os.fstat(fd).st_mode)
+        if problem is not None:
+            raise DatasetFormatError(path, problem)
+        os.set_blocking(fd, True)
+        return open(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _read_file(path: Path) -> bytes:
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_IMPORT_BYTES:
+            raise DatasetFormatError(path, _size_problem(size))
+        try:
+            # Never more than the limit (+1 to notice a file that grew since the fstat).
+            return f.read(MAX_IMPORT_BYTES + 1)
+        except OSError as e:
+            raise DatasetFormatError(path, _os_problem(e)) from None
+
+
 # --------------------------------------------------------------------------- formats
 
 
@@ -222,10 +310,10 @@ def detect_format(path: Path, data: bytes | None = None) -> str:
         return found
     if data is None:
         try:
-            with open(path, "rb") as f:
+            with _open_regular(Path(path)) as f:
                 data = f.read(_SNIFF_BYTES)
-        except OSError:
-            return "csv"
+        except (OSError, DatasetFormatError):
+            return "csv"  # reading it for the import says what is wrong
     return _sniff_format(data[:_SNIFF_BYTES])
 
 
@@ -403,6 +491,9 @@ def _reference_value(value: Any, what: str) -> str:
         return ""
     if not isinstance(value, str):
         raise _ItemProblem(f"{what} is {_type_name(value)}, expected a string")
+    problem = _control_problem(value, "the reference")
+    if problem:
+        raise _ItemProblem(problem)
     return value
 
 
@@ -449,11 +540,14 @@ def _chat_item(messages: Any) -> tuple[ItemDraft, str | None]:
     for n in range(last_user + 1, len(roles)):
         if roles[n] == "assistant":
             reference = _message_text(messages[n], n + 1) or reference
+    reference = _reference_value(reference, "the reference")
     system = None
     for n, role in enumerate(roles):
         if role in ("system", "developer"):
             system = _message_text(messages[n], n + 1)
             if system:
+                if problem := _control_problem(system, "the system prompt"):
+                    raise _ItemProblem(problem)
                 break
     return ItemDraft(request, reference), system
 
@@ -579,6 +673,8 @@ def _parse_json(
             f'"system_prompt" is {_type_name(system)}, expected a string',
             where("system_prompt"),
         )
+    if system and (problem := _control_problem(system, '"system_prompt"')):
+        raise DatasetFormatError(name, problem, where("system_prompt"))
     ignored = [k for k in doc if k not in ("requests", "references", "splits", "system_prompt")]
     if ignored:
         warnings.append("ignored the keys " + ", ".join(f'"{k}"' for k in ignored))
@@ -598,6 +694,8 @@ def _parse_json(
                 and len(request) <= MAX_INPUT_CHARS
                 and type(reference) is str
                 and (split == "" or split == "train" or split == "eval")
+                and not _CONTROL.search(request)
+                and not _CONTROL.search(reference)
             ):
                 append(ItemDraft(request, reference, split))
                 continue
@@ -652,14 +750,59 @@ def _parse_jsonl(
     return items, _most_common_system(systems, "line", warnings), warnings
 
 
-def _csv_delimiter(name: Path, first_line: str, chosen: str | None) -> str:
+_DELIMITERS = (",", "\t", ";", "|")
+_SNIFF_RECORDS = 50
+
+
+def _csv_delimiter(name: Path, text: str, chosen: str | None) -> str:
+    """The chosen delimiter, else tab for .tsv/.tab, else the one of `,` tab `;` `|` that
+    splits the header into columns and every sampled row into as many (comma on a tie or
+    when none does)."""
     if chosen:
         return chosen
     if name.suffix.lower() in (".tsv", ".tab"):
         return "\t"
-    if "\t" in first_line and "," not in first_line:
-        return "\t"
-    return ","
+    head = text[:_SNIFF_BYTES]
+    best, best_agree = ",", -1.0
+    for delimiter in _DELIMITERS:
+        reader = csv.reader(io.StringIO(head, newline=""), delimiter=delimiter)
+        try:
+            rows = [
+                r for r in itertools.islice(reader, _SNIFF_RECORDS) if any(f.strip() for f in r)
+            ]
+        except csv.Error:
+            continue
+        if not rows or len(rows[0]) < 2:
+            continue
+        # The last row read may be cut by the sniffing window.
+        body = rows[1:-1] if len(head) < len(text) else rows[1:]
+        agree = sum(len(r) == len(rows[0]) for r in body) / len(body) if body else 1.0
+        if agree > best_agree:
+            best, best_agree = delimiter, agree
+    return best
+
+
+def _unclosed_quote(lines: list[str], start: int) -> int | None:
+    """The line of a quote that opens a field and is never closed, in the record starting on
+    physical line `start` and running to the end of the file (the csv module reads the rest of
+    the file into that one field), or None if every quote there is closed."""
+    tail = "".join(lines[start - 1 :])
+    quoted, opened = False, 0
+    for i, char in enumerate(tail):
+        if char == '"':
+            quoted = not quoted  # a doubled "" inside a quoted field toggles twice
+            if quoted:
+                opened = i
+    if not quoted:
+        return None
+    return start + tail.count("\n", 0, opened)
+
+
+def _unclosed_quote_problem(line: int) -> str:
+    return (
+        f'a quote (") opened on line {line} is never closed, so the rest of the file would be '
+        'one field; close it (a quote inside a quoted field is written "")'
+    )
 
 
 def _find_column(header: list[str], chosen: str | None, defaults: tuple[str, ...]) -> int | None:
@@ -688,7 +831,7 @@ def _parse_csv(
     reference_column: str | None,
     split_column: str | None,
 ) -> tuple[list[ItemDraft], str | None, list[str]]:
-    delimiter = _csv_delimiter(name, text.split("\n", 1)[0], delimiter)
+    delimiter = _csv_delimiter(name, text, delimiter)
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         header = [h.strip() for h in next(reader)]
@@ -696,14 +839,25 @@ def _parse_csv(
         raise DatasetFormatError(name, "the file is empty") from None
     except csv.Error as e:
         raise DatasetFormatError(name, f"not valid CSV ({e})", 1, "row") from None
+    if reader.line_num > 1:  # a header over several lines: only an unclosed quote does that
+        quote = _unclosed_quote(io.StringIO(text, newline="").readlines(), 1)
+        if quote is not None:
+            raise DatasetFormatError(name, _unclosed_quote_problem(quote), 1, "row")
 
     def column(chosen: str | None, defaults: tuple[str, ...], what: str) -> int | None:
         index = _find_column(header, chosen, defaults)
         if index is None and (chosen or what == "request"):
             wanted = f'"{chosen}"' if chosen else " or ".join(f'"{d}"' for d in defaults)
+            hint = ""
+            if len(header) == 1:
+                other = next((d for d in _DELIMITERS[1:] if d in header[0]), None)
+                if other is not None:
+                    hint = (
+                        f" (one column: is the file separated by {other!r}? choose the delimiter)"
+                    )
             raise DatasetFormatError(
                 name,
-                f"no {what} column {wanted}; the columns are {_columns_list(header)}",
+                f"no {what} column {wanted}; the columns are {_columns_list(header)}{hint}",
                 1,
                 "row",
             )
@@ -719,6 +873,7 @@ def _parse_csv(
     append = items.append
     row_number = 1
     line = 1  # the first physical line of the current record, for multi-line fields
+    lines: list[str] | None = None  # the file's physical lines, split only if needed
     try:
         for row in reader:
             row_number += 1
@@ -726,15 +881,21 @@ def _parse_csv(
             if not row or (len(row) == 1 and not row[0].strip()):
                 continue  # a blank line
             try:
+                if start != line:  # a multi-line record: does it run to the end unclosed?
+                    if lines is None:
+                        lines = io.StringIO(text, newline="").readlines()
+                    quote = _unclosed_quote(lines, start) if line == len(lines) else None
+                    if quote is not None:
+                        raise _ItemProblem(_unclosed_quote_problem(quote))
                 if len(row) < needed:
                     raise _ItemProblem(
                         f"has {len(row)} field{'s' if len(row) != 1 else ''} "
                         f"but the header has {len(header)}"
                     )
                 request = row[i_in].strip()
-                if not request or len(request) > MAX_INPUT_CHARS:
-                    raise _ItemProblem(_request_problem(request) or "")
-                reference = row[i_ref] if i_ref is not None else ""
+                if problem := _request_problem(request):
+                    raise _ItemProblem(problem)
+                reference = _reference_value(row[i_ref], "") if i_ref is not None else ""
                 split = _split_value(row[i_split]) if i_split is not None else ""
             except _ItemProblem as e:
                 problem = str(e) if start == row_number else f"{e} (line {start} of the file)"
@@ -789,17 +950,10 @@ async def read_dataset(
     split_column: str | None = None,
 ) -> ParsedDataset:
     """Read and parse a dataset file. The file is only read, never written; a file larger
-    than MAX_IMPORT_BYTES is refused without reading it."""
+    than MAX_IMPORT_BYTES, or anything but a regular file (a directory, a named pipe, a
+    device), is refused without reading it."""
     path = Path(path)
-    try:
-        size = (await aiofiles.os.stat(path)).st_size
-        if size > MAX_IMPORT_BYTES:
-            raise DatasetFormatError(path, _size_problem(size))
-        async with aiofiles.open(path, "rb") as f:
-            # Never more than the limit (+1 to notice a file that grew since the stat).
-            data = await f.read(MAX_IMPORT_BYTES + 1)
-    except OSError as e:
-        raise DatasetFormatError(path, f"cannot read the file ({e.strerror or e})") from None
+    data = await asyncio.to_thread(_read_file, path)
     return await asyncio.to_thread(
         parse_dataset,
         data,
@@ -817,10 +971,10 @@ def csv_columns(data_or_path: bytes | str | Path, *, delimiter: str | None = Non
     if isinstance(data_or_path, Path):
         name = data_or_path
         try:
-            with open(name, "rb") as f:
+            with _open_regular(name) as f:
                 head = f.read(_SNIFF_BYTES)
         except OSError as e:
-            raise DatasetFormatError(name, f"cannot read the file ({e.strerror or e})") from None
+            raise DatasetFormatError(name, _os_problem(e)) from None
         if len(head) == _SNIFF_BYTES and b"\n" in head:
             # Cut at a newline so the read cannot end inside a multi-byte character.
             head = head[: head.rfind(b"\n") + 1]
@@ -832,8 +986,7 @@ def csv_columns(data_or_path: bytes | str | Path, *, delimiter: str | None = Non
         name = Path("data.csv")
         text = data_or_path.removeprefix("\ufeff")
     reader = csv.reader(
-        io.StringIO(text, newline=""),
-        delimiter=_csv_delimiter(name, text.split("\n", 1)[0], delimiter),
+        io.StringIO(text, newline=""), delimiter=_csv_delimiter(name, text, delimiter)
     )
     try:
         return [h.strip() for h in next(reader)]

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import sqlite3
 import tempfile
@@ -25,6 +24,13 @@ from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
+
+from tui.engine.dbfile import (
+    DatabaseFileError,
+    check_database,
+    connect_read_only,
+    read_only_reason,
+)
 
 T = TypeVar("T")
 
@@ -214,38 +220,26 @@ class DatasetInfo:
 
 
 def _check_existing_db(path: Path) -> None:
-    """Read-only checks before we open for writing, so a bad file is never modified."""
+    """Read-only checks before we open for writing, so a bad file is never modified (and no
+    -wal/-shm file is left beside one we refuse)."""
     try:
-        with path.open("rb") as fh:
-            header = fh.read(16)
-    except OSError as exc:
-        raise WorkspaceError(
-            f"{path}: cannot read the workspace database ({exc.strerror})"
-        ) from exc
-    if header and header != b"SQLite format 3\x00":
-        raise WorkspaceError(
-            f"{path}: not a distill-tui workspace database (not SQLite). Move it aside or "
-            "choose another workspace with --workspace."
+        check_database(
+            path,
+            what="the workspace database",
+            schema_version=SCHEMA_VERSION,
+            newer="Upgrade distill-tui or choose another workspace.",
+            not_sqlite="Move it aside or choose another workspace with --workspace.",
         )
-    if not header:
-        return  # an empty file: SQLite treats it as a new database
-    try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version > SCHEMA_VERSION:
-                raise WorkspaceError(
-                    f"{path}: this workspace was written by a newer distill-tui (schema "
-                    f"{version}, this version knows up to {SCHEMA_VERSION}). Upgrade distill-tui "
-                    "or choose another workspace."
-                )
-            result = conn.execute("PRAGMA quick_check").fetchone()[0]
-        finally:
-            conn.close()
-    except sqlite3.DatabaseError as exc:
-        raise WorkspaceError(f"{path}: the workspace database is corrupt ({exc})") from exc
-    if result != "ok":
-        raise WorkspaceError(f"{path}: the workspace database is corrupt ({result})")
+    except DatabaseFileError as exc:
+        raise WorkspaceError(str(exc)) from exc
+
+
+def _read_only_message(path: Path, reason: str) -> str:
+    return (
+        f"{path}: the workspace is read-only ({reason}); nothing was changed. distill-tui "
+        "writes every completion as it finishes: make the workspace writable, or choose "
+        "another one with --workspace."
+    )
 
 
 def _check_writable(directory: Path) -> None:
@@ -262,7 +256,8 @@ def _check_writable(directory: Path) -> None:
             pass
     except OSError as exc:
         raise WorkspaceError(
-            f"{directory}: the workspace directory is not writable ({exc.strerror})"
+            f"{directory}: the workspace is read-only (the directory is not writable: "
+            f"{exc.strerror})"
         ) from exc
 
 
@@ -275,17 +270,24 @@ class Store:
         self._conn = conn
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
+        self.read_only = False  # opened with Store.open(read_only=True): only looks
 
     # -- opening -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, directory: Path | str) -> Store:
+    def open(cls, directory: Path | str, *, read_only: bool = False) -> Store:
+        """Open (creating it if needed) the workspace for writing; `read_only=True` only looks
+        at an existing one, which works on a read-only directory or file system and changes
+        nothing (writes then fail)."""
         directory = Path(directory).expanduser()
         path = directory / DB_NAME
+        if read_only:
+            return cls._open_read_only(directory, path)
         if path.exists():
             _check_existing_db(path)
-            if not os.access(path, os.W_OK):
-                raise WorkspaceError(f"{path}: the workspace database is read-only")
+            reason = read_only_reason(path)
+            if reason is not None:
+                raise WorkspaceError(_read_only_message(path, reason))
         _check_writable(directory)
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -299,8 +301,34 @@ class Store:
             raise WorkspaceError(f"{path}: cannot open the workspace database ({exc})") from exc
         return store
 
+    @classmethod
+    def _open_read_only(cls, directory: Path, path: Path) -> Store:
+        if not path.is_file():
+            raise WorkspaceError(f"{path}: no workspace database here to open read-only")
+        _check_existing_db(path)
+        try:
+            conn = connect_read_only(path)
+            conn.isolation_level = None
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise WorkspaceError(f"{path}: cannot read the workspace database ({exc})") from exc
+        if version < SCHEMA_VERSION:
+            conn.close()
+            raise WorkspaceError(
+                f"{path}: this workspace was written by an older distill-tui (schema {version}) "
+                "and must be upgraded, which needs it writable; open it once without read-only."
+            )
+        store = cls(directory, conn)
+        store.read_only = True
+        return store
+
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:  # written by a newer release since we checked it
+            raise WorkspaceError(
+                f"{self.path}: this workspace was written by a newer distill-tui (schema "
+                f"{version}, this version knows up to {SCHEMA_VERSION})."
+            )
         for target in range(version, SCHEMA_VERSION):
             with self.transaction() as conn:
                 for statement in _split_sql(MIGRATIONS[target]):
@@ -317,6 +345,8 @@ class Store:
     # -- plumbing ------------------------------------------------------------------------
 
     def transaction(self) -> _Transaction:
+        if self.read_only:
+            raise StoreError(f"{self.path}: the workspace is open read-only; nothing was changed")
         return _Transaction(self._conn, self._lock)
 
     def query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:

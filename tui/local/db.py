@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tui.engine.dbfile import DatabaseFileError, check_database, read_only_reason
+
 SCHEMA_VERSION = 1
 
 SCHEMA = """
@@ -126,15 +128,45 @@ class Page:
     has_more: bool
 
 
+class LocalDBError(RuntimeError):
+    """The server's database cannot be used; the message names the file and says why."""
+
+
+def _check_before_opening(path: Path) -> None:
+    """Refuse, without changing anything, a database we must not write: unreadable, not
+    SQLite, corrupt, from a newer release, or read-only."""
+    if path.exists():
+        try:
+            check_database(
+                path,
+                what="the local server's database",
+                schema_version=SCHEMA_VERSION,
+                newer="Upgrade distill-tui or use another workspace.",
+                not_sqlite="Move it aside or use another workspace.",
+            )
+        except DatabaseFileError as exc:
+            raise LocalDBError(str(exc)) from exc
+    reason = read_only_reason(path)
+    if reason is not None:
+        raise LocalDBError(
+            f"{path}: the local server's data is read-only ({reason}); nothing was changed. "
+            "Make the workspace writable or use another one."
+        )
+
+
 class LocalDB:
     def __init__(self, workspace: Path) -> None:
         self.root = Path(workspace) / "local"
         self.files_dir = self.root / "files"
         self.jobs_dir = self.root / "jobs"
         self.models_dir = self.root / "models"
-        for d in (self.root, self.files_dir, self.jobs_dir, self.models_dir):
-            d.mkdir(parents=True, exist_ok=True)
         self.path = self.root / "server.db"
+        _check_before_opening(self.path)
+        for d in (self.root, self.files_dir, self.jobs_dir, self.models_dir):
+            try:
+                d.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise LocalDBError(f"{d}: cannot create the directory ({exc.strerror})") from exc
         self._lock = threading.RLock()
         # One connection for all threads, serialised by the lock: SQLite allows one writer at a
         # time anyway, and the statements here take microseconds.
