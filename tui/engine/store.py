@@ -271,7 +271,6 @@ class Store:
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
         self.read_only = False  # opened with Store.open(read_only=True): only looks
-        self.read_only = False  # opened with Store.open(read_only=True): only looks
 
     # -- opening -------------------------------------------------------------------------
 
@@ -323,34 +322,8 @@ class Store:
         store.read_only = True
         return store
 
-    @classmethod
-    def _open_read_only(cls, directory: Path, path: Path) -> Store:
-        if not path.is_file():
-            raise WorkspaceError(f"{path}: no workspace database here to open read-only")
-        _check_existing_db(path)
-        try:
-            conn = connect_read_only(path)
-            conn.isolation_level = None
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-        except sqlite3.DatabaseError as exc:
-            raise WorkspaceError(f"{path}: cannot read the workspace database ({exc})") from exc
-        if version < SCHEMA_VERSION:
-            conn.close()
-            raise WorkspaceError(
-                f"{path}: this workspace was written by an older distill-tui (schema {version}) "
-                "and must be upgraded, which needs it writable; open it once without read-only."
-            )
-        store = cls(directory, conn)
-        store.read_only = True
-        return store
-
     def _migrate(self) -> None:
         version = self._conn.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:  # written by a newer release since we checked it
-            raise WorkspaceError(
-                f"{self.path}: this workspace was written by a newer distill-tui (schema "
-                f"{version}, this version knows up to {SCHEMA_VERSION})."
-            )
         if version > SCHEMA_VERSION:  # written by a newer release since we checked it
             raise WorkspaceError(
                 f"{self.path}: this workspace was written by a newer distill-tui (schema "

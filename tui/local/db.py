@@ -154,32 +154,6 @@ def _check_before_opening(path: Path) -> None:
         )
 
 
-class LocalDBError(RuntimeError):
-    """The server's database cannot be used; the message names the file and says why."""
-
-
-def _check_before_opening(path: Path) -> None:
-    """Refuse, without changing anything, a database we must not write: unreadable, not
-    SQLite, corrupt, from a newer release, or read-only."""
-    if path.exists():
-        try:
-            check_database(
-                path,
-                what="the local server's database",
-                schema_version=SCHEMA_VERSION,
-                newer="Upgrade distill-tui or use another workspace.",
-                not_sqlite="Move it aside or use another workspace.",
-            )
-        except DatabaseFileError as exc:
-            raise LocalDBError(str(exc)) from exc
-    reason = read_only_reason(path)
-    if reason is not None:
-        raise LocalDBError(
-            f"{path}: the local server's data is read-only ({reason}); nothing was changed. "
-            "Make the workspace writable or use another one."
-        )
-
-
 class LocalDB:
     def __init__(self, workspace: Path) -> None:
         self.root = Path(workspace) / "local"
