@@ -53,6 +53,11 @@ from tui.engine.generation import (
 from tui.engine.report import RowSource, build_report, write_report
 from tui.engine.settings import Price, Settings, parse_backend_choice
 from tui.engine.store import Store, StoreError
+from tui.engine.stored_import import (
+    StoredImportError,
+    TeacherSourceConfig,
+    fill_run_from_stored,
+)
 from tui.engine.teaching import choose_pool, git_gate_grader, split_validation
 from tui.engine.training_data import MIN_EXAMPLES
 
@@ -95,6 +100,10 @@ class RecipeConfig(BaseModel):
     judge_backend: str | None = None
     student_prompt: str | None = None  # default: a short instruction
     teacher_prompt: str | None = None  # default: the student's prompt
+    # The teacher's outputs taken from the backend's stored completions instead of generated:
+    # {stored = {model = "gpt-4o", metadata = {task = "git"}}} (and created_after/_before),
+    # each matched to a request by its text; those matching none are reported.
+    teacher_source: TeacherSourceConfig | None = None
     # k most similar pool examples given to the teacher as chat turns; None = 0 for a pool
     # teacher (they did not help it), 10 when the teacher is the student's own untuned model
     # (context distillation), else 0.
@@ -277,7 +286,8 @@ class Recipe:
 
     @property
     def teacher(self) -> str:
-        return self.config.teacher_model or self.settings.teacher
+        stored = self.config.teacher_source.stored.model if self.config.teacher_source else ""
+        return self.config.teacher_model or stored or self.settings.teacher
 
     @property
     def references_teacher(self) -> bool:
@@ -503,7 +513,9 @@ class Recipe:
             )
             out.append(("student", estimate_run(self.store, run_id, self.price(self.student))))
         # A pool teacher is a student fine-tuned later in the recipe, on the student's backend.
-        teacher_paid = not (self.references_teacher or self.pool_teacher)
+        teacher_paid = not (
+            self.references_teacher or self.pool_teacher or self.config.teacher_source
+        )
         if teacher_paid and "round-1/teacher" not in self.state.finished:
             run_id = self._run_id(self._teacher_generation(1))
             estimate = estimate_run(self.store, run_id, self.price(self.teacher, teacher=True))
@@ -675,7 +687,9 @@ class Recipe:
         }
         models["teacher"] = (
             self.teacher
-            if not self.references_teacher and "round-1/teacher" not in self.state.finished
+            if not self.references_teacher
+            and self.config.teacher_source is None  # stored: nothing is asked of the model
+            and "round-1/teacher" not in self.state.finished
             else ""
         )
         problems = await preflight.check_before_spending(
@@ -713,6 +727,9 @@ class Recipe:
             self.reporter.skip(step, generation.title, f"run {self.state.runs[step]}")
             return
         run_id = self._run_id(generation)
+        if generation.teacher and self.config.teacher_source is not None:
+            await self._stored_teacher(generation, run_id)
+            return
         total = len(self.store.run_items(run_id))
         self.reporter.step(step, generation.title, total)
         model = self.store.get_run(run_id).model
@@ -743,6 +760,39 @@ class Recipe:
         if run.n_done == 0:
             raise RecipeError(f"{generation.title}: no item succeeded ({run.n_failed} failed)")
         self.reporter.finish(step, f"{run.n_done} done, {run.n_failed} failed")
+        self._save(step)
+
+    async def _stored_teacher(self, generation: Generation, run_id: int) -> None:
+        """teacher_source: the backend's stored completions stand in for the teacher's run,
+        matched to its requests by text (stored_import.fill_run_from_stored). Re-running adds
+        only what the run does not hold yet."""
+        assert self.config.teacher_source is not None
+        step = generation.key
+        query = self.config.teacher_source.stored.to_filter()
+        total = len(self.store.run_items(run_id))
+        self.reporter.step(step, f"{generation.title}: stored, {query.describe()}", None)
+        try:
+            result = await fill_run_from_stored(
+                self.store,
+                self.teacher_client,
+                run_id,
+                query,
+                on_progress=lambda p: self.reporter.advance(
+                    step, p.listed, p.total, f"{p.added} matched"
+                ),
+            )
+        except StoredImportError as error:
+            raise RecipeError(f"{generation.title}: {error}") from error
+        answered = self.store.get_run(run_id).n_done
+        note = f"{answered} of {total} requests answered by stored completions: {result.summary()}"
+        self.state.notes[step] = note
+        # The eval split's teacher row only compares: production logs may not hold its requests.
+        if answered == 0 and generation.spec.split != "eval":
+            raise RecipeError(
+                f"{generation.title}: none of the {result.matching} stored completions matching "
+                f"{query.describe()} answers one of its {total} requests"
+            )
+        self.reporter.finish(step, note)
         self._save(step)
 
     def _eval_id(self, gate: bool) -> int:
