@@ -13,7 +13,7 @@ It serves `GET /v1/models` (and `/v1/models/{id}`) and `POST /v1/chat/completion
 512-character values), and 404 to every other path: by default `/v1/files` and
 `/v1/fine_tuning/jobs` are absent, as on a plain vLLM server.
 
-Like OpenAI, when asked (`like_openai()` sets all three):
+Like OpenAI, when asked (`like_openai()` sets all four):
   - `fine_tuning=True`: `/v1/files` (upload, list, retrieve, content, delete) and
     `/v1/fine_tuning/jobs` (create, list, retrieve, cancel, events, checkpoints) with OpenAI's
     statuses (validating_files → queued → running → succeeded | failed | cancelled) played
@@ -22,6 +22,9 @@ Like OpenAI, when asked (`like_openai()` sets all three):
     chat afterwards. Only dated snapshots (`FINE_TUNABLE`) and models fine-tuned from them
     can be fine-tuned: an alias or an unknown model gets OpenAI's `400 model_not_available`;
     fewer than 10 examples fail the job (`invalid_n_examples`);
+  - `batches=True`: the Batch API, `/v1/batches` (create, list, retrieve, cancel) over
+    `/v1/files`, with knobs for an expired batch, a failed one and a slow one (see
+    tests/helpers/fake_batches.py);
   - `models=OPENAI_MODELS`: the aliases and their snapshots;
   - stored chat completions (`store: true`), listed and read back as OpenAI does
     (`server.stored`, see tests/helpers/fake_stored.py);
@@ -85,6 +88,7 @@ from typing import Any
 
 import uvicorn
 
+from tests.helpers.fake_batches import FakeBatchAPI
 from tests.helpers.fake_stored import FakeStoredCompletions
 
 Message = dict[str, Any]
@@ -502,6 +506,8 @@ class FakeOpenAIApp:
         fine_tuning: bool = False,
         rate_limits: RateLimits | None = None,
         job_seconds: float = 0.5,
+        batches: bool = False,
+        batch_seconds: float = 0.5,
     ) -> None:
         self.api_key = api_key
         self.models = list(models)
@@ -512,6 +518,9 @@ class FakeOpenAIApp:
         self.hang_seconds = hang_seconds
         self.fine_tuning = fine_tuning
         self.job_seconds = job_seconds
+        self.batches = batches
+        self.batch_api = FakeBatchAPI(self)
+        self.batch_api.batch_seconds = batch_seconds
         self.policy: Policy | None = None
         self.lock = threading.Lock()
         self.requests: list[RecordedRequest] = []
@@ -651,7 +660,9 @@ class FakeOpenAIApp:
             await self._chat(record, send, gone)
         elif self.stored.enabled and path.startswith("/v1/chat/completions"):
             await self._stored(record, send, method, path)
-        elif self.fine_tuning and path.startswith(("/v1/files", "/v1/fine_tuning/jobs")):
+        elif (self.fine_tuning and path.startswith(("/v1/files", "/v1/fine_tuning/jobs"))) or (
+            self.batches and path.startswith(("/v1/files", "/v1/batches"))
+        ):
             status, data, param = self._fine_tuning_route(record, method, path)
             if isinstance(data, bytes):
                 await self._start(record, send, status, "application/octet-stream", None, len(data))
@@ -698,6 +709,8 @@ class FakeOpenAIApp:
         with self.lock:
             if parts[0] == "files":
                 return self._files_route(record, method, parts[1:])
+            if parts[0] == "batches":
+                return self.batch_api.route(method, parts[1:], record.body, query)
             return self._jobs_route(record, method, parts[2:], query)
 
     def _files_route(
@@ -711,18 +724,8 @@ class FakeOpenAIApp:
             if purpose not in ("fine-tune", "batch", "assistants", "vision", "user_data", "evals"):
                 return 400, {"message": f"Invalid purpose: {purpose!r}", "code": None}, "purpose"
             filename, content = fields["file"]
-            file = {
-                "id": _object_id("file-", 22),
-                "object": "file",
-                "bytes": len(content),
-                "created_at": int(time.time()),
-                "filename": filename or "upload",
-                "purpose": purpose,
-                "status": "processed",
-                "status_details": None,
-            }
-            self.files[file["id"]] = (file, content)
-            return 200, file, None
+            file_id = self.add_file(content, filename or "upload", purpose)
+            return 200, self.files[file_id][0], None
         if not rest and method == "GET":
             data = [f for f, _ in self.files.values()]
             return 200, {"object": "list", "data": data, "has_more": False}, None
@@ -737,6 +740,76 @@ class FakeOpenAIApp:
         if rest[1:] == ["content"] and method == "GET":
             return 200, stored[1], None
         return 404, {"message": f"Not found: {record.path}", "code": None}, None
+
+    def add_file(self, content: bytes, filename: str, purpose: str) -> str:
+        """Keep a file (an upload, or a batch's results); its id. Call under the lock."""
+        file = {
+            "id": _object_id("file-", 22),
+            "object": "file",
+            "bytes": len(content),
+            "created_at": int(time.time()),
+            "filename": filename,
+            "purpose": purpose,
+            "status": "processed",
+            "status_details": None,
+        }
+        self.files[file["id"]] = (file, content)
+        return str(file["id"])
+
+    def batch_answer(self, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+        """A batch's request answered as a (non-streamed) chat request would be: (ok, the
+        chat.completion, or {"error": ..., "_status": status}). Counted as an attempt of its
+        message, like a live request. Call under the lock."""
+        messages = body.get("messages")
+        if not isinstance(messages, list):
+            return False, {"error": _error_body(400, "bad request body"), "_status": 400}
+        refused = _refused_by_openai(body)
+        if refused is not None:
+            message, code, param = refused
+            error = {**_error_body(400, message, code), "param": param}
+            return False, {"error": error, "_status": 400}
+        key = last_user(messages)
+        self.chat_count += 1
+        self.attempts[key] = self.attempts.get(key, 0) + 1
+        ctx = RequestContext(
+            n=self.chat_count, key=key, attempt=self.attempts[key], body=body, headers={}
+        )
+        action = self.policy(ctx) if self.policy is not None else None
+        if action is None and self.markers:
+            action = marker_action(ctx, self.hang_seconds)
+        action = action or Action()
+        if body.get("model") not in self.models and action.status == 200:
+            message = f"The model `{body.get('model')}` does not exist."
+            return False, {"error": _error_body(404, message, "model_not_found"), "_status": 404}
+        if action.status != 200:
+            error = _error_body(action.status, action.error_message, action.error_code)
+            if action.error_type:
+                error["type"] = action.error_type
+            return False, {"error": error, "_status": action.status}
+        text = action.reply if action.reply is not None else self.reply(messages)
+        n = action.tokens if action.tokens is not None else self.tokens_per_reply
+        tokens = tokenize(text, n)
+        finish = action.finish_reason or "stop"
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        if isinstance(limit, int) and len(tokens) > limit:
+            tokens, finish = tokens[:limit], "length"
+        prompt = sum(len(str(m.get("content")).split()) + 4 for m in messages)
+        message = {"role": "assistant", "content": "".join(tokens), "refusal": None}
+        return True, {
+            "id": "chatcmpl-" + uuid.uuid4().hex[:24],
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body["model"],
+            "system_fingerprint": "fp_fake",
+            "choices": [
+                {"index": 0, "message": message, "logprobs": None, "finish_reason": finish}
+            ],
+            "usage": {
+                "prompt_tokens": prompt,
+                "completion_tokens": len(tokens),
+                "total_tokens": prompt + len(tokens),
+            },
+        }
 
     def _jobs_route(
         self, record: RecordedRequest, method: str, rest: list[str], query: dict[str, str]
@@ -1232,6 +1305,18 @@ class FakeOpenAIApp:
         await self._json(record, send, action.status, {"error": error}, action)
 
 
+def _error_body(status: int, message: str | None = None, code: str | None = None) -> dict[str, Any]:
+    kind, default_code, default_message = _ERRORS.get(
+        status, ("server_error", None, "The server had an error.")
+    )
+    return {
+        "message": message or default_message,
+        "type": kind,
+        "param": None,
+        "code": code or default_code,
+    }
+
+
 _ERRORS: dict[int, tuple[str, str | None, str]] = {
     400: ("invalid_request_error", None, "Invalid request."),
     401: ("invalid_request_error", "invalid_api_key", "Incorrect API key provided."),
@@ -1271,6 +1356,8 @@ class FakeOpenAI:
         fine_tuning: bool = False,
         rate_limits: RateLimits | None = None,
         job_seconds: float = 0.5,
+        batches: bool = False,
+        batch_seconds: float = 0.5,
         port: int = 0,
     ) -> None:
         self.app = FakeOpenAIApp(
@@ -1284,6 +1371,8 @@ class FakeOpenAI:
             fine_tuning=fine_tuning,
             rate_limits=rate_limits,
             job_seconds=job_seconds,
+            batches=batches,
+            batch_seconds=batch_seconds,
         )
         self._port = port
         self._server: uvicorn.Server | None = None
@@ -1319,6 +1408,12 @@ class FakeOpenAI:
     @rate_limits.setter
     def rate_limits(self, limits: RateLimits | None) -> None:
         self.app.set_rate_limits(limits)
+
+    @property
+    def batch_api(self) -> FakeBatchAPI:
+        """The Batch API's state and knobs: `batch_seconds`, `batch_expire_after`,
+        `batch_fail`, `created` (how many batches were made), `batches`."""
+        return self.app.batch_api
 
     @property
     def stored(self) -> FakeStoredCompletions:
@@ -1451,6 +1546,7 @@ def like_openai(**kw: Any) -> FakeOpenAI:
     (pass rate_limits=RateLimits(...) for a per-minute budget too)."""
     kw.setdefault("models", OPENAI_MODELS)
     kw.setdefault("fine_tuning", True)
+    kw.setdefault("batches", True)
     server = FakeOpenAI(**kw)
     server.stored.enabled = True  # OpenAI keeps completions made with store=true
     return server
@@ -1468,12 +1564,16 @@ class FakeOpenAIProcess:
         token_delay: float = 0.0,
         markers: bool = True,
         rate_limits: RateLimits | None = None,
+        batches: bool = False,
+        batch_seconds: float = 0.5,
     ) -> None:
         self.api_key = api_key
         self.tokens_per_reply = tokens_per_reply
         self.token_delay = token_delay
         self.markers = markers
         self.rate_limits = rate_limits
+        self.batches = batches
+        self.batch_seconds = batch_seconds
         self.port = 0
         self._proc: subprocess.Popen[str] | None = None
 
@@ -1488,6 +1588,8 @@ class FakeOpenAIProcess:
             args += ["--tokens", str(self.tokens_per_reply)]
         if not self.markers:
             args.append("--no-markers")
+        if self.batches:
+            args += ["--batches", "--batch-seconds", str(self.batch_seconds)]
         limits = self.rate_limits
         if limits is not None:
             args += ["--minute", str(limits.minute)]
@@ -1550,6 +1652,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--minute", type=float, default=60.0, help="seconds in a budget's minute (default 60)"
     )
+    parser.add_argument("--batches", action="store_true", help="serve /v1/files and /v1/batches")
+    parser.add_argument(
+        "--batch-seconds", type=float, default=0.5, help="how long a batch takes (default 0.5)"
+    )
     args = parser.parse_args(argv)
     limits = None
     if args.rpm is not None or args.tpm is not None:
@@ -1560,6 +1666,8 @@ def main(argv: list[str] | None = None) -> None:
         token_delay=args.token_delay,
         markers=not args.no_markers,
         rate_limits=limits,
+        batches=args.batches,
+        batch_seconds=args.batch_seconds,
         port=args.port,
     ).start()
     print(f"listening on {server.port}", flush=True)

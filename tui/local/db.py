@@ -1,5 +1,5 @@
 """The local server's own SQLite database: stored completions, files, fine-tuning jobs, their
-events and checkpoints, and the fine-tuned models they produced.
+events and checkpoints, the fine-tuned models they produced, and batches.
 
 It lives in `<workspace>/local/server.db` (WAL) with uploaded files in
 `<workspace>/local/files/<file id>`. It is separate from the app's `distill.db`: the server is
@@ -103,9 +103,36 @@ CREATE TABLE IF NOT EXISTS ft_models (
     created INTEGER NOT NULL,
     job_id TEXT NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS batches (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    endpoint TEXT NOT NULL,
+    input_file_id TEXT NOT NULL,
+    completion_window TEXT NOT NULL,
+    status TEXT NOT NULL,
+    output_file_id TEXT,
+    error_file_id TEXT,
+    errors TEXT,                     -- JSON list of {code, message, line, param} or NULL
+    total INTEGER NOT NULL DEFAULT 0,
+    completed INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    metadata TEXT,                   -- JSON object or NULL
+    in_progress_at INTEGER,
+    expires_at INTEGER,
+    finalizing_at INTEGER,
+    completed_at INTEGER,
+    failed_at INTEGER,
+    expired_at INTEGER,
+    cancelling_at INTEGER,
+    cancelled_at INTEGER
+);
 """
 
 ACTIVE_JOB_STATUSES = ("validating_files", "queued", "running")
+# A batch still to be worked on (tui/local/batches.py), also after a restart.
+ACTIVE_BATCH_STATUSES = ("validating", "in_progress", "finalizing", "cancelling")
 TERMINAL_JOB_STATUSES = ("succeeded", "failed", "cancelled")
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -485,6 +512,66 @@ class LocalDB:
     def ft_models(self) -> list[dict[str, Any]]:
         return [dict(r) for r in self._query("SELECT * FROM ft_models ORDER BY created")]
 
+    # ---- batches ---------------------------------------------------------------------------
+
+    @property
+    def batches_dir(self) -> Path:
+        """Where a batch's answers so far are kept until it ends (they survive a restart)."""
+        path = self.root / "batches"
+        path.mkdir(exist_ok=True)
+        return path
+
+    def add_batch(self, batch: dict[str, Any]) -> None:
+        with self._tx() as c:
+            c.execute(
+                "INSERT INTO batches (id, created_at, endpoint, input_file_id,"
+                " completion_window, status, metadata, expires_at) VALUES (:id, :created_at,"
+                " :endpoint, :input_file_id, :completion_window, :status, :metadata,"
+                " :expires_at)",
+                {
+                    **batch,
+                    "metadata": None
+                    if batch.get("metadata") is None
+                    else json.dumps(batch["metadata"]),
+                },
+            )
+
+    def get_batch(self, batch_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM batches WHERE id = ?", (batch_id,))
+        return _batch_row(rows[0]) if rows else None
+
+    def list_batches(self, *, after: str | None, limit: int) -> Page | None:
+        # Newest first, like OpenAI.
+        page = self._page("batches", [], [], after, limit, "desc")
+        if page is not None:
+            page.rows = [_batch_row(r) for r in page.rows]
+        return page
+
+    def update_batch(
+        self, batch_id: str, *, only_if_status: Sequence[str] | None = None, **fields: Any
+    ) -> bool:
+        """Update a batch's columns; with `only_if_status`, only while its status is one of
+        those (so a cancel and the worker's progress cannot overwrite each other)."""
+        if "errors" in fields and fields["errors"] is not None:
+            fields["errors"] = json.dumps(fields["errors"])
+        assignments = ", ".join(f"{k} = :{k}" for k in fields)
+        sql = f"UPDATE batches SET {assignments} WHERE id = :_id"
+        params: dict[str, Any] = {**fields, "_id": batch_id}
+        if only_if_status is not None:
+            names = [f":_s{i}" for i in range(len(only_if_status))]
+            sql += f" AND status IN ({', '.join(names)})"
+            params.update({f"_s{i}": s for i, s in enumerate(only_if_status)})
+        with self._tx() as c:
+            return c.execute(sql, params).rowcount > 0
+
+    def active_batches(self) -> list[dict[str, Any]]:
+        marks = ",".join("?" for _ in ACTIVE_BATCH_STATUSES)
+        rows = self._query(
+            f"SELECT * FROM batches WHERE status IN ({marks}) ORDER BY seq",
+            ACTIVE_BATCH_STATUSES,
+        )
+        return [_batch_row(r) for r in rows]
+
 
 def _json_path(key: str) -> str:
     # json_extract path with the key quoted, so keys with dots or brackets match literally.
@@ -507,6 +594,13 @@ def _job_row(row: Any) -> dict[str, Any]:
     r["error"] = None if r["error"] is None else json.loads(r["error"])
     r["metadata"] = None if r["metadata"] is None else json.loads(r["metadata"])
     r["result_files"] = [] if r["result_files"] is None else json.loads(r["result_files"])
+    return r
+
+
+def _batch_row(row: Any) -> dict[str, Any]:
+    r = dict(row)
+    r["errors"] = None if r["errors"] is None else json.loads(r["errors"])
+    r["metadata"] = None if r["metadata"] is None else json.loads(r["metadata"])
     return r
 
 

@@ -2,8 +2,8 @@
 
 Routes and response bodies follow OpenAI's (the openai SDK's types are the reference):
 models, chat completions (streamed or not, `usage` always reported, `n` choices), stored
-completions (`store=true` + `metadata`), files, and fine-tuning jobs with events and
-checkpoints.
+completions (`store=true` + `metadata`), files, fine-tuning jobs with events and
+checkpoints, and batches (answered in the background through the chat route).
 
 The app is assembled here from parts that each do one thing:
 - tui/local/guard.py: every request needs `Authorization: Bearer <key>`; bodies are limited
@@ -26,6 +26,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from tui.local.batches import BatchManager, asgi_poster
 from tui.local.config import MiB, ServerConfig
 from tui.local.db import LocalDB
 from tui.local.errors import APIError, install_error_handlers
@@ -40,9 +41,10 @@ __all__ = ["APIError", "MiB", "ServerConfig", "create_app", "serve_in_thread"]
 log = logging.getLogger("distill.local.server")
 
 
-async def _start(config: ServerConfig) -> LocalState:
+async def _start(config: ServerConfig, app: FastAPI) -> LocalState:
     """Open the database, list the models (fine-tuned ones included), start the job manager
-    and load the models to preload."""
+    and the batch manager (which answers through `app`'s own chat route), and load the models
+    to preload."""
     db = await asyncio.to_thread(LocalDB, config.workspace)
     registry = ModelRegistry(
         extra_paths=list(config.models), n_threads=config.n_threads, max_queue=config.max_queue
@@ -64,14 +66,17 @@ async def _start(config: ServerConfig) -> LocalState:
         )
     jobs = JobManager(db, registry, python=config.trainer_python)
     await jobs.start()
+    batches = BatchManager(db, asgi_poster(app, "/v1/chat/completions", config.api_key))
+    await batches.start()
     listed = registry.list()
     preload = config.preload if config.preload is not None else [m.id for m in listed[:1]]
     for model_id in preload:
         await registry.engine(model_id)
-    return LocalState(config=config, db=db, registry=registry, jobs=jobs)
+    return LocalState(config=config, db=db, registry=registry, jobs=jobs, batches=batches)
 
 
 async def _stop(state: LocalState) -> None:
+    await state.batches.aclose()
     await state.jobs.aclose()
     await state.registry.aclose()
     await asyncio.to_thread(state.db.close)
@@ -83,7 +88,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state = await _start(config)
+        state = await _start(config, app)
         app.state.local = state  # the routes' `Local` dependency; tests and benchmarks look too
         try:
             yield

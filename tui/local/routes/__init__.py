@@ -8,9 +8,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from tui.local.config import ServerConfig
-from tui.local.routes import chat, files, fine_tuning, models, stored_completions
+from tui.local.routes import batches, chat, files, fine_tuning, models, stored_completions
 
-FAMILIES = (models, chat, stored_completions, files, fine_tuning)
+FAMILIES = (models, chat, stored_completions, files, fine_tuning, batches)
 
 
 def routers(config: ServerConfig) -> list[APIRouter]:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
+from tui.local.batches import BatchManager
 from tui.local.config import ServerConfig
 from tui.local.db import LocalDB, Page
 from tui.local.errors import bad_request, not_found, type_name
@@ -30,6 +31,7 @@ class LocalState:
     db: LocalDB
     registry: ModelRegistry
     jobs: JobManager
+    batches: BatchManager
 
 
 async def local_state(request: Request) -> LocalState:
