@@ -702,14 +702,20 @@ class Store:
         return self.items(run.dataset_id, split=run.split or None)
 
     def pending_items(self, run_id: int) -> list[Item]:
-        """Items of the run with no finished completion: what a (re)start must generate."""
-        done = {
+        """Items of the run with no finished completion, less those a batch of the run still
+        holds (sent, its results not yet collected: tui/engine/batch.py resumes it): what a
+        (re)start must generate."""
+        skip = {
             row[0]
             for row in self.query(
                 "SELECT item_id FROM completions WHERE run_id = ? AND status = 'done'", (run_id,)
             )
         }
-        return [item for item in self.run_items(run_id) if item.id not in done]
+        for row in self.query(
+            "SELECT item_ids FROM batches WHERE run_id = ? AND collected = 0", (run_id,)
+        ):
+            skip.update(json.loads(row[0]))
+        return [item for item in self.run_items(run_id) if item.id not in skip]
 
     def save_completion(self, run_id: int, item_id: int, **fields: Any) -> None:
         """Insert or replace the run's completion of an item: never two for the same item."""
