@@ -568,12 +568,13 @@ class FakeOpenAIApp:
                     return
         if scope["type"] != "http":
             return
-        raw = b""
+        chunks: list[bytes] = []  # joined once: a batch's upload comes in hundreds of chunks
         while True:
             message = await receive()
-            raw += message.get("body", b"")
+            chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
+        raw = b"".join(chunks)
         try:
             body = json.loads(raw) if raw else None
         except ValueError:
