@@ -77,8 +77,31 @@ class DistillApp(App[int]):
 
     def on_mount(self) -> None:
         self.switch_mode("dataset")
+        if self.store.read_only:
+            self.notify(
+                self.read_only_notice(),
+                title="Read-only",
+                severity="warning",
+                timeout=60,
+                markup=False,
+            )
         if self.start_backend:
             self.connect_backend()
+
+    def read_only_notice(self) -> str:
+        """Why this window only looks (one writer per workspace): who writes, if anyone."""
+        from tui.engine.store import workspace_writer
+
+        writer = workspace_writer(self.store.directory)
+        why = (
+            f"the workspace is in use by {writer.describe()}"
+            if writer is not None
+            else "the workspace was opened read-only"
+        )
+        return (
+            f"Read-only: {why}. You can look at everything; changes are refused. "
+            "To make changes, close the other one and reopen this workspace."
+        )
 
     # -- navigation ----------------------------------------------------------------------
 
@@ -173,7 +196,9 @@ class DistillApp(App[int]):
 
     def watch_job(self, job_id: int) -> None:
         """Poll a fine-tuning job in the background until it ends (app-wide, so it goes on
-        whichever screen is shown)."""
+        whichever screen is shown). Not in a read-only window: the writer records it."""
+        if self.store.read_only:
+            return
         if job_id not in self._watching:
             self._watching.add(job_id)
             self._watch_job(job_id)

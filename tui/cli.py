@@ -73,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tui import web_command
 
         return web_command.run(args, args.workspace)
-    opened = _open(args.workspace)
+    opened = _open(args.workspace, args.command or "tui")
     if isinstance(opened, int):
         return opened
     settings, store = opened
@@ -87,12 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         store.close()
 
 
-def _open(workspace: Path | None) -> tuple[Settings, Store] | int:
-    """Settings and the workspace, or the exit code after a clear message."""
+def _open(workspace: Path | None, command: str = "tui") -> tuple[Settings, Store] | int:
+    """Settings and the workspace, or the exit code after a clear message. One writer per
+    workspace: `run` refuses one that another process has open (exit code 2); the TUI opens
+    it read-only and says so."""
     from pydantic import ValidationError
 
     from tui.engine.settings import config_path, load_settings
-    from tui.engine.store import Store, WorkspaceError
+    from tui.engine.store import Store, WorkspaceBusy, WorkspaceError
 
     overrides = {"workspace": workspace} if workspace is not None else {}
     try:
@@ -110,6 +112,15 @@ def _open(workspace: Path | None) -> tuple[Settings, Store] | int:
         return 2
     try:
         store = Store.open(settings.workspace)
+    except WorkspaceBusy as busy:
+        if command != "tui":
+            print(f"distill-tui {command}: {busy}", file=sys.stderr)
+            return 2
+        try:
+            store = Store.open(settings.workspace, read_only=True)
+        except WorkspaceError as exc:
+            print(f"distill-tui: {busy} (and it cannot be read: {exc})", file=sys.stderr)
+            return 2
     except WorkspaceError as exc:
         print(f"distill-tui: {exc}", file=sys.stderr)
         return 1
@@ -120,7 +131,8 @@ def _run_tui(settings: Settings, store: Store) -> int:
     from tui.app import DistillApp
     from tui.engine.examples import ensure_shipped_dataset
 
-    ensure_shipped_dataset(store)
+    if not store.read_only:
+        ensure_shipped_dataset(store)
     app = DistillApp(settings=settings, store=store)
     app.run()
     return app.return_code or 0

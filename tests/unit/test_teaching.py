@@ -4,6 +4,7 @@ shipped git gate, and the share of the teacher's lead recovered."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -94,6 +95,27 @@ def test_git_gate_keeps_well_formed_commands_that_carry_the_requests_names(
     assert callable(grade)
     score = grade({"output_text": reply}, {"input": request_text, "reference": ""})
     assert (score == 1.0) is kept
+
+
+@pytest.mark.skipif(shutil.which("git") is None, reason="the option check asks the installed git")
+@pytest.mark.parametrize(
+    ("reply", "why"),
+    [
+        ("git checkout --branch feature-login", "git checkout has no option --branch"),
+        ("git branch --new feature-login", "git branch has no option --new"),
+        ("git add -x feature-login", "git add has no option -x"),
+        ("git checkout -b feature-login", None),
+        ("git commit --amend --no-edit feature-login", None),  # --no-X of a listed --X
+        ("git push --force-with-lease origin feature-login", None),
+        ("git log --graph --oneline feature-login", None),  # log's -h lists few of its options
+    ],
+)
+def test_git_gate_asks_git_which_options_a_subcommand_has(reply: str, why: str | None) -> None:
+    namespace: dict[str, object] = {}
+    exec(compile(git_gate_grader()["source"], "git_gate.py", "exec"), namespace)
+    check = namespace["check"]
+    assert callable(check)
+    assert check("Make a branch called 'feature-login'.", reply) == why
 
 
 def test_git_gate_keeps_every_shipped_train_reference() -> None:

@@ -1,8 +1,9 @@
 """Which backend the app talks to, the one factory of its OpenAI clients, and the embedded
-local server's life (started on a free loopback port, stopped with the app).
+local server's life (one per workspace, shared by its apps, stopped after the last of them).
 
 Rule (settings.backend == "auto"): a base URL set -> that URL; else an API key set -> OpenAI;
-else the local backend, `distill-tui serve`, started as a child process. No textual here.
+else the local backend, `distill-tui serve`: the workspace's running one, or a child process
+started here. No textual here.
 
 A backend per role: the teacher, the student and the judge may each have their own
 (`Settings.backend_owner`); `open_backends` opens one client per distinct backend (the local
@@ -29,6 +30,8 @@ from urllib.parse import urlparse
 import openai
 from pydantic import SecretStr
 
+from tui.engine import local_instance
+from tui.engine.local_instance import Membership
 from tui.engine.retry import describe
 from tui.engine.settings import ROLES, BackendKind, Role
 
@@ -134,24 +137,35 @@ def make_client(
 
 
 class LocalServer:
-    """The embedded backend as a child process: `python -m tui.local.serve`.
+    """The workspace's embedded backend, `python -m tui.local.serve`: the one already running
+    for this workspace if there is one (another window's, a `distill-tui web` session's, one
+    started by hand), else a child process started here.
 
-    It listens on a free loopback port with a random key made for this launch, and its life
-    is tied to ours: it watches our pid and, on Linux, the kernel signals it if we die (even
-    by SIGKILL). Its output goes to `<workspace>/local/server.log`.
+    One server per workspace (tui/engine/local_instance.py): a second server on the same
+    `local/` store would fail the jobs the first one runs. A server started here listens on a
+    free loopback port with a random key (passed in its environment, never in argv); it
+    publishes its address and key in `<workspace>/local/server.json` (0600), serves every app
+    registered as using it, and stops when the last of them leaves or dies (even by SIGKILL:
+    it watches their pids). Its output goes to `<workspace>/local/server.log`.
     """
 
     def __init__(self, python: str = sys.executable) -> None:
         self.python = python
-        self.proc: asyncio.subprocess.Process | None = None
+        self.proc: asyncio.subprocess.Process | None = None  # set when we started it
         self.spec: BackendSpec | None = None
         self.log_path: Path | None = None
+        self.shared_pid: int | None = None  # the running server we joined instead
+        self._membership: Membership | None = None
         self._log: IO[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
 
     @property
     def pid(self) -> int | None:
-        return None if self.proc is None else self.proc.pid
+        return self.proc.pid if self.proc is not None else self.shared_pid
+
+    @property
+    def started_here(self) -> bool:
+        return self.proc is not None
 
     async def start(
         self,
@@ -163,13 +177,81 @@ class LocalServer:
         extra_args: list[str] | None = None,
         api_key: SecretStr | None = None,
     ) -> BackendSpec:
-        if self.proc is not None and self.proc.returncode is None:
+        """Join the workspace's running server, or start one; `models`, `extra_args` and
+        `api_key` apply only to a server started here."""
+        if self.spec is not None or (self.proc is not None and self.proc.returncode is None):
             raise BackendError("the local server is already running")
         progress = on_progress or (lambda _msg: None)
         workspace = Path(workspace)
         local_dir = workspace / "local"
         local_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = local_dir / LOCAL_LOG_NAME
+        membership = Membership(workspace)
+        self._membership = membership
+        deadline = time.monotonic() + timeout
+        said_waiting = False
+        try:
+            while True:
+                # Registered before looking: a server deciding to stop counts us first.
+                info = await asyncio.to_thread(membership.join)
+                if info is not None:
+                    spec = BackendSpec("local", info.url, info.api_key, "local")
+                    n_models = await self._answers(spec)
+                    if n_models is not None:
+                        self.shared_pid = info.pid
+                        progress(
+                            f"local: using the server this workspace already runs (pid "
+                            f"{info.pid}, {n_models} model{'s' if n_models != 1 else ''})"
+                        )
+                        self.spec = spec
+                        return spec
+                elif local_instance.server_holder(workspace) is None:
+                    launched = await self._launch(
+                        workspace, models, progress, timeout, extra_args, api_key
+                    )
+                    if launched is not None:
+                        self.spec = launched
+                        return launched
+                    continue  # another app's server took the store first: join that one
+                if time.monotonic() > deadline:
+                    holder = local_instance.server_holder(workspace)
+                    who = holder.describe() if holder is not None else "another server"
+                    raise BackendError(
+                        f"the local server of this workspace ({who}) did not become ready "
+                        f"within {timeout:.0f} s" + self._log_tail()
+                    )
+                if not said_waiting:
+                    progress("local: waiting for the local server of this workspace to start…")
+                    said_waiting = True
+                await asyncio.sleep(0.1)
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _answers(self, spec: BackendSpec) -> int | None:
+        """How many models a published server lists, or None if it does not answer (it is
+        stopping): then we look again."""
+        client = make_client(spec, timeout=10.0, max_retries=0)
+        try:
+            page = await client.models.list()
+            return len(page.data)
+        except openai.APIError:
+            return None
+        finally:
+            await client.close()
+
+    async def _launch(
+        self,
+        workspace: Path,
+        models: list[Path] | None,
+        progress: Callable[[str], None],
+        timeout: float,
+        extra_args: list[str] | None,
+        api_key: SecretStr | None,
+    ) -> BackendSpec | None:
+        """Start the server; None if it found another server holding the store (two apps
+        starting at once: the loser joins the winner)."""
+        assert self.log_path is not None
         self._tmp = tempfile.TemporaryDirectory(prefix="distill-serve-")
         port_file = Path(self._tmp.name) / "port"
         # A fresh key per launch unless the user fixed one (settings.local_api_key).
@@ -185,8 +267,7 @@ class LocalServer:
             "0",
             "--port-file",
             str(port_file),
-            "--parent-pid",
-            str(os.getpid()),
+            "--exit-when-unused",
             "--workspace",
             str(workspace),
         ]
@@ -202,27 +283,40 @@ class LocalServer:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self._log.write(f"\n--- distill-tui serve started {time.ctime()} ---\n".encode())
         self._log.flush()
-        # Spawned from the event loop's thread, which lives as long as the app: the kernel's
-        # parent-death signal is tied to the thread that forked.
+        # A session of its own: a Ctrl+C meant for this terminal's command must not stop a
+        # server other windows use. It stops when the last app using it is gone.
         self.proc = await asyncio.create_subprocess_exec(
             *args,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=self._log,
             stderr=self._log,
             env=env,
+            start_new_session=True,
         )
         try:
             port = await self._wait_port(port_file, timeout, progress)
-            base_url = f"http://127.0.0.1:{port}/v1"
-            spec = BackendSpec("local", base_url, SecretStr(key), "local")
-            progress(f"local: server on 127.0.0.1:{port}, checking /v1/models…")
-            n_models = await self._wait_models(spec, timeout)
-        except BaseException:
-            await self.stop()
+        except BackendError:
+            proc = self.proc
+            holder = local_instance.server_holder(workspace)
+            if proc.returncode is not None and holder is not None and holder.pid != proc.pid:
+                self._forget_launch()
+                return None
             raise
+        base_url = f"http://127.0.0.1:{port}/v1"
+        spec = BackendSpec("local", base_url, SecretStr(key), "local")
+        progress(f"local: server on 127.0.0.1:{port}, checking /v1/models…")
+        n_models = await self._wait_models(spec, timeout)
         progress(f"local: ready ({n_models} model{'s' if n_models != 1 else ''})")
-        self.spec = spec
         return spec
+
+    def _forget_launch(self) -> None:
+        self.proc = None
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
 
     async def _wait_port(
         self, port_file: Path, timeout: float, progress: Callable[[str], None]
@@ -279,10 +373,17 @@ class LocalServer:
         return f" (see {self.log_path}):\n{tail}" if tail else ""
 
     async def stop(self) -> None:
-        """Stop the server: SIGTERM, then SIGKILL if it has not exited in STOP_TIMEOUT s."""
+        """Leave the server. One started here is stopped (SIGTERM, then SIGKILL if it has not
+        exited in STOP_TIMEOUT s) unless other apps still use it; then it stops by itself
+        after the last of them."""
         proc, self.proc = self.proc, None
+        membership, self._membership = self._membership, None
         try:
-            if proc is not None and proc.returncode is None:
+            last = True
+            if membership is not None:
+                server_pid = proc.pid if proc is not None and proc.returncode is None else None
+                last = await asyncio.to_thread(membership.leave, server_pid)
+            if proc is not None and proc.returncode is None and last:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 try:
@@ -299,6 +400,7 @@ class LocalServer:
                 self._tmp.cleanup()
                 self._tmp = None
             self.spec = None
+            self.shared_pid = None
 
     async def __aenter__(self) -> LocalServer:
         return self

@@ -320,7 +320,13 @@ class EvalRunner(Stoppable):
         ids = {r.completion_id for r in rows}
         before = sum(1 for cid, name in done if cid in ids and name in names)
         self.stats = EvalStats(total=total, todo=total - before, done_before=before)
-        await store.in_thread(store.set_eval_run_status, eval_run_id, "running")
+        # Claimed, not just marked: two graders of one eval run would send every judge
+        # request twice. The final status below releases it.
+        if not await store.in_thread(store.claim_eval_run, eval_run_id):
+            raise StoreError(
+                f"eval run {eval_run_id} is being graded already (here or by another "
+                "process); wait for it to finish"
+            )
         if on_event is not None:
             on_event(EvalStarted(eval_run_id, total, total - before))
 

@@ -25,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
+from tui.engine import workspace_lock
 from tui.engine.dbfile import (
     DatabaseFileError,
     check_database,
@@ -188,6 +189,37 @@ class WorkspaceError(Exception):
     """The workspace cannot be used; the message says what and where."""
 
 
+class WorkspaceBusy(WorkspaceError):
+    """Another process has the workspace open for writing (one writer per workspace)."""
+
+    def __init__(self, directory: Path, holder: workspace_lock.Holder | None) -> None:
+        self.directory = directory
+        self.holder = holder
+        who = holder.describe() if holder is not None else "another process"
+        super().__init__(
+            f"{directory}: the workspace is in use by {who}; open it read-only or wait"
+        )
+
+
+LOCK_NAME = "distill.lock"
+
+
+def workspace_writer(directory: Path) -> workspace_lock.Holder | None:
+    """The process that has the workspace open for writing now, if any (for a read-only
+    window to say who)."""
+    path = Path(directory) / LOCK_NAME
+    if not workspace_lock.is_held(path):
+        return None
+    return workspace_lock.read_holder(path)
+
+
+# What a completion is while a request for it is out: claimed by one generator, so no other
+# (in this process or another) sends the same request. Never left behind: the generator
+# records the outcome, and a writer that takes the workspace over from a dead one releases
+# the claims it left (Store.open).
+CLAIMED = "running"
+
+
 class StoreError(ValueError):
     """An operation was refused (e.g. a duplicate dataset name); nothing was changed."""
 
@@ -271,6 +303,7 @@ class Store:
         self._lock = threading.RLock()
         self._executor: ThreadPoolExecutor | None = None
         self.read_only = False  # opened with Store.open(read_only=True): only looks
+        self._workspace_lock: workspace_lock.Lock | None = None
 
     # -- opening -------------------------------------------------------------------------
 
@@ -289,6 +322,29 @@ class Store:
             if reason is not None:
                 raise WorkspaceError(_read_only_message(path, reason))
         _check_writable(directory)
+        # One writer per workspace: an OS lock held until close() (released by the kernel
+        # if we die), shared by the stores this process opens on the same workspace.
+        try:
+            lock = workspace_lock.acquire(directory / LOCK_NAME)
+        except workspace_lock.LockHeld as held:
+            raise WorkspaceBusy(directory, held.holder) from None
+        try:
+            store = cls._open_locked(directory, path)
+        except BaseException:
+            lock.release()
+            raise
+        store._workspace_lock = lock
+        if lock.fresh:
+            # Nobody else writes here now: a claim left behind is a dead writer's.
+            try:
+                store.release_stale_claims()
+            except BaseException:
+                store.close()
+                raise
+        return store
+
+    @classmethod
+    def _open_locked(cls, directory: Path, path: Path) -> Store:
         try:
             conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA journal_mode=WAL")
@@ -341,6 +397,9 @@ class Store:
                 self._executor.shutdown(wait=True)
                 self._executor = None
             self._conn.close()
+            if self._workspace_lock is not None:
+                self._workspace_lock.release()
+                self._workspace_lock = None
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -883,6 +942,63 @@ class Store:
                     (system_prompt, dataset_id, run_id),
                 )
         return added
+
+    # -- claims: one request per item, whoever asks ----------------------------------------
+
+    def claim_item(self, run_id: int, item_id: int) -> bool:
+        """Claim an item of a run for generation: True if this caller may send its request,
+        False if it is done or claimed already (by this process or another). One conditional
+        write in one transaction, so of two callers racing for an item exactly one wins.
+        The claim is a completion row in state CLAIMED (a new one counts no attempt yet);
+        the caller records the outcome with `save_completion`, or gives the claim back with
+        `release_claims`."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO completions(run_id, item_id, status, attempts, created_at)"
+                " VALUES (?, ?, ?, 0, ?)"
+                " ON CONFLICT(run_id, item_id) DO UPDATE SET status = excluded.status"
+                " WHERE completions.status NOT IN ('done', ?)",
+                (run_id, item_id, CLAIMED, now(), CLAIMED),
+            )
+            return cur.rowcount == 1
+
+    def release_claims(self, run_id: int, item_ids: Iterable[int]) -> int:
+        """Give back claims that got no outcome (see `release_stale_claims`)."""
+        ids = json.dumps(list(item_ids))
+        where = "run_id = ? AND status = ? AND item_id IN (SELECT value FROM json_each(?))"
+        return self._release(where, (run_id, CLAIMED, ids))
+
+    def release_stale_claims(self) -> int:
+        """Claims left by a writer that died with requests out: a new claim row goes (the
+        item is pending again, as if never started), an earlier failed or cancelled one is
+        kept as cancelled (its next start counts as another attempt); an eval run it was
+        grading is cancelled (a rerun grades what is missing)."""
+        with self.transaction() as conn:
+            conn.execute("UPDATE eval_runs SET status = 'cancelled' WHERE status = ?", (CLAIMED,))
+        return self._release("status = ?", (CLAIMED,))
+
+    def _release(self, where: str, args: Sequence[Any]) -> int:
+        with self.transaction() as conn:
+            gone = conn.execute(f"DELETE FROM completions WHERE {where} AND attempts = 0", args)
+            kept = conn.execute(
+                "UPDATE completions SET status = 'cancelled',"
+                " error = 'interrupted: the process generating it stopped before it finished'"
+                f" WHERE {where}",
+                args,
+            )
+            return gone.rowcount + kept.rowcount
+
+    def claim_eval_run(self, eval_run_id: int) -> bool:
+        """Mark an eval run as being graded: False if it is being graded already (by this
+        process or another), so one eval run never has two graders sending the same judge
+        requests. Released by its final status (`set_eval_run_status`)."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "UPDATE eval_runs SET status = 'running', finished_at = NULL"
+                " WHERE id = ? AND status != 'running'",
+                (eval_run_id,),
+            )
+            return cur.rowcount == 1
 
     # -- fine-tuning jobs ----------------------------------------------------------------
 

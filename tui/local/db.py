@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from tui.engine import local_instance, workspace_lock
 from tui.engine.dbfile import DatabaseFileError, check_database, read_only_reason
 
 SCHEMA_VERSION = 1
@@ -194,21 +195,38 @@ class LocalDB:
                 d.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 raise LocalDBError(f"{d}: cannot create the directory ({exc.strerror})") from exc
+        # One server per store (tui/engine/local_instance.py), held until close() and
+        # released by the kernel if the server dies: a second server is refused here, before
+        # its job recovery could fail the jobs the first one is running.
+        try:
+            self._store_lock = workspace_lock.acquire(
+                self.root / local_instance.LOCK_NAME, "distill-tui serve", reentrant=False
+            )
+        except workspace_lock.LockHeld as held:
+            raise LocalDBError(
+                f"{self.root}: the local server's data is in use by {held.who}; one local "
+                "server per workspace: use that one, or stop it first"
+            ) from None
         self._lock = threading.RLock()
         # One connection for all threads, serialised by the lock: SQLite allows one writer at a
         # time anyway, and the statements here take microseconds.
-        self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        self._conn.row_factory = sqlite3.Row
-        with self._lock:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.execute("PRAGMA foreign_keys=ON")
-            self._conn.executescript(SCHEMA)
-            self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        try:
+            self._conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+            self._conn.row_factory = sqlite3.Row
+            with self._lock:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute("PRAGMA foreign_keys=ON")
+                self._conn.executescript(SCHEMA)
+                self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        except BaseException:
+            self._store_lock.release()
+            raise
 
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+        self._store_lock.release()
 
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:

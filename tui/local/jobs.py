@@ -129,7 +129,11 @@ class JobManager:
         self._worker = asyncio.create_task(self._work(), name="fine-tuning worker")
 
     def recover(self) -> list[str]:
-        """Mark jobs the previous server left unfinished as failed. Returns their ids."""
+        """Mark jobs the previous server left unfinished as failed. Returns their ids.
+
+        Only a server that holds the store (LocalDB takes its lock, one server per workspace)
+        gets here, so the server those jobs ran under is gone: a second server on a running
+        one's store is refused before this, and a second app uses the running server."""
         failed = []
         for job in self.db.active_jobs():
             pid = job.get("pid")

@@ -1,9 +1,14 @@
 """`distill-tui serve`: run the local OpenAI-compatible backend.
 
 The app starts it itself (tui/engine/backend.py: LocalServer) on a free loopback port with a
-one-time key, `--port-file` to learn the port and `--parent-pid` so that it never outlives
-the app. By hand: `distill-tui serve --port 8000` and point any OpenAI client at
-http://127.0.0.1:8000/v1 with the printed key.
+one-time key, `--port-file` to learn the port and `--exit-when-unused` so that it never
+outlives the apps using it. By hand: `distill-tui serve --port 8000` and point any OpenAI
+client at http://127.0.0.1:8000/v1 with the printed key.
+
+One server per workspace (tui/engine/local_instance.py): a second one on the same workspace
+refuses to start and says where the running one listens; the running one publishes its URL
+and key in `<workspace>/local/server.json` (readable by its owner only), where the apps of
+that workspace find it instead of starting their own.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import socket
 import sys
 from pathlib import Path
 
+from tui.engine import local_instance
 from tui.engine.host import is_loopback, pid_alive
 from tui.local.lifetime import die_with_parent
 
@@ -77,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="exit when this process (the app that started the server) exits",
     )
+    parser.add_argument(
+        "--exit-when-unused",
+        action="store_true",
+        help="exit once no app registered in <workspace>/local/clients is alive (how the app "
+        "starts it: it serves every app of the workspace, not only the one that started it)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for generation")
     parser.add_argument(
         "--max-queue",
@@ -97,6 +109,32 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _already_running(workspace: Path) -> str | None:
+    """Why this server must not start: another one holds the workspace's local store (its job
+    recovery would fail the running server's jobs). None when the store is free."""
+    holder = local_instance.server_holder(workspace)
+    if holder is None:
+        return None
+    info = local_instance.running(workspace)
+    where = (
+        f" at {info.url}; its key is in {info.path} (readable by you only)"
+        if info is not None
+        else " (still starting)"
+    )
+    return (
+        f"a local server is already running for the workspace {workspace}: "
+        f"{holder.describe()}{where}. Use that one, or stop it first."
+    )
+
+
+def _client_url(host: str, port: int) -> str:
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}/v1" if ":" in host else f"http://{host}:{port}/v1"
+
+
 def _write_port_file(path: Path, port: int) -> None:
     # Atomic: the launcher polls for the file and must never read half of it.
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -111,6 +149,16 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # `distill-tui --workspace DIR serve` passes the global option as args.workspace.
+    workspace = getattr(args, "serve_workspace", None) or getattr(args, "workspace", None)
+    if workspace is None:
+        workspace = Path(os.environ.get("DISTILL_WORKSPACE", "distill-workspace"))
+    workspace = Path(workspace).expanduser()
+    busy = _already_running(workspace)
+    if busy is not None:
+        print(f"distill-tui serve: {busy}", file=sys.stderr)
+        return 2
+
     api_key = args.api_key or os.environ.get(ENV_API_KEY) or None
     if api_key is None:
         if not is_loopback(args.host):
@@ -126,12 +174,6 @@ def run(args: argparse.Namespace) -> int:
     if args.parent_pid is not None and os.getppid() == args.parent_pid:
         # The kernel's guarantee: SIGTERM us when the app dies, even by SIGKILL.
         die_with_parent(signal.SIGTERM)
-
-    # `distill-tui --workspace DIR serve` passes the global option as args.workspace.
-    workspace = getattr(args, "serve_workspace", None) or getattr(args, "workspace", None)
-    if workspace is None:
-        workspace = Path(os.environ.get("DISTILL_WORKSPACE", "distill-workspace"))
-    workspace = Path(workspace).expanduser()
 
     try:
         sock = _bind(args.host, args.port)
@@ -182,18 +224,38 @@ async def _serve(
         await asyncio.sleep(0.02)
     port = sock.getsockname()[1]
     log.info("listening on http://%s:%d/v1", args.host, port)
+    # Now that our store is ours (the lifespan took its lock), say how to reach us.
+    local_instance.publish(
+        workspace, pid=os.getpid(), url=_client_url(args.host, port), api_key=api_key
+    )
     if args.port_file is not None:
         _write_port_file(args.port_file, port)
 
-    watcher = None
+    watchers = []
     if args.parent_pid is not None:
-        watcher = asyncio.create_task(_watch_parent(server, args.parent_pid))
+        watchers.append(asyncio.create_task(_watch_parent(server, args.parent_pid)))
+    if getattr(args, "exit_when_unused", False):
+        watchers.append(asyncio.create_task(_watch_clients(server, workspace)))
     try:
         await serving
     finally:
-        if watcher is not None:
+        for watcher in watchers:
             watcher.cancel()
+        local_instance.unpublish(workspace, os.getpid())
     return 0
+
+
+async def _watch_clients(server: object, workspace: Path) -> None:
+    # The apps using us register in <workspace>/local/clients; the last one to leave (or die)
+    # ends us. Unpublishing happens under the same lock an app joins with, so no app joins a
+    # server that has decided to stop.
+    while not await asyncio.to_thread(local_instance.unpublish_if_unused, workspace, os.getpid()):
+        await asyncio.sleep(PARENT_POLL_SECONDS)
+    log.warning("no app uses this server any more; shutting down")
+    server.should_exit = True  # type: ignore[attr-defined]
+    await asyncio.sleep(HARD_EXIT_SECONDS)
+    log.error("shutdown took longer than %.0f s; exiting now", HARD_EXIT_SECONDS)
+    os._exit(1)
 
 
 async def _watch_parent(server: object, parent_pid: int) -> None:

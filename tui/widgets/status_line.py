@@ -35,8 +35,11 @@ class StatusLine(Widget):
         workspace = getattr(app, "workspace", "")
         with contextlib.suppress(ValueError, TypeError):
             workspace = Path(workspace).resolve().relative_to(Path.cwd())
+        # A window that only looks says so on every screen (one writer per workspace).
+        read_only = getattr(getattr(app, "store", None), "read_only", False)
+        flag = "[reverse b] READ-ONLY [/] " if read_only else ""
         # Paths and model names are shown as written: "[" in them is not markup.
         return (
-            f"[b]{escape(backend)}[/b] │ teacher [b]{escape(settings.teacher)}[/b] │ "
+            f"{flag}[b]{escape(backend)}[/b] │ teacher [b]{escape(settings.teacher)}[/b] │ "
             f"student [b]{escape(settings.student)}[/b] │ {escape(str(workspace))}"
         )
