@@ -2,7 +2,9 @@
 OpenAI's dashboard (by model and metadata, here also by run, role, status, text and the
 teacher's confidence), one opened with its full messages, figures and, for a teacher that
 sampled n times a request, every sample and whether it agreed with the vote; and the filtered
-set handed to "Evaluate" (step 4 and 7) or "Distill" (step 6)."""
+set handed to "Evaluate" (step 4 and 7) or "Distill" (step 6). "From backend…" brings in the
+backend's own stored completions (stored.py) as a run, which is then filtered, evaluated and
+distilled like any other."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.widgets import Input, Label, Static
 
 from screens.base import DistillScreen
+from screens.completions.stored import StoredImportDialog
 from screens.dialogs import Dialog
 from tui.engine.selection import (
     CompletionSelection,
@@ -70,6 +73,7 @@ class CompletionsScreen(DistillScreen):
         Binding("e", "evaluate", "Evaluate", id="completions.evaluate"),
         Binding("d", "distill", "Distill", id="completions.distill"),
         Binding("r", "refresh", "Refresh", id="completions.refresh"),
+        Binding("b", "from_backend", "From backend…", id="completions.from_backend"),
     ]
 
     def __init__(self) -> None:
@@ -180,7 +184,8 @@ class CompletionsScreen(DistillScreen):
                 Text(
                     "No completions match the filter."
                     if self.filter_text.strip()
-                    else "No completions yet: generate a run on the Generate screen (2).",
+                    else "No completions yet: generate a run on the Generate screen (2), or"
+                    " press b to import the backend's stored completions.",
                     style="dim",
                 )
             )
@@ -222,6 +227,24 @@ class CompletionsScreen(DistillScreen):
         store = self.distill.store
         messages = await store.in_thread(completion_messages, store, run, row)
         await self.app.push_screen(CompletionDialog(run, row, messages))
+
+    # -- the backend's stored completions -----------------------------------------------
+
+    @work(group="completions-import", exit_on_error=False)
+    async def action_from_backend(self) -> None:
+        dialog = StoredImportDialog(self.distill.store, self.distill.backend_for)
+        result = await self.app.push_screen_wait(dialog)
+        if result is None:
+            self.action_refresh()  # an import stopped with Esc keeps what it brought in
+            return
+        self.notify(
+            f"{result.summary()}. Filtered to the run below: e evaluates it, d distills it.",
+            title=f"Stored completions → run {result.run_id}",
+            markup=False,
+        )
+        box = self.query_one("#filter", Input)
+        box.value = f"run:{result.run_id}"  # Input.Changed searches
+        self.table.focus()
 
     # -- handing the selection on --------------------------------------------------------
 
