@@ -1,8 +1,5 @@
 """distill-tui: model distillation from the terminal."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("distill-tui")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+# The one place the version is written (pyproject reads it: [tool.hatch.version]); a literal,
+# not importlib.metadata, which alone cost `distill-tui --version` 0.1-0.3 s to import.
+__version__ = "0.1.0"

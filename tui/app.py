@@ -172,7 +172,9 @@ class DistillApp(App[int]):
 
     # -- backend -------------------------------------------------------------------------
 
-    @work(exclusive=True, group="backend")
+    # A backend that cannot open (no local extra, a server that won't start) is said on the
+    # status line and in a notification (_report_worker_error); the app stays open.
+    @work(exclusive=True, group="backend", exit_on_error=False)
     async def connect_backend(self) -> None:
         from tui.engine.backend import open_backends
 

@@ -8,6 +8,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from tui.engine.extras import web_missing
 from tui.engine.host import is_loopback
 
 
@@ -23,6 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, workspace: Path | None) -> int:
+    missing = web_missing()
+    if missing is not None:
+        print(f"distill-tui web: {missing}.", file=sys.stderr)
+        return 2
     if not is_loopback(args.host) and not args.allow_remote:
         print(
             f"distill-tui web: refusing to bind {args.host}: anyone who can reach it would "

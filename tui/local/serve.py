@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from tui.engine import local_instance
+from tui.engine.extras import local_missing_message, missing_local
 from tui.engine.host import is_loopback, pid_alive
 from tui.local.lifetime import die_with_parent
 
@@ -144,6 +145,10 @@ def _write_port_file(path: Path, port: int) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    missing = missing_local()
+    if missing:
+        print(f"distill-tui serve: {local_missing_message(missing)}.", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
