@@ -4,6 +4,7 @@ the workspace's SQLite file holds, read on a connection of its own."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from textual.content import Content
@@ -535,6 +536,30 @@ async def test_malformed_imports_name_file_and_line_and_change_nothing(
     assert db.dataset_names() == [SMALL_NAME]
     assert db.all_item_rows(SMALL_NAME) == before_items
     assert sorted(p.name for p in (tmp_path / "ws").iterdir()) == before_files
+
+
+async def test_a_path_that_is_not_a_file_says_what_it_is(
+    small_app: DistillApp, db: Db, tmp_path: Path
+) -> None:
+    """The dialog looks at the path without opening it (a named pipe would block) and names
+    what is there instead of a file."""
+    os.mkfifo(tmp_path / "pipe.csv")
+    (tmp_path / "folder.jsonl").mkdir()
+    before_items = db.all_item_rows(SMALL_NAME)
+    async with drive(small_app) as t:
+        for name, problem in [
+            ("pipe.csv", "it is a named pipe (FIFO), not a regular file"),
+            ("folder.jsonl", "it is a directory, not a file"),
+            ("gone.json", "no such file"),
+        ]:
+            await _import(t, name)
+            await t.click_ok()
+            assert isinstance(t.app.screen, ImportDialog)
+            assert dialog_error(t).startswith(f"{name}: {problem}"), dialog_error(t)
+            await t.press("escape")
+            assert isinstance(t.app.screen, DatasetScreen)
+    assert db.dataset_names() == [SMALL_NAME]
+    assert db.all_item_rows(SMALL_NAME) == before_items
 
 
 # -- export ----------------------------------------------------------------------------------

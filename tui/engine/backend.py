@@ -25,7 +25,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlparse
 
 import openai
 from pydantic import SecretStr
@@ -33,6 +32,7 @@ from pydantic import SecretStr
 from tui.engine import local_instance
 from tui.engine.extras import local_missing_message, missing_local
 from tui.engine.local_instance import Membership
+from tui.engine.redact import redact_url, url_host
 from tui.engine.retry import describe
 from tui.engine.settings import ROLES, BackendKind, Role
 
@@ -70,8 +70,7 @@ def resolve_backend(settings: Any) -> BackendSpec:
             raise BackendError(
                 "backend 'url' needs a base URL: set DISTILL_BASE_URL (or OPENAI_BASE_URL)."
             )
-        host = urlparse(base_url).netloc or base_url
-        return BackendSpec("url", base_url, api_key, host)
+        return BackendSpec("url", base_url, api_key, url_host(base_url))
     if kind == "openai":
         if api_key is None:
             raise BackendError(
@@ -111,7 +110,7 @@ def resolve_role_backend(settings: Any, role: Role) -> BackendSpec:
             )
         if api_key is None and base_url == settings.base_url:
             api_key = _key(settings.api_key)
-        return BackendSpec("url", base_url, api_key, urlparse(base_url).netloc or base_url)
+        return BackendSpec("url", base_url, api_key, url_host(base_url))
     if api_key is None and default_kind != "url":
         api_key = _key(settings.api_key)
     if base_url is None and default_kind == "openai":
@@ -182,6 +181,9 @@ class LocalServer:
         `api_key` apply only to a server started here."""
         if self.spec is not None or (self.proc is not None and self.proc.returncode is None):
             raise BackendError("the local server is already running")
+        if self.python == sys.executable and (missing := missing_local()):
+            # Said before spawning: the child would only die with an ImportError in its log.
+            raise BackendError(local_missing_message(missing))
         progress = on_progress or (lambda _msg: None)
         workspace = Path(workspace)
         local_dir = workspace / "local"
@@ -252,9 +254,6 @@ class LocalServer:
     ) -> BackendSpec | None:
         """Start the server; None if it found another server holding the store (two apps
         starting at once: the loser joins the winner)."""
-        if self.python == sys.executable and (missing := missing_local()):
-            # Said before spawning: the child would only die with an ImportError in its log.
-            raise BackendError(local_missing_message(missing))
         assert self.log_path is not None
         self._tmp = tempfile.TemporaryDirectory(prefix="distill-serve-")
         port_file = Path(self._tmp.name) / "port"
@@ -442,9 +441,9 @@ async def _open(
     timeout = float(getattr(settings, "request_timeout", 60.0))
     max_retries = int(getattr(settings, "max_retries", 2))
     if spec.kind != "local":
-        label = "openai" if spec.kind == "openai" else f"url · {spec.base_url}"
+        label = "openai" if spec.kind == "openai" else f"url · {redact_url(spec.base_url)}"
         if spec.kind == "openai" and spec.base_url:
-            label = f"openai · {spec.base_url}"
+            label = f"openai · {redact_url(spec.base_url)}"
         return Backend(spec, make_client(spec, timeout, max_retries), label)
     server = LocalServer()
     spec = await server.start(
@@ -454,7 +453,7 @@ async def _open(
         api_key=getattr(settings, "local_api_key", None),
     )
     assert spec.base_url is not None
-    label = "local · " + (urlparse(spec.base_url).netloc or spec.base_url)
+    label = "local · " + url_host(spec.base_url)
     try:
         client = make_client(spec, timeout, max_retries)
     except BaseException:

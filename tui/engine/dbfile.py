@@ -36,9 +36,10 @@ def connect_read_only(path: Path, *, brief: bool = False) -> sqlite3.Connection:
     """A connection that can only read `path`; `check_same_thread=False` like the stores' own
     connections. `brief`: for a check that reads and closes at once, which creates no file
     beside the database (see the module docstring). A long-lived one reads the file
-    `immutable` only where nothing could share it otherwise (a directory it may not write),
-    since a writer starting later would change the file under an immutable reader."""
-    immutable = not _wal(path).exists() and (brief or not os.access(path.parent, os.W_OK))
+    `immutable` only where we could not write it anyway (a read-only file or directory), since
+    a writer starting later would change the file under an immutable reader; beside a
+    database we may write, it shares the -wal/-shm files a writer uses."""
+    immutable = not _wal(path).exists() and (brief or read_only_reason(path) is not None)
     try:
         conn = sqlite3.connect(_uri(path, immutable), uri=True, check_same_thread=False)
         conn.execute("PRAGMA schema_version").fetchone()  # fail here, not at the first query

@@ -21,6 +21,7 @@ from typing import Any
 import openai
 
 from tui.engine.datasets import normalise_request
+from tui.engine.redact import redact_url
 from tui.engine.settings import Price
 from tui.engine.store import TERMINAL_JOB_STATUSES, JobEvent, JobInfo, Store
 from tui.engine.training_data import (
@@ -358,7 +359,8 @@ async def launch_job(
     validation = validation or validate_training_set(training)
     if not validation.ok:
         raise FineTuneError(f"not uploaded: {validation.errors()}")
-    base_url = str(client.base_url).rstrip("/")
+    # Kept in the workspace and shown in messages: never with credentials written into it.
+    base_url = redact_url(client.base_url).rstrip("/")
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     exports = store.exports_dir
     train_path = exports / f"train-{stamp}.jsonl"
@@ -543,7 +545,8 @@ def unfinished_jobs(store: Store, base_url: str | None = None) -> list[JobInfo]:
     return [
         j
         for j in store.list_jobs()
-        if not j.finished and (base_url is None or j.base_url == base_url.rstrip("/"))
+        if not j.finished
+        and (base_url is None or redact_url(j.base_url) == redact_url(base_url).rstrip("/"))
     ]
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 import openai
 
 from tui.engine.openai_models import NotFineTunable, alias_of, resolve_snapshot
+from tui.engine.redact import redact_url
 from tui.engine.retry import describe
 from tui.engine.settings import Settings
 from tui.engine.store import DatasetInfo
@@ -104,7 +105,9 @@ async def check_before_spending(
     is checked for a split and for enough train items. Sends only free requests (model
     lookups, one fine-tuning list); none when the answer is known without asking."""
     problems: list[str] = []
-    where = "OpenAI" if backend_kind == "openai" else f"the backend at {client.base_url}"
+    where = (
+        "OpenAI" if backend_kind == "openai" else f"the backend at {redact_url(client.base_url)}"
+    )
 
     if dataset is not None:
         if dataset.n_train == 0 or dataset.n_eval == 0:

@@ -36,6 +36,7 @@ import openai
 from pydantic import BaseModel, Field, field_validator
 
 from tui.engine.datasets import _chat_item, _ItemProblem, normalise_request
+from tui.engine.redact import redact_url
 from tui.engine.retry import describe
 from tui.engine.store import Item, Store, StoredRow, dumps
 
@@ -188,7 +189,7 @@ def backend_key(kind: str, base_url: str | None) -> str:
     backend gets a new port each time, so it is "local"; others are their URL."""
     if kind == "local":
         return "local"
-    return (base_url or "https://api.openai.com/v1").rstrip("/")
+    return redact_url(base_url or "https://api.openai.com/v1").rstrip("/")
 
 
 class StoredSourceConfig(BaseModel):
@@ -293,7 +294,7 @@ async def stored_pages(
             if after is None and _unsupported(error):
                 raise StoredCompletionsUnsupported(
                     f"this backend does not list stored completions ({describe(error)} from "
-                    f"GET {client.base_url}chat/completions)"
+                    f"GET {redact_url(client.base_url)}chat/completions)"
                 ) from error
             raise
         listed = [StoredCompletion.from_api(c) for c in page.data]

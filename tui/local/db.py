@@ -48,7 +48,8 @@ CREATE TABLE IF NOT EXISTS files (
     created_at INTEGER NOT NULL,
     filename TEXT NOT NULL,
     purpose TEXT NOT NULL,
-    status TEXT NOT NULL
+    status TEXT NOT NULL,
+    status_details TEXT              -- why a file is "error" (a fine-tune file that is not JSONL)
 );
 
 CREATE TABLE IF NOT EXISTS jobs (
@@ -156,6 +157,14 @@ class Page:
     has_more: bool
 
 
+def _add_missing_columns(conn: sqlite3.Connection) -> None:
+    """Columns added since a table was first created (CREATE TABLE IF NOT EXISTS keeps an
+    existing table as it is)."""
+    files = {row[1] for row in conn.execute("PRAGMA table_info(files)")}
+    if "status_details" not in files:
+        conn.execute("ALTER TABLE files ADD COLUMN status_details TEXT")
+
+
 class LocalDBError(RuntimeError):
     """The server's database cannot be used; the message names the file and says why."""
 
@@ -218,6 +227,7 @@ class LocalDB:
                 self._conn.execute("PRAGMA synchronous=NORMAL")
                 self._conn.execute("PRAGMA foreign_keys=ON")
                 self._conn.executescript(SCHEMA)
+                _add_missing_columns(self._conn)
                 self._conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         except BaseException:
             self._store_lock.release()
@@ -346,19 +356,30 @@ class LocalDB:
         # callers look the id up in the table first, so this cannot name a path outside.
         return self.files_dir / file_id
 
-    def add_file(self, file_id: str, size: int, filename: str, purpose: str) -> dict[str, Any]:
+    def add_file(
+        self,
+        file_id: str,
+        size: int,
+        filename: str,
+        purpose: str,
+        *,
+        status: str = "processed",
+        status_details: str | None = None,
+    ) -> dict[str, Any]:
         row = {
             "id": file_id,
             "bytes": size,
             "created_at": now(),
             "filename": filename,
             "purpose": purpose,
-            "status": "processed",
+            "status": status,
+            "status_details": status_details,
         }
         with self._tx() as c:
             c.execute(
-                "INSERT INTO files (id, bytes, created_at, filename, purpose, status)"
-                " VALUES (:id, :bytes, :created_at, :filename, :purpose, :status)",
+                "INSERT INTO files (id, bytes, created_at, filename, purpose, status,"
+                " status_details) VALUES (:id, :bytes, :created_at, :filename, :purpose,"
+                " :status, :status_details)",
                 row,
             )
         return row

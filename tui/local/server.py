@@ -24,7 +24,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from tui.local.batches import BatchManager, asgi_poster
 from tui.local.config import MiB, ServerConfig
@@ -33,6 +33,7 @@ from tui.local.errors import APIError, install_error_handlers
 from tui.local.guard import Guard
 from tui.local.jobs import JobManager
 from tui.local.models import ModelInfo, ModelRegistry
+from tui.local.request_checks import check_json_body
 from tui.local.routes import routers
 from tui.local.routes.common import LocalState
 
@@ -101,6 +102,8 @@ def create_app(config: ServerConfig) -> FastAPI:
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
+        # Every JSON body: no NaN/Infinity, no control characters (tui/local/request_checks.py).
+        dependencies=[Depends(check_json_body)],
     )
     # Size limits are per route (FastAPI's max_body_size), not app-wide: an app-wide limiter
     # sits outside Guard and would replace its JSON 413 with a plain-text one.

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from tui.local.config import ServerConfig
 from tui.local.errors import APIError, bad_request, type_name
 from tui.local.protocol import Engine, GenChunk, GenRequest, QueueFull
+from tui.local.request_checks import INT64_MAX, INT64_MIN, check_range
 from tui.local.routes.chat_response import (
     Completion,
     SSEResponse,
@@ -36,6 +37,7 @@ MAX_STOP_SEQUENCES = 4
 # At most this many choices per request. OpenAI allows 128; here every choice is a sequence
 # of a CPU engine's few parallel slots, and more than this would only queue.
 MAX_CHOICES = 16
+MAX_TOP_LOGPROBS = 20
 
 _ROLES = ("system", "assistant", "user", "function", "tool", "developer")
 
@@ -172,25 +174,6 @@ def _stop_list(stop: str | list[str] | None) -> list[str]:
     return [s for s in stops if s]
 
 
-def _check_range(name: str, value: float | None, lo: float, hi: float) -> None:
-    if value is None:
-        return
-    if value < lo:
-        raise bad_request(
-            f"Invalid '{name}': decimal below minimum value. Expected a value >= {lo:g}, but "
-            f"got {value:g} instead.",
-            name,
-            "decimal_below_min_value",
-        )
-    if value > hi:
-        raise bad_request(
-            f"Invalid '{name}': decimal above maximum value. Expected a value <= {hi:g}, but "
-            f"got {value:g} instead.",
-            name,
-            "decimal_above_max_value",
-        )
-
-
 def _choices(n: int | None) -> int:
     if n is None:
         return 1
@@ -209,6 +192,40 @@ def _choices(n: int | None) -> int:
             "integer_above_max_value",
         )
     return n
+
+
+def _check_numbers(body: ChatRequest) -> None:
+    """Every numeric parameter in OpenAI's ranges, before asking whether we support it: a
+    value out of range is a bad request on any backend."""
+    check_range("temperature", body.temperature, 0, 2)
+    check_range("top_p", body.top_p, 0, 1)
+    check_range("frequency_penalty", body.frequency_penalty, -2, 2)
+    check_range("presence_penalty", body.presence_penalty, -2, 2)
+    check_range("seed", body.seed, INT64_MIN, INT64_MAX)
+    check_range("top_logprobs", body.top_logprobs, 0, MAX_TOP_LOGPROBS)
+    if body.top_logprobs is not None and not body.logprobs:
+        raise bad_request(
+            "Invalid value for 'top_logprobs': 'logprobs' must be set to true when "
+            "'top_logprobs' is given.",
+            "top_logprobs",
+            "invalid_value",
+        )
+    for token, bias in (body.logit_bias or {}).items():
+        param = f"logit_bias.{token}"
+        if not token.isdigit():
+            raise bad_request(
+                f"Invalid key in 'logit_bias': {token!r}. Keys are token ids (integers).",
+                param,
+                "invalid_value",
+            )
+        if isinstance(bias, bool) or not isinstance(bias, int | float):
+            raise bad_request(
+                f"Invalid type for '{param}': expected a number, but got {type_name(bias)} "
+                "instead.",
+                param,
+                "invalid_type",
+            )
+        check_range(param, bias, -100, 100)
 
 
 def _refuse_unsupported(body: ChatRequest) -> None:
@@ -235,15 +252,12 @@ def _max_tokens(body: ChatRequest) -> int | None:
             "max_tokens and max_completion_tokens cannot both be set; use max_completion_tokens.",
             "max_tokens",
         )
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    limit_name = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
-    if max_tokens is not None and max_tokens < 1:
-        raise bad_request(
-            f"Invalid '{limit_name}': integer below minimum value. Expected a value >= 1, "
-            f"but got {max_tokens} instead.",
-            limit_name,
-            "integer_below_min_value",
-        )
+    # `is not None`, not `or`: max_completion_tokens=0 must be refused, not ignored.
+    limit_name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    max_tokens = (
+        body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    )
+    check_range(limit_name, max_tokens, 1, INT64_MAX)
     return max_tokens
 
 
@@ -260,11 +274,10 @@ class _Checked:
 
 def check_request(body: ChatRequest) -> _Checked:
     n = _choices(body.n)
+    _check_numbers(body)
     _refuse_unsupported(body)
     messages = validate_messages(body.messages)
     metadata = validate_metadata(body.metadata)
-    _check_range("temperature", body.temperature, 0, 2)
-    _check_range("top_p", body.top_p, 0, 1)
     stop = _stop_list(body.stop)
     max_tokens = _max_tokens(body)
     if body.stream_options is not None and not body.stream:

@@ -11,9 +11,11 @@ from typing import Any, Literal
 from fastapi import APIRouter, File, Form, Query, UploadFile
 from fastapi.responses import FileResponse
 
+from tui.engine.training_data import check_chat_jsonl
 from tui.local.config import ServerConfig
 from tui.local.db import LocalDB, new_id
 from tui.local.errors import APIError, bad_request, not_found, too_large_message
+from tui.local.request_checks import CONTROL
 from tui.local.routes.common import Local, list_object, page_or_404
 
 FILE_PURPOSES = ("fine-tune", "assistants", "batch", "vision", "user_data", "evals")
@@ -29,8 +31,25 @@ def file_object(row: dict[str, Any]) -> dict[str, Any]:
         "filename": row["filename"],
         "purpose": row["purpose"],
         "status": row["status"],
-        "status_details": None,
+        "status_details": row.get("status_details"),
     }
+
+
+def fine_tune_file_problem(path: Path) -> str | None:
+    """Why an upload for fine-tuning is not a file of chat examples (OpenAI's JSONL of
+    {"messages": [...]}), or None. Its status becomes "error" with this as its details; the
+    10-example minimum is checked when a job uses it as training data, as OpenAI does."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return (
+            f"Invalid file format: not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}); fine-tuning needs JSONL, one chat example per line."
+        )
+    report = check_chat_jsonl(text, min_examples=1)
+    if report.ok():
+        return None
+    return f"Invalid file format for fine-tuning: {report.summary()}"
 
 
 def stored_file(db: LocalDB, file_id: str) -> dict[str, Any]:
@@ -76,11 +95,24 @@ async def upload_file(
     db, limit = local.db, local.config.max_upload_bytes
     file_id = new_id("file-")
     # The client's name is only a label: it is shown, never used as a path.
-    filename = Path((file.filename or "upload").replace("\\", "/")).name[:255] or "upload"
+    raw_name = file.filename or "upload"
+    if found := CONTROL.search(raw_name):
+        raise bad_request(
+            f"Invalid file name: it contains a control character (U+{ord(found.group()):04X}).",
+            "file",
+            "invalid_value",
+        )
+    filename = Path(raw_name.replace("\\", "/")).name[:255] or "upload"
     size = await asyncio.to_thread(_copy_upload, file, db.file_path(file_id), limit)
     if size is None:
         raise APIError(413, too_large_message(limit), code="request_too_large")
-    row = await asyncio.to_thread(db.add_file, file_id, size, filename, purpose)
+    status, details = "processed", None
+    if purpose == "fine-tune":
+        details = await asyncio.to_thread(fine_tune_file_problem, db.file_path(file_id))
+        status = "error" if details else "processed"
+    row = await asyncio.to_thread(
+        db.add_file, file_id, size, filename, purpose, status=status, status_details=details
+    )
     return file_object(row)
 
 

@@ -15,6 +15,7 @@ from tui.local.config import ServerConfig
 from tui.local.db import LocalDB
 from tui.local.errors import bad_request, not_found
 from tui.local.jobs import JobError, job_object
+from tui.local.request_checks import check_range
 from tui.local.routes.common import (
     Local,
     list_object,
@@ -22,6 +23,9 @@ from tui.local.routes.common import (
     page_or_404,
     validate_metadata,
 )
+
+# A job's seed is a 31-bit integer, as OpenAI's are (it is stored, and seeds the trainer).
+MAX_SEED = 2**31 - 1
 
 
 class SupervisedHyperparameters(BaseModel):
@@ -159,7 +163,8 @@ async def create_job(body: JobRequest, local: Local) -> dict[str, Any]:
     hp_in = _requested_hyperparameters(body)
     hp = _hyperparameters(hp_in)
     metadata = validate_metadata(body.metadata) if body.metadata is not None else None
-    seed = body.seed if body.seed is not None else secrets.randbelow(2**31)
+    check_range("seed", body.seed, 0, MAX_SEED)
+    seed = body.seed if body.seed is not None else secrets.randbelow(MAX_SEED + 1)
     job = await local.jobs.create(
         {
             "model": info.id,
