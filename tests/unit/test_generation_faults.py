@@ -115,7 +115,8 @@ async def test_retry_after_is_honoured(fake: FakeOpenAI, store: Store) -> None:
     assert first.ended is not None
     assert second.time - first.ended >= 0.35
     assert store.completions(run_id)[0].status == "done"
-    assert store.completions(run_id)[0].attempts == 1  # one row, written once
+    (row,) = store.completions(run_id)  # one row, written once
+    assert row.attempts == 2  # the 429 and the answer
 
 
 async def test_cut_by_max_tokens_is_recorded_not_failed(fake: FakeOpenAI, store: Store) -> None:

@@ -61,7 +61,15 @@ from pydantic import (
 )
 
 from tui.engine.extras import metric_missing
-from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, describe, no_quota
+from tui.engine.retry import (
+    FATAL,
+    NO_QUOTA,
+    backoff_delay,
+    describe,
+    no_quota,
+    not_retried,
+    should_retry,
+)
 from tui.engine.shell import ShellSyntaxError, compare_commands, extract_command, parse_command
 from tui.engine.store import GradeInput
 
@@ -1174,23 +1182,28 @@ class GradingContext:
             attempt += 1
             try:
                 return await make()
-            except FATAL as error:
-                raise BackendError(describe(error), fatal=True, status=error.status_code) from error
-            except RETRYABLE as error:
+            except (openai.APIStatusError, openai.APIConnectionError) as error:
+                status = getattr(error, "status_code", None)
                 if no_quota(error):
                     message = f"{NO_QUOTA} ({describe(error)})"
                     raise BackendError(message, fatal=True, status=429) from error
+                if not should_retry(error):
+                    message = describe(error) + not_retried(error)
+                    # A bad key, forbidden, unknown model: fatal. 400/413/422…: this request
+                    # is wrong; repeating it would fail the same way (or the server said not to).
+                    raise BackendError(
+                        message, fatal=isinstance(error, FATAL), status=status
+                    ) from error
                 if attempt > self.max_retries:
                     raise BackendError(
-                        f"{describe(error)} (gave up after {attempt} attempts)", transient=True
+                        f"{describe(error)} (gave up after {attempt} attempts)",
+                        transient=True,
+                        status=status,
                     ) from error
                 delay = backoff_delay(error, attempt, self.backoff_base, self.backoff_cap)
                 if self.on_retry is not None:
                     self.on_retry(attempt, describe(error), delay)
                 await asyncio.sleep(delay)
-            except openai.APIStatusError as error:
-                # 400/413/422…: this request is wrong; repeating it would fail the same way.
-                raise BackendError(describe(error), status=error.status_code) from error
 
     async def chat(
         self, model: str | None, messages: list[dict[str, str]], params: dict[str, Any]

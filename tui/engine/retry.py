@@ -1,26 +1,37 @@
 """When a request to the backend is worth repeating, and how long to wait first.
 
 Shared by the generation engine and the eval runner, so a judge call and a generated
-completion follow the same rules: 429, 5xx and connection errors are retried (after the
-server's `retry-after-ms` or Retry-After when it sends one, else exponential backoff with
-full jitter); a bad key, a forbidden request, an unknown model or an account with no quota
-left (a 429 whose code is `insufficient_quota`: waiting does not refill it) stops the whole
-run; any other 4xx is this request's own fault and is not repeated."""
+completion follow the same rules. They turn the SDK's own retries off (a stream that breaks
+after partial output must restart the item, and each retry is recorded), so they follow the
+openai SDK's rules instead (`_base_client._should_retry`, `_parse_retry_after_header`):
+
+- a connection error or timeout is retried;
+- a server that says `x-should-retry: true` or `false` is obeyed;
+- otherwise 408 (request timeout), 409 (lock timeout), 429 (rate limit) and 5xx are retried;
+- a server asking to wait longer than two minutes (`Retry-After`) is not retried;
+- the wait is the server's (`retry-after-ms`, else `Retry-After` in seconds or as an
+  HTTP-date) when it asks for one between 0 and two minutes, else exponential backoff with
+  full jitter, so many clients retrying don't stampede.
+
+What retrying cannot fix stops the whole run: a bad key, a forbidden request, an unknown
+model, an account with no quota left (a 429 whose code is `insufficient_quota`: waiting does
+not refill it). Any other 4xx is this request's own fault and is not repeated."""
 
 from __future__ import annotations
 
 import contextlib
+import email.utils
+import math
 import random
+import time
 
 import openai
 
-RETRYABLE = (
-    openai.RateLimitError,
-    openai.InternalServerError,
-    openai.APIConnectionError,  # includes APITimeoutError
-)
 FATAL = (openai.AuthenticationError, openai.PermissionDeniedError, openai.NotFoundError)
 NO_QUOTA = "the account has no quota left"
+# The SDK's MAX_RETRY_AFTER_DELAY: a server asking for a longer wait is not retried.
+MAX_RETRY_AFTER = 120.0
+RETRIED_STATUSES = (408, 409, 429)  # and every 5xx
 
 
 def no_quota(error: BaseException) -> bool:
@@ -35,29 +46,73 @@ def no_quota(error: BaseException) -> bool:
 
 
 def retry_after(error: BaseException) -> float | None:
-    """The server's requested wait in seconds (`retry-after-ms`, else `retry-after`)."""
+    """The server's requested wait in seconds: `retry-after-ms`, else `retry-after` as
+    seconds, else `retry-after` as an HTTP-date (the seconds until then, negative if past)."""
     response = getattr(error, "response", None)
     if response is None:
         return None
-    value = response.headers.get("retry-after-ms")
-    if value:
+    headers = response.headers
+    for header, divisor in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(header)
+        if value is None:
+            continue
         with contextlib.suppress(ValueError):
-            return float(value) / 1000
-    value = response.headers.get("retry-after")
-    if value:
-        with contextlib.suppress(ValueError):
-            return float(value)
-    return None
+            seconds = float(value)
+            if math.isnan(seconds):
+                continue
+            return seconds / divisor
+    value = headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        date = email.utils.parsedate_tz(value)
+        if date is None:
+            return None
+        return float(email.utils.mktime_tz(date) - time.time())
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def should_retry(error: BaseException) -> bool:
+    """Whether the openai SDK would repeat the request that failed with `error`."""
+    if isinstance(error, openai.APIConnectionError):  # APITimeoutError included
+        return True
+    if not isinstance(error, openai.APIStatusError):
+        return False
+    wait = retry_after(error)
+    if wait is not None and wait > MAX_RETRY_AFTER:
+        return False
+    said = error.response.headers.get("x-should-retry")
+    if said == "true":
+        return True
+    if said == "false":
+        return False
+    return error.status_code in RETRIED_STATUSES or error.status_code >= 500
+
+
+def not_retried(error: BaseException) -> str:
+    """Why a failure that is usually retried was not (for its message), or ""."""
+    if not isinstance(error, openai.APIStatusError):
+        return ""
+    wait = retry_after(error)
+    if wait is not None and wait > MAX_RETRY_AFTER:
+        return (
+            f" (the server asked to wait {wait:.0f} s, more than {MAX_RETRY_AFTER:.0f} s:"
+            " not retried)"
+        )
+    if error.response.headers.get("x-should-retry") == "false":
+        return " (the server said not to retry: x-should-retry: false)"
+    return ""
 
 
 def backoff_delay(error: BaseException, attempt: int, base: float, cap: float) -> float:
-    """How long to wait before attempt `attempt + 1`: Retry-After when given, else full
-    jitter over an exponential window, so many clients retrying don't stampede. Never more
-    than `cap` seconds."""
-    delay = retry_after(error)
-    if delay is None:
-        delay = random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
-    return min(delay, cap)
+    """How long to wait before attempt `attempt + 1`: the server's wait when it asks for one
+    (up to MAX_RETRY_AFTER, as the SDK), else full jitter over an exponential window capped
+    at `cap` seconds."""
+    wait = retry_after(error)
+    if wait is not None and 0 < wait <= MAX_RETRY_AFTER:
+        return wait
+    return random.uniform(0, min(cap, base * 2 ** (attempt - 1)))
 
 
 def describe(error: BaseException) -> str:
