@@ -15,7 +15,20 @@ if TYPE_CHECKING:
     from tui.engine.store import Store
 
 
-def _parser() -> argparse.ArgumentParser:
+def _command_of(argv: Sequence[str]) -> str | None:
+    """The subcommand named in `argv` (its first word that is not an option)."""
+    words = iter(argv)
+    for word in words:
+        if len(word) > 2 and "--workspace".startswith(word):  # argparse takes "--work" too
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser, with the options of `command` only: each subcommand's module is
+    imported when that subcommand is used, so `--version` and `--help` import nothing else."""
     parser = argparse.ArgumentParser(
         prog="distill-tui",
         description=(
@@ -40,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve", help="run the embedded OpenAI-compatible backend with local models"
     )
-    from tui.local import serve as local_serve
+    if command == "serve":
+        from tui.local import serve as local_serve
 
-    local_serve.add_arguments(serve)
+        local_serve.add_arguments(serve)
     recipe = commands.add_parser(
         "run",
         help="run the whole recipe headless: baseline, teacher, fine-tune, compare",
@@ -51,18 +65,21 @@ def _parser() -> argparse.ArgumentParser:
             "comparison. Re-running skips finished steps and resumes a half-done one."
         ),
     )
-    from tui import run_command
+    if command == "run":
+        from tui import run_command
 
-    run_command.add_arguments(recipe)
+        run_command.add_arguments(recipe)
     web = commands.add_parser("web", help="serve the TUI in a browser (textual-serve)")
-    from tui import web_command
+    if command == "web":
+        from tui import web_command
 
-    web_command.add_arguments(web)
+        web_command.add_arguments(web)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _parser(_command_of(argv)).parse_args(argv)
     if args.command == "serve":
         from tui.local import serve as local_serve
 

@@ -1,4 +1,7 @@
-"""`distill-tui run`: the recipe's seven steps headless, with rich progress bars."""
+"""`distill-tui run`: the recipe's seven steps headless, with rich progress bars.
+
+The argument parser imports this module for every command, `--version` included, so it
+imports nothing heavy: the recipe and its console (tui/recipe_console.py) load when it runs."""
 
 from __future__ import annotations
 
@@ -7,20 +10,6 @@ import asyncio
 import sys
 from pathlib import Path
 from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    SpinnerColumn,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Table
-
-from tui.engine.recipe import Recipe, RecipeError, Reporter, ensure_known_state, load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,122 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class RichReporter(Reporter):
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.progress = Progress(
-            SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
-            TimeElapsedColumn(),
-            console=console,
-        )
-        self.tasks: dict[str, TaskID] = {}
-
-    def step(self, key: str, title: str, total: int | None) -> None:
-        self.tasks[key] = self.progress.add_task(title, total=total, note="")
-
-    def advance(self, key: str, done: int, total: int | None, note: str = "") -> None:
-        if key in self.tasks:
-            self.progress.update(self.tasks[key], completed=done, total=total, note=note)
-
-    def finish(self, key: str, note: str) -> None:
-        task = self.tasks.get(key)
-        if task is not None:
-            total = self.progress.tasks[task].total or 1
-            self.progress.update(task, completed=total, total=total, note=note)
-
-    def skip(self, key: str, title: str, note: str) -> None:
-        self.tasks[key] = self.progress.add_task(f"{title} (done before)", total=1, note=note)
-        self.progress.update(self.tasks[key], completed=1)
-
-
-def print_report(console: Console, report: dict[str, Any]) -> None:
-    rows = report.get("rows", [])
-    if not rows:
-        return
-    table = Table(title=f"Teacher and students on the eval split ({report.get('items')} items)")
-    for header in rows[0]:
-        table.add_column(str(header))
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    console.print(table)
-    if report.get("summary"):
-        console.print(f"[b]{report['summary']}")
-    for step, note in (report.get("teaching") or {}).get("notes", {}).items():
-        console.print(f"[dim]{step}: {note}")
-
-
-async def _run(args: argparse.Namespace, settings: Any, store: Any) -> int:
-    from tui.engine.backend import BackendError, open_backends
-
-    console = Console(stderr=False)
-    config = load_config(args.config)
-    settings = config.backend_settings(settings)
-    ensure_known_state(store)
-    try:
-        # One client per distinct backend: the teacher may be on OpenAI or a GPU box while
-        # the student is trained on and served by the local backend.
-        backends = await open_backends(settings, on_progress=lambda m: console.print(f"[dim]{m}"))
-    except BackendError as error:
-        console.print(f"[red]distill-tui run: {error}")
-        return 1
-    try:
-        reporter = RichReporter(console)
-        recipe = Recipe(
-            store,
-            backends.student.client,
-            settings,
-            config,
-            backend_kind=backends.student.spec.kind,
-            reporter=reporter,
-            teacher_client=backends.teacher.client,
-            teacher_backend_kind=backends.teacher.spec.kind,
-            judge_client=backends.judge.client,
-        )
-        console.print(
-            f"{'Backend' if len(backends.distinct) == 1 else 'Backends'} {backends.label}: "
-            f"student [b]{recipe.student}[/b], teacher "
-            f"[b]{recipe.teacher}[/b]"
-            + (f" with {recipe.teacher_examples} examples" if recipe.teacher_examples else "")
-        )
-        await recipe.check_before_spending()  # before asking to spend: a refusal costs nothing
-        estimates = recipe.estimates()
-        priced = any(e.priced for _, e in estimates)
-        if priced:
-            total = sum(e.cost for _, e in estimates)
-            for role, e in estimates:
-                console.print(
-                    f"  {role}: {e.items} requests, ≈{e.prompt_tokens:,} prompt + "
-                    f"{e.completion_tokens:,} output tokens, ≈${e.cost:.2f}"
-                )
-            console.print(f"Estimated generation cost ≈ ${total:.2f} (fine-tuning is extra).")
-            if not args.yes:
-                if not sys.stdin.isatty():
-                    console.print("[red]Not started: add --yes to spend money without asking.")
-                    return 1
-                answer = console.input("Go ahead? [y/N] ").strip().lower()
-                if answer not in ("y", "yes"):
-                    console.print("Nothing was spent.")
-                    return 1
-        with reporter.progress:
-            report = await recipe.run()
-        print_report(console, report)
-        console.print(f"Report written to {store.directory / 'reports'}")
-        return 0
-    except RecipeError as error:
-        console.print(f"[red]distill-tui run: {error}")
-        console.print("Re-run the same command to resume from the last finished step.")
-        return 1
-    finally:
-        await backends.aclose()
-
-
 def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
+    from tui.engine.recipe import RecipeError
+    from tui.recipe_console import run_recipe
+
     try:
-        return asyncio.run(_run(args, settings, store))
+        return asyncio.run(run_recipe(args, settings, store))
     except RecipeError as error:
         print(f"distill-tui run: {error}", file=sys.stderr)
         return 1
