@@ -7,7 +7,8 @@ at a size that trains in seconds. No download: the tokenizer is trained here on 
 git-ish text, the weights come from a seeded random init.
 
 ``build_tiny_gguf`` writes the same kind of model as a llama.cpp GGUF (via the ``gguf``
-package, with llama.cpp's q/k row permutation) so the GGUF paths can be tested fast too.
+package, with llama.cpp's q/k row permutation) so the GGUF paths can be tested fast too;
+``build_tiny_qwen2_gguf`` writes a tiny Qwen2 one, an architecture export must refuse.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import random
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -171,25 +173,7 @@ def build_tiny_gguf(path: Path, seed: int = 0, quant: str = "F32") -> Path:
         }[quant]
     )
 
-    # Tokenizer: the byte-level BPE as llama.cpp's "gpt2" model with GPT-2 pre-tokenization.
-    vocab = tokenizer.get_vocab()
-    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
-    types = [
-        gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens
-    ]
-    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt-2")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_pad_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(False)
-    writer.add_chat_template(CHATML_TEMPLATE)
+    _add_tokenizer(writer, tokenizer)
 
     qtype = getattr(gguf.GGMLQuantizationType, quant)
 
@@ -229,6 +213,92 @@ def build_tiny_gguf(path: Path, seed: int = 0, quant: str = "F32") -> Path:
                 w = permute_qk(w, n_head, n_kv)
             add(f"blk.{i}.{gg_name}.weight", w, qtype)
 
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def _add_tokenizer(writer: Any, tokenizer: Any) -> None:
+    """The byte-level BPE as llama.cpp's "gpt2" model with GPT-2 pre-tokenization."""
+    import json
+
+    import gguf
+
+    vocab = tokenizer.get_vocab()
+    tokens = [t for t, _ in sorted(vocab.items(), key=lambda kv: kv[1])]
+    types = [
+        gguf.TokenType.CONTROL if t in SPECIAL_TOKENS else gguf.TokenType.NORMAL for t in tokens
+    ]
+    merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("gpt-2")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_unk_token_id(0)
+    writer.add_add_bos_token(False)
+    writer.add_chat_template(CHATML_TEMPLATE)
+
+
+def build_tiny_qwen2_gguf(path: Path, seed: int = 0) -> Path:
+    """A tiny random Qwen2 model (transformers' Qwen2ForCausalLM: q/k/v biases, untied
+    output) written as a "qwen2" GGUF the way llama.cpp's converter writes one: tensor names
+    from the gguf package's map, q/k rows NOT permuted (only Llama-family models are), F32."""
+    import tempfile
+
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer = build_tokenizer()
+        config = Qwen2Config(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            rms_norm_eps=1e-6,
+            rope_theta=10000.0,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+        )
+        torch.manual_seed(seed)
+        Qwen2ForCausalLM(config).save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tokenizer = AutoTokenizer.from_pretrained(tmp)
+        tensors = load_file(str(Path(tmp) / "model.safetensors"))
+
+    n_layers = config.num_hidden_layers
+    writer = gguf.GGUFWriter(str(path), "qwen2")
+    writer.add_name("tiny-test-qwen2")
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_block_count(n_layers)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(config.num_attention_heads)
+    writer.add_head_count_kv(config.num_key_value_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_tokenizer(writer, tokenizer)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN2, n_layers)
+    for hf_name, array in tensors.items():
+        gg_name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        assert gg_name is not None, hf_name
+        writer.add_tensor(gg_name, array.astype(np.float32))
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

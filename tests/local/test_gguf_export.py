@@ -11,8 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers.tiny_model import build_tiny_gguf
+from tests.helpers.tiny_model import build_tiny_gguf, build_tiny_qwen2_gguf
 from tui.local.gguf_export import (
+    ExportUnsupported,
+    check_exportable,
     export_lora_gguf,
     export_merged_gguf,
     gguf_tensor_name,
@@ -129,5 +131,65 @@ def test_a_quantized_base_keeps_untouched_tensors_and_stores_trained_ones_as_q8_
 def test_tensor_names() -> None:
     assert gguf_tensor_name("model.layers.3.mlp.down_proj.weight") == "blk.3.ffn_down.weight"
     assert gguf_tensor_name("model.embed_tokens.weight") == "token_embd.weight"
+    assert gguf_tensor_name("lm_head.weight") == "output.weight"
+    assert gguf_tensor_name("model.layers.0.self_attn.q_proj.weight") == "blk.0.attn_q.weight"
     with pytest.raises(KeyError):
         gguf_tensor_name("model.layers.3.mlp.unknown.weight")
+
+
+@pytest.fixture(scope="module")
+def qwen2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_qwen2_gguf(tmp_path_factory.mktemp("qwen2") / "tiny-qwen2.gguf")
+
+
+def test_the_tiny_qwen2_gguf_is_a_real_one(qwen2: Path) -> None:
+    # llama.cpp and transformers both load it and agree on its logits: what export refuses
+    # is a valid model of another architecture, not a broken file.
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        qwen2.parent, gguf_file=qwen2.name, dtype=torch.float32
+    )
+    assert model.config.model_type == "qwen2"
+    with torch.no_grad():
+        hf = model(torch.tensor([PROMPT_IDS])).logits[0].numpy()
+    assert np.abs(llama_logits(qwen2) - hf).max() < 1e-3
+
+
+def test_export_refuses_another_architecture_with_a_clear_message(
+    qwen2: Path, tmp_path: Path
+) -> None:
+    delta = {"model.layers.0.self_attn.q_proj.weight": np.zeros((64, 64), np.float32)}
+    out = tmp_path / "out"
+    for export in (
+        lambda: check_exportable(qwen2),
+        lambda: export_merged_gguf(qwen2, out / "merged.gguf", delta),
+        lambda: export_lora_gguf(qwen2, out / "adapter.gguf", {}, 8.0),
+    ):
+        with pytest.raises(ExportUnsupported) as refused:
+            export()
+        message = str(refused.value)
+        assert "tiny-qwen2.gguf is a 'qwen2' model" in message
+        assert "only for the Llama architecture" in message
+        assert "transformers folder" in message  # what to do instead
+    assert not out.exists()  # nothing half-written
+
+
+def test_the_trainer_refuses_it_before_converting_or_training(qwen2: Path, tmp_path: Path) -> None:
+    from tui.local.trainer import Spec, TrainingError, load_base
+
+    spec = Spec(
+        base_model_id="tiny-qwen2",
+        base_kind="gguf",
+        base_path=qwen2,
+        training_file=tmp_path / "train.jsonl",
+        validation_file=None,
+        output_dir=tmp_path / "out",
+        cache_dir=tmp_path / "cache",
+    )
+    with pytest.raises(TrainingError) as refused:
+        load_base(spec)
+    assert refused.value.code == "unsupported_model"
+    assert "'qwen2' model" in refused.value.message
+    assert not (tmp_path / "cache").exists()  # refused before the conversion

@@ -33,38 +33,31 @@ With the default (adapters on all 30 layers: every projection Q8_0, 145 MB, 12/5
   projection cost ~14%. (Q5_0/Q5_1 would be smaller; not measured.)
 - A merged file stands alone: the registry serves it like any GGUF, with no base to find.
 
-llama.cpp's converter permutes the rows of the q and k projections (``permute_qk``: HF rotates
-the two halves of each head, llama.cpp adjacent pairs) and transformers undoes it on load, so
-a delta computed in HF layout is permuted the same way before it is added.
+llama.cpp's converter (convert_hf_to_gguf.py) permutes the rows of the q and k projections
+of Llama-family models (``permute_qk``: HF rotates the two halves of each head, llama.cpp
+adjacent pairs) and transformers undoes it on load, so a delta computed in HF layout is
+permuted the same way before it is added. Other families (Qwen2, Qwen3, Phi-3, Gemma…) are
+converted without it and have tensors of their own (q/k/v biases, q/k norms, fused
+projections): they are refused (`ExportUnsupported`) until a round-trip test like
+tests/local/test_gguf_export.py covers them, since a wrong export would serve a broken
+fine-tune without a word. Tensor names come from the gguf package's map
+(``gguf.get_tensor_name_map``), the table llama.cpp's converter itself uses.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping
+from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-# HF Llama parameter names -> GGUF tensor names (llama.cpp's "llama" architecture).
-_LAYER_NAMES = {
-    "self_attn.q_proj": "attn_q",
-    "self_attn.k_proj": "attn_k",
-    "self_attn.v_proj": "attn_v",
-    "self_attn.o_proj": "attn_output",
-    "mlp.gate_proj": "ffn_gate",
-    "mlp.up_proj": "ffn_up",
-    "mlp.down_proj": "ffn_down",
-    "input_layernorm": "attn_norm",
-    "post_attention_layernorm": "ffn_norm",
-}
-_GLOBAL_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-}
-_LAYER_RE = re.compile(r"^model\.layers\.(\d+)\.(.+)\.weight$")
+# GGUF architectures (general.architecture) a fine-tune can be exported into — those a
+# round-trip test covers — and whether llama.cpp's converter permutes their q/k rows
+# (LlamaModel.modify_tensors does, for the "llama" architecture).
+PERMUTES_QK = {"llama": True}
 
 # Types llama.cpp computes with directly; a trained tensor whose base is one of these keeps it.
 _FLOAT_TYPES = ("F32", "F16", "BF16")
@@ -85,25 +78,60 @@ def permute_qk(w: np.ndarray, n_head: int, n_head_kv: int) -> np.ndarray:
     )
 
 
-def gguf_tensor_name(hf_name: str) -> str:
-    """The GGUF name of an HF Llama parameter (KeyError for one llama.cpp does not have)."""
-    if hf_name in _GLOBAL_NAMES:
-        return _GLOBAL_NAMES[hf_name]
-    m = _LAYER_RE.match(hf_name)
-    if m is None or m.group(2) not in _LAYER_NAMES:
+def gguf_tensor_name(hf_name: str, arch: str = "llama", n_blocks: int = 64) -> str:
+    """The GGUF name of an HF parameter of an `arch` model with `n_blocks` layers, from the
+    gguf package's map (KeyError for one llama.cpp does not have)."""
+    name = _name_map(arch, n_blocks).get_name(hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
         raise KeyError(hf_name)
-    return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}.weight"
+    return str(name)
 
 
-def _heads(reader: object) -> tuple[int, int]:
-    fields = reader.fields  # type: ignore[attr-defined]
-    arch = fields["general.architecture"].contents()
+@lru_cache(maxsize=4)
+def _name_map(arch: str, n_blocks: int) -> Any:
+    import gguf
+
+    by_name = {name: key for key, name in gguf.MODEL_ARCH_NAMES.items()}
+    return gguf.get_tensor_name_map(by_name[arch], n_blocks)
+
+
+class ExportUnsupported(ValueError):
+    """The base GGUF's architecture is not one a fine-tune can be written back into."""
+
+
+def check_exportable(base: Path) -> str:
+    """The base GGUF's architecture when a fine-tune of it can be exported; else raises
+    ExportUnsupported saying why and what to do instead."""
+    import gguf
+
+    return _architecture(gguf.GGUFReader(str(base)), Path(base))
+
+
+def _architecture(reader: Any, base: Path) -> str:
+    arch = str(reader.fields["general.architecture"].contents())
+    if arch not in PERMUTES_QK:
+        raise ExportUnsupported(
+            f"{base.name} is a {arch!r} model: a fine-tune is written back to GGUF only for "
+            "the Llama architecture (SmolLM2, Llama, Mistral…), and a "
+            f"{arch!r} model's weights are laid out otherwise, so its export would be wrong. "
+            "Fine-tune a Llama-architecture GGUF, or add the model as a transformers folder "
+            "(its fine-tune is then saved as one)."
+        )
+    return arch
+
+
+def _heads(reader: Any, arch: str) -> tuple[int, int, int]:
+    """(attention heads, key/value heads, blocks) from the GGUF's metadata."""
+    fields = reader.fields
     n_head = int(fields[f"{arch}.attention.head_count"].contents())
     kv = fields.get(f"{arch}.attention.head_count_kv")
-    return n_head, int(kv.contents()) if kv is not None else n_head
+    n_blocks = int(fields[f"{arch}.block_count"].contents())
+    return n_head, int(kv.contents()) if kv is not None else n_head, n_blocks
 
 
-def _to_gguf_layout(gg_name: str, w: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+def _to_gguf_layout(arch: str, gg_name: str, w: np.ndarray, n_head: int, n_kv: int) -> np.ndarray:
+    if not PERMUTES_QK[arch]:
+        return w
     if gg_name.endswith(".attn_q.weight"):
         return permute_qk(w, n_head, n_head)
     if gg_name.endswith(".attn_k.weight"):
@@ -143,12 +171,13 @@ def export_merged_gguf(
     import gguf
 
     reader = gguf.GGUFReader(str(base))
-    n_head, n_kv = _heads(reader)
-    arch = reader.fields["general.architecture"].contents()
+    arch = _architecture(reader, Path(base))
+    n_head, n_kv, n_blocks = _heads(reader, arch)
     by_gguf: dict[str, np.ndarray] = {}
     for hf_name, delta in deltas.items():
-        gg = gguf_tensor_name(hf_name)
-        by_gguf[gg] = _to_gguf_layout(gg, np.asarray(delta, dtype=np.float32), n_head, n_kv)
+        gg = gguf_tensor_name(hf_name, arch, n_blocks)
+        delta = np.asarray(delta, dtype=np.float32)
+        by_gguf[gg] = _to_gguf_layout(arch, gg, delta, n_head, n_kv)
     names = {t.name for t in reader.tensors}
     if "output.weight" in by_gguf and "output.weight" not in names:
         # Tied embeddings: the output layer is token_embd, whose delta is already there.
@@ -221,8 +250,8 @@ def export_lora_gguf(
     import gguf
 
     reader = gguf.GGUFReader(str(base))
-    n_head, n_kv = _heads(reader)
-    arch = reader.fields["general.architecture"].contents()
+    arch = _architecture(reader, Path(base))
+    n_head, n_kv, n_blocks = _heads(reader, arch)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".partial")
@@ -232,8 +261,8 @@ def export_lora_gguf(
     writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(alpha))
     kind = getattr(gguf.GGMLQuantizationType, dtype)
     for hf_name, (a, b) in lora.items():
-        gg = gguf_tensor_name(hf_name)
-        b_gguf = _to_gguf_layout(gg, np.asarray(b, dtype=np.float32), n_head, n_kv)
+        gg = gguf_tensor_name(hf_name, arch, n_blocks)
+        b_gguf = _to_gguf_layout(arch, gg, np.asarray(b, dtype=np.float32), n_head, n_kv)
         _add_float_tensor(writer, gg + ".lora_a", np.asarray(a, dtype=np.float32), kind)
         _add_float_tensor(writer, gg + ".lora_b", b_gguf, kind)
     writer.write_header_to_file()
