@@ -363,7 +363,26 @@ async def test_bad_query_parameters_are_400(http: httpx2.AsyncClient) -> None:
     assert r.status_code == 404
 
 
-async def test_errors_are_json_even_for_server_errors(http: httpx2.AsyncClient) -> None:
+async def test_errors_are_json_even_for_server_errors(
+    http: httpx2.AsyncClient, server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault inside a route (here the model registry failing) is a bug of ours, but the
+    # client still gets OpenAI's 500 shape, not Starlette's plain-text "Internal Server Error".
+    def broken() -> list[Any]:
+        raise RuntimeError("registry on fire")
+
+    monkeypatch.setattr(server.app.state.local.registry, "list", broken)
     r = await http.get("models")
+    assert r.status_code == 500
     assert r.headers["content-type"].startswith("application/json")
-    json.loads(r.text)
+    body = json.loads(r.text)
+    assert_openai_error(body)
+    assert body["error"]["type"] == "server_error"
+    assert "registry on fire" in body["error"]["message"]
+    monkeypatch.undo()
+    # The server is still healthy after (on a new connection: uvicorn closes the one an
+    # unhandled error was raised on).
+    async with httpx2.AsyncClient(
+        base_url=server.url + "/", headers={"authorization": f"Bearer {KEY}"}, timeout=30
+    ) as fresh:
+        assert (await fresh.get("models")).status_code == 200

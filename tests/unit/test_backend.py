@@ -17,6 +17,7 @@ import openai
 import pytest
 from pydantic import SecretStr
 
+from tests.helpers.fake_openai import FakeOpenAI, fail_first, server_error
 from tui.engine.backend import (
     BackendError,
     BackendSpec,
@@ -29,6 +30,8 @@ from tui.engine.host import pid_alive
 from tui.engine.settings import Settings
 
 FAST = ["--preload", "none"]  # no model load: these tests are about the process
+USER = [{"role": "user", "content": "hi"}]
+USER_HANG = [{"role": "user", "content": "HANG"}]
 
 
 def _wait_gone(pid: int, timeout: float = 15) -> bool:
@@ -71,15 +74,37 @@ def test_env_variables_are_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_backend(Settings()).kind == "url"
 
 
-async def test_make_client() -> None:
-    spec = BackendSpec("url", "http://127.0.0.1:9/v1", None, "127.0.0.1:9")
-    c = make_client(spec, timeout=12.5, max_retries=1)
-    assert str(c.base_url).rstrip("/") == "http://127.0.0.1:9/v1"
-    assert c.timeout == 12.5
-    assert c.max_retries == 1
-    await c.close()
+async def test_make_client_sends_to_the_backend_with_its_key_retries_and_timeout(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A key in the environment is for OpenAI: a URL backend given no key must not send it.
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-from-the-environment")
+    with FakeOpenAI(api_key="sk-spec-key", hang_seconds=5) as fake:
+        spec = BackendSpec("url", fake.base_url, SecretStr("sk-spec-key"), "127.0.0.1")
+        fake.policy = fail_first(1, server_error(503))
+        async with make_client(spec, timeout=5, max_retries=1) as c:
+            r = await c.chat.completions.create(model="fake-model", messages=USER)
+            assert r.choices[0].message.content == "echo: hi"
+        # Sent to the spec's URL with the spec's key, and retried once (max_retries=1).
+        assert [q.status for q in fake.chat_requests] == [503, 200]
+        assert {q.headers["authorization"] for q in fake.requests} == {"Bearer sk-spec-key"}
+
+        fake.reset()
+        async with make_client(spec, timeout=0.5, max_retries=0) as c:
+            with pytest.raises(openai.APITimeoutError):
+                await c.chat.completions.create(model="fake-model", messages=USER_HANG)
+        assert len(fake.chat_requests) == 1  # max_retries=0: one attempt
+
+        fake.reset()
+        keyless = BackendSpec("url", fake.base_url, None, "127.0.0.1")
+        async with make_client(keyless) as c:
+            with pytest.raises(openai.AuthenticationError):
+                await c.models.list()
+        sent = [q.headers.get("authorization", "") for q in fake.requests]
+        assert sent and not any("sk-from-the-environment" in h for h in sent)
+
     c = make_client(BackendSpec("openai", None, SecretStr("sk-x"), "openai"))
-    assert "api.openai.com" in str(c.base_url)
+    assert str(c.base_url).startswith("https://api.openai.com/")
     assert c.api_key == "sk-x"
     await c.close()
     with pytest.raises(BackendError, match="not started"):
@@ -115,7 +140,7 @@ async def test_local_server_start_stop_leaves_nothing(tmp_path: Path) -> None:
         assert progress[-1].startswith("local: ready")
     finally:
         await server.stop()
-    assert _wait_gone(pid, timeout=1)
+    assert not pid_alive(pid)  # stop() returns once the server has exited
     assert server.pid is None
     log = (tmp_path / "ws" / "local" / "server.log").read_text()
     assert key not in log
@@ -138,7 +163,7 @@ async def test_open_backend_local_and_aclose(tmp_path: Path) -> None:
         assert r.usage is not None and r.usage.completion_tokens >= 1
     finally:
         await backend.aclose()
-    assert _wait_gone(pid, timeout=1)
+    assert not pid_alive(pid)  # stop() returns once the server has exited
 
 
 async def test_open_backend_url_starts_nothing() -> None:

@@ -196,9 +196,13 @@ async def test_a_real_job_end_to_end(server: Any, store: Store) -> None:
             suffix="git",
             seed=1,
         )
-        # Recorded the moment the id came back, before any polling.
-        assert store.get_job(job.id).remote_id.startswith("ftjob-")
-        assert [j.id for j in unfinished_jobs(store)] in ([job.id], [])
+        # Recorded the moment the id came back, before any polling, as a job still to watch:
+        # an app stopped now finds it at its next start and polls it again.
+        recorded = store.get_job(job.id)
+        assert recorded.remote_id.startswith("ftjob-") and not recorded.finished
+        assert [j.id for j in unfinished_jobs(store)] == [job.id]
+        assert [j.id for j in unfinished_jobs(store, str(c.base_url))] == [job.id]
+        assert unfinished_jobs(store, "http://127.0.0.1:9/v1") == []  # another backend's
 
         updates: list[Any] = []
         watcher = JobWatcher(store, c, interval=0.2)

@@ -5,7 +5,6 @@ process resumed — every item ends done or failed-with-a-reason, none duplicate
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import signal
 import subprocess
@@ -138,7 +137,9 @@ async def test_cancel_then_resume_does_each_item_once(fake: FakeOpenAI, store: S
     async with client(fake) as c:
         gen = Generator(store, c, concurrency=4)
         task = asyncio.create_task(gen.run(run_id))
+        deadline = time.monotonic() + 60
         while gen.stats.done < 6:
+            assert time.monotonic() < deadline and not task.done(), gen.stats
             await asyncio.sleep(0.01)
         gen.cancel()
         finished = await asyncio.wait_for(task, timeout=5)
@@ -167,8 +168,13 @@ async def test_budget_stops_the_run(fake: FakeOpenAI, store: Store) -> None:
     async with client(fake) as c:
         finished = await Generator(store, c, concurrency=1, price=price, budget=5.0).run(run_id)
     assert finished.status == "budget"
-    assert "budget" in finished.message
-    assert len([r for r in store.completions(run_id) if r.status == "done"]) < 20
+    assert "budget of $5.00" in finished.message
+    # One at a time, and the first reply (5 output tokens and its prompt: over $5) spends
+    # the budget: exactly one item is done and no second request is sent.
+    rows = store.completions(run_id)
+    assert [r.status for r in rows] == ["done"]
+    assert (rows[0].prompt_tokens or 0) + (rows[0].completion_tokens or 0) > 5
+    assert len(fake.chat_requests) == 1
 
 
 async def test_forbidden_stops_at_once(fake: FakeOpenAI, store: Store) -> None:
@@ -259,4 +265,8 @@ async def test_no_key_reaches_the_workspace(fake: FakeOpenAI, store: Store) -> N
     for path in store.directory.rglob("*"):
         if path.is_file():
             assert secret not in path.read_bytes(), path
-    assert json.dumps([r.body for r in fake.requests]).find(fake.api_key) == -1
+    # The key was in play: every request carried it, so its absence above means something.
+    assert fake.chat_requests
+    assert all(
+        r.headers.get("authorization") == f"Bearer {fake.api_key}" for r in fake.chat_requests
+    )
