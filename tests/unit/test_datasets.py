@@ -6,7 +6,6 @@ import csv
 import io
 import json
 import os
-import time
 import tracemalloc
 from pathlib import Path
 
@@ -544,23 +543,19 @@ def test_find_duplicates() -> None:
     assert find_duplicates([]) == []
 
 
-# --------------------------------------------------------------------------- speed
+# --------------------------------------------------------------------------- scale
 
 
-def test_100k_items_parse_and_dedupe_quickly() -> None:
-    # A guard against order-of-magnitude regressions, not a benchmark (bench/ has those):
-    # typically ~0.15 s to parse and ~0.15 s to find duplicates.
+def test_100k_items_parse_and_dedupe() -> None:
+    # What 100,000 items give; how long it takes is bench/dataset_scale.py's to print.
     n = 100_000
     requests = [f"Create a new branch called 'feature-{i}' and switch to it." for i in range(n)]
     doc = {"requests": requests, "references": [f"git switch -c f{i}" for i in range(n)]}
-    data = json.dumps(doc).encode()
-    start = time.perf_counter()
-    parsed = parse_dataset(data, name="big.json", format="json")
-    parse_s = time.perf_counter() - start
+    parsed = parse_dataset(json.dumps(doc).encode(), name="big.json", format="json")
     assert len(parsed.items) == n
-    start = time.perf_counter()
+    assert (parsed.items[-1].input, parsed.items[-1].reference) == (
+        requests[-1],
+        f"git switch -c f{n - 1}",
+    )
     flags = find_duplicates(requests + requests[:10])
-    dedupe_s = time.perf_counter() - start
-    assert flags.count("exact") == 10
-    assert parse_s < 2.0, parse_s
-    assert dedupe_s < 2.0, dedupe_s
+    assert flags.count("exact") == 10 and flags[n:] == ["exact"] * 10

@@ -267,8 +267,11 @@ async def test_cancelled_eval_resumes_and_decides_each_grade_once(
         assert judge.count(judge_key(by_id[cid].input, by_id[cid].output)) == 1
     # Only the calls in flight at the cancel (2 at most) were made again.
     assert 12 <= len(judge.chat_requests) <= 12 + 2
+    # Half the outputs are the reference (1.0); half add -a, an option the reference lacks:
+    # the same subcommand (0.3), no option in common (0.35 × 0), the same arguments (0.35 × 1).
+    extra_flag = 0.3 + 0.35 * 0 + 0.35 * 1
     assert store.get_eval_run(eval_run_id).results["command"] == GraderSummary(
-        6, 6, 0, pytest.approx(0.825)
+        6, 6, 0, pytest.approx((6 * 1.0 + 6 * extra_flag) / 12)
     )
 
     # A third start has nothing left to do.
