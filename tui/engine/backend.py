@@ -181,9 +181,6 @@ class LocalServer:
         `api_key` apply only to a server started here."""
         if self.spec is not None or (self.proc is not None and self.proc.returncode is None):
             raise BackendError("the local server is already running")
-        if self.python == sys.executable and (missing := missing_local()):
-            # Said before spawning: the child would only die with an ImportError in its log.
-            raise BackendError(local_missing_message(missing))
         progress = on_progress or (lambda _msg: None)
         workspace = Path(workspace)
         local_dir = workspace / "local"
@@ -254,6 +251,9 @@ class LocalServer:
     ) -> BackendSpec | None:
         """Start the server; None if it found another server holding the store (two apps
         starting at once: the loser joins the winner)."""
+        if self.python == sys.executable and (missing := missing_local()):
+            # Said before spawning: the child would only die with an ImportError in its log.
+            raise BackendError(local_missing_message(missing))
         assert self.log_path is not None
         self._tmp = tempfile.TemporaryDirectory(prefix="distill-serve-")
         port_file = Path(self._tmp.name) / "port"
