@@ -215,6 +215,8 @@ async def test_killed_process_then_resume(fake: FakeOpenAI, store: Store, tmp_pa
     fake.token_delay = 0.02
     requests = [f"killed run item {i}" for i in range(30)]
     run_id = new_run(store, requests)
+    store.close()  # one writer per workspace: the child is it until it is killed
+    looking = Store.open(store.directory, read_only=True)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -229,18 +231,23 @@ async def test_killed_process_then_resume(fake: FakeOpenAI, store: Store, tmp_pa
     )
     try:
         deadline = time.monotonic() + 60
-        while store.get_run(run_id).n_done < 8:
+        while looking.get_run(run_id).n_done < 8:
             assert time.monotonic() < deadline and proc.poll() is None
             await asyncio.sleep(0.05)
     finally:
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-    done_before = {r.item_id for r in store.completions(run_id) if r.status == "done"}
-    assert 8 <= len(done_before) < 30
-    async with client(fake) as c:
-        await Generator(store, c, concurrency=4).run(run_id)
-    assert_each_item_once(store, run_id)
-    assert all(r.status == "done" for r in store.completions(run_id))
+        looking.close()
+    store = Store.open(store.directory)  # the rerun, as the next writer
+    try:
+        done_before = {r.item_id for r in store.completions(run_id) if r.status == "done"}
+        assert 8 <= len(done_before) < 30
+        async with client(fake) as c:
+            await Generator(store, c, concurrency=4).run(run_id)
+        assert_each_item_once(store, run_id)
+        assert all(r.status == "done" for r in store.completions(run_id))
+    finally:
+        store.close()
 
 
 async def test_store_and_metadata_are_sent_only_when_asked(fake: FakeOpenAI, store: Store) -> None:
