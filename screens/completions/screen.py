@@ -341,6 +341,11 @@ class CompletionDialog(Dialog[None]):
             ("first token", ms(row.first_token_ms)),
             ("finish reason", row.finish_reason or "–"),
             ("remote id", row.remote_id or "–"),
+            *(
+                [("metadata", " ".join(f"{k}={v}" for k, v in sorted(row.metadata.items())))]
+                if row.metadata
+                else []
+            ),
             ("attempts", str(row.attempts)),
             *(
                 [("confidence", f"{confidence_text(row)} ({row.confidence:.0%})")]

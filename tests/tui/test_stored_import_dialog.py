@@ -13,7 +13,7 @@ import openai
 from pydantic import SecretStr
 from textual.widgets import Button, Input, Select, Static
 
-from screens.completions import CompletionsScreen
+from screens.completions import CompletionDialog, CompletionsScreen
 from screens.completions.stored import StoredImportDialog
 from tests.helpers.fake_openai import FakeOpenAI, like_openai
 from tests.tui.conftest import Driver, drive, make_app, plain
@@ -121,6 +121,17 @@ async def test_from_backend_counts_imports_and_distills(store: Store) -> None:
             assert [r.stored_id for r in store.completions(run.id)] == ids
             (note,) = [n for n in t.notifications() if n[1].startswith("Stored completions")]
             assert note[1] == f"Stored completions → run {run.id}" and "12 imported" in note[2]
+
+            # One opened: the request and reply as logged, with the metadata it was stored with.
+            await t.press("enter")
+            await t.settle()
+            opened = t.app.screen
+            assert isinstance(opened, CompletionDialog)
+            assert plain(opened.query_one("#output", Static)) == "git switch -c topic-0"
+            figures = plain(opened.query_one("#figures", Static))
+            assert "metadata  task=git" in figures and f"remote id  {ids[0]}" in figures
+            await t.press("escape")
+            await t.settle()
 
             # The same filter again: everything is already there, nothing to import.
             dialog = await open_dialog(t)

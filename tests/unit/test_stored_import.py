@@ -333,3 +333,28 @@ def test_the_filter_as_typed() -> None:
     assert not model_matches("gpt-4o", "gpt-4o-mini-2024-07-18")
     assert GIT.describe() == "gpt-4o task=git"
     assert json.loads(GIT.key("local"))["backend"] == "local"
+
+
+async def test_an_imported_run_is_evaluated_and_searched_like_any_run(store: Store) -> None:
+    from tui.engine.evals import EvalRunner, create_eval, start_eval_run
+    from tui.engine.selection import find_completions, parse_filter
+
+    with like_openai() as fake:
+        seed(fake, 6)
+        async with client(fake) as c:
+            result = await import_stored(store, c, GIT, backend="fake")
+    grader = {
+        "type": "string_check",
+        "name": "cmd-1",
+        "input": "{{sample.output_text}}",
+        "reference": "git cmd-1",
+        "operation": "eq",
+    }
+    eval_run = start_eval_run(store, create_eval(store, "exact", [grader]), run_id=result.run_id)
+    finished = await EvalRunner(store).run(eval_run)
+    assert finished.status == "done"
+    summary = store.get_eval_run(eval_run).results["cmd-1"]
+    assert (summary.passed, summary.failed) == (1, 5)
+    # The Completions screen's dashboard filter finds it by the model and metadata.
+    found = find_completions(store, parse_filter("model:gpt-4o meta:task=git role:teacher"))
+    assert set(found.runs) == {result.run_id} and len(found.completions) == 6
