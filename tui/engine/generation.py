@@ -27,15 +27,7 @@ import openai
 from tui.engine.progress import Progress, Stoppable
 from tui.engine.ratelimit import AdaptiveLimit
 from tui.engine.retrieval import SimilarExamples
-from tui.engine.retry import (
-    FATAL,
-    NO_QUOTA,
-    backoff_delay,
-    no_quota,
-    not_retried,
-    retry_after,
-    should_retry,
-)
+from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, no_quota, retry_after
 from tui.engine.retry import describe as _describe
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
@@ -164,7 +156,6 @@ class ItemFinished:
     latency_ms: float | None
     first_token_ms: float | None
     cost: float
-    attempts: int = 1  # requests sent for this item (1 + its retries)
 
 
 @dataclass(frozen=True)
@@ -345,26 +336,119 @@ class PromptBuilder:
         return messages
 
 
-# -- the engine ----------------------------------------------------------------------------
+# -- one streamed reply ---------------------------------------------------------------------
 
 
-class _StreamBroken(Exception):
+class StreamBroken(Exception):
     """The stream ended without a finish_reason: the reply is incomplete (worth retrying)."""
 
 
-class _StreamFailed(Exception):
+class StreamFailed(Exception):
     """The backend said inside the stream that the reply failed (an error event), or sent a
-    chunk that is not JSON: this item fails with that message, not retried."""
+    chunk that is not JSON: this reply fails with that message, not retried."""
 
 
 @dataclass
-class _Attempt:
-    output: str = ""
+class StreamedReply:
+    """What one streamed chat completion said, filled in as it arrives (a reply that broke
+    off still holds what came)."""
+
+    output: str = ""  # choice 0's text
     finish_reason: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     first_token_ms: float | None = None
     remote_id: str | None = None
+
+
+async def stream_chat(
+    client: openai.AsyncOpenAI,
+    request: dict[str, Any],
+    reply: StreamedReply,
+    *,
+    started: float,
+    on_text: Callable[[str], None] | None = None,
+    on_headers: Callable[[Any], None] | None = None,
+) -> list[str]:
+    """Send `request` (a chat completion with `stream: True`) and read the reply into `reply`;
+    `on_text` gets choice 0's text as it arrives, `on_headers` the response's headers (rate
+    limits). Returns the other choices' texts (n > 1), by index.
+
+    Raises the SDK's errors for the request itself, `StreamBroken` when the reply broke off
+    (worth retrying) and `StreamFailed` when the backend said mid-stream that it failed. Used
+    by every streamed request: a run's items here, synthetic requests (synthetic.py)."""
+    # The SSE lines are parsed with json.loads rather than into the SDK's chunk models:
+    # building a model per chunk costs ~30x more CPU, which at 64 concurrent streams is
+    # most of a core and shows as UI lag. Errors still come as the SDK's exceptions.
+    streaming: Any = client.chat.completions.with_streaming_response
+    parts: list[str] = []  # choice 0, the one shown as it streams
+    others: dict[int, list[str]] = {}  # the other samples, when n > 1
+    try:
+        async with streaming.create(**request) as response:
+            if on_headers is not None:
+                on_headers(response.headers)
+            async for line in response.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except ValueError:
+                    chunk = None
+                if not isinstance(chunk, dict):
+                    raise StreamFailed(f"the backend sent a malformed stream chunk: {data[:200]!r}")
+                if chunk.get("error") and not chunk.get("choices"):
+                    error = chunk["error"]
+                    message = error.get("message") if isinstance(error, dict) else error
+                    raise StreamFailed(f"the backend reported an error mid-stream: {message}")
+                reply.remote_id = reply.remote_id or chunk.get("id")
+                usage = chunk.get("usage")
+                if usage:
+                    reply.prompt_tokens = usage.get("prompt_tokens")
+                    reply.completion_tokens = usage.get("completion_tokens")
+                for choice in chunk.get("choices") or ():
+                    text = (choice.get("delta") or {}).get("content")
+                    index = choice.get("index") or 0
+                    if index:
+                        others.setdefault(index, []).append(text or "")
+                        continue
+                    if text:
+                        if reply.first_token_ms is None:
+                            reply.first_token_ms = (time.monotonic() - started) * 1000
+                        parts.append(text)
+                        if on_text is not None:
+                            on_text(text)
+                    if choice.get("finish_reason"):
+                        reply.finish_reason = choice["finish_reason"]
+    except openai.APITimeoutError:
+        raise
+    except openai.APIConnectionError as error:
+        # A connection dropped after the reply began: say what it means for this reply.
+        raise StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
+    except (openai.APIError, asyncio.CancelledError, StreamBroken, StreamFailed):
+        raise
+    except Exception as error:  # the transport failed mid-stream (httpx2 errors and kin)
+        # Raw reads raise the HTTP library's own errors (the SDK wraps only the request).
+        if any("Timeout" in cls.__name__ for cls in type(error).__mro__):
+            raise StreamBroken("timed out waiting for the backend") from error
+        raise StreamBroken(f"the stream broke mid-way ({error or type(error).__name__})") from error
+    finally:
+        reply.output = "".join(parts)
+    if reply.finish_reason is None:
+        raise StreamBroken("the stream ended before the reply was complete")
+    return ["".join(others[i]) for i in sorted(others)]
+
+
+# -- the engine ----------------------------------------------------------------------------
+
+# The engine's own names for them.
+_StreamBroken, _StreamFailed = StreamBroken, StreamFailed
+
+
+@dataclass
+class _Attempt(StreamedReply):
     sent: float = 0.0  # when the request took its slot (AdaptiveLimit's clock)
     confidence: float | None = None  # the vote share, when n > 1 samples were voted on
     samples: list[str] | None = None
@@ -522,7 +606,6 @@ class Generator(Stoppable):
         messages = builder.messages(item)
         started = time.monotonic()
         attempt_no = 0
-        sent = 0  # requests that reached the backend (attempt_no counts those waiting too)
         last_error = ""
         self._recorded.discard(item.id)
         if not await self._claim(run.id, item.id):
@@ -535,37 +618,26 @@ class Generator(Stoppable):
                 attempt = _Attempt()
                 try:
                     async with self._slot(attempt):
-                        sent += 1
                         emit(ItemStarted(item.id, attempt_no))
                         started = time.monotonic()
                         await self._stream(run, messages, sampling, attempt, item.id, started, emit)
-                except _StreamFailed as error:
-                    await self._record(
-                        run, item, "failed", attempt, started, str(error), emit, sent
-                    )
+                except FATAL as error:
+                    message = _describe(error)
+                    if isinstance(error, openai.NotFoundError):
+                        message = f"model {run.model!r} not found at the backend ({message})"
+                    await self._record(run, item, "failed", attempt, started, message, emit)
+                    self._stop("failed", message)
                     return
-                except (openai.APIStatusError, openai.APIConnectionError, _StreamBroken) as error:
+                except _StreamFailed as error:
+                    await self._record(run, item, "failed", attempt, started, str(error), emit)
+                    return
+                except (*RETRYABLE, _StreamBroken) as error:
                     if no_quota(error):
                         # Waiting does not refill an account: stop before every item burns
                         # its retries on the same answer.
                         message = f"{NO_QUOTA} ({_describe(error)})"
-                        await self._record(
-                            run, item, "failed", attempt, started, message, emit, sent
-                        )
+                        await self._record(run, item, "failed", attempt, started, message, emit)
                         self._stop("failed", f"stopped: {NO_QUOTA}; add credit and resume")
-                        return
-                    if not (isinstance(error, _StreamBroken) or should_retry(error)):
-                        # A bad key, forbidden, an unknown model: the run stops. 400/413/422…:
-                        # this request is wrong, retrying would fail the same way (or the
-                        # server said not to): the item fails.
-                        message = _describe(error) + not_retried(error)
-                        if isinstance(error, openai.NotFoundError):
-                            message = f"model {run.model!r} not found at the backend ({message})"
-                        await self._record(
-                            run, item, "failed", attempt, started, message, emit, sent
-                        )
-                        if isinstance(error, FATAL):
-                            self._stop("failed", message)
                         return
                     last_error = (
                         str(error) if isinstance(error, _StreamBroken) else _describe(error)
@@ -579,7 +651,6 @@ class Generator(Stoppable):
                             started,
                             f"{last_error} (gave up after {attempt_no} attempts)",
                             emit,
-                            sent,
                         )
                         return
                     delay = backoff_delay(error, attempt_no, self.backoff_base, self.backoff_cap)
@@ -587,18 +658,22 @@ class Generator(Stoppable):
                     emit(ItemRetry(item.id, attempt_no, last_error, delay))
                     await asyncio.sleep(delay)
                     continue
+                except openai.APIStatusError as error:
+                    # 400/413/422…: this request is wrong; retrying it would fail the same way.
+                    await self._record(
+                        run, item, "failed", attempt, started, _describe(error), emit
+                    )
+                    return
                 self.limit.succeeded(
                     (attempt.prompt_tokens or 0)
                     + (sampling.max_tokens or attempt.completion_tokens or 0)
                 )
-                await self._record(run, item, "done", attempt, started, None, emit, sent)
+                await self._record(run, item, "done", attempt, started, None, emit)
                 return
         except asyncio.CancelledError:
             if item.id not in self._recorded:
                 # Written synchronously: the task is being torn down and must not await.
-                fields, finished = self._finish(
-                    item, "cancelled", _Attempt(), started, "cancelled", sent
-                )
+                fields, finished = self._finish(item, "cancelled", _Attempt(), started, "cancelled")
                 self._recorded.add(item.id)
                 self._count(finished)
                 emit(finished)
@@ -649,72 +724,17 @@ class Generator(Stoppable):
         n = int(run.params.get("samples", 1))
         if n > 1:
             request["n"] = n
-        # The SSE lines are parsed with json.loads rather than into the SDK's chunk models:
-        # building a model per chunk costs ~30x more CPU, which at 64 concurrent streams is
-        # most of a core and shows as UI lag. Errors still come as the SDK's exceptions.
-        streaming: Any = self.client.chat.completions.with_streaming_response
-        parts: list[str] = []  # choice 0, the one shown as it streams
-        others: dict[int, list[str]] = {}  # the other samples, when n > 1
-        try:
-            async with streaming.create(**request) as response:
-                self.limit.observe(response.headers, attempt.sent)
-                async for line in response.iter_lines():
-                    if not line.startswith("data:"):
-                        continue
-                    data = line[5:].strip()
-                    if data == "[DONE]":
-                        break
-                    try:
-                        chunk = json.loads(data)
-                    except ValueError:
-                        chunk = None
-                    if not isinstance(chunk, dict):
-                        raise _StreamFailed(
-                            f"the backend sent a malformed stream chunk: {data[:200]!r}"
-                        )
-                    if chunk.get("error") and not chunk.get("choices"):
-                        error = chunk["error"]
-                        message = error.get("message") if isinstance(error, dict) else error
-                        raise _StreamFailed(f"the backend reported an error mid-stream: {message}")
-                    attempt.remote_id = attempt.remote_id or chunk.get("id")
-                    usage = chunk.get("usage")
-                    if usage:
-                        attempt.prompt_tokens = usage.get("prompt_tokens")
-                        attempt.completion_tokens = usage.get("completion_tokens")
-                    for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        index = choice.get("index") or 0
-                        if index:
-                            others.setdefault(index, []).append(text or "")
-                            continue
-                        if text:
-                            if attempt.first_token_ms is None:
-                                attempt.first_token_ms = (time.monotonic() - started) * 1000
-                            parts.append(text)
-                            emit(ItemDelta(item_id, text))
-                        if choice.get("finish_reason"):
-                            attempt.finish_reason = choice["finish_reason"]
-        except openai.APITimeoutError:
-            raise
-        except openai.APIConnectionError as error:
-            # A connection dropped after the reply began: say what it means for this item.
-            raise _StreamBroken(f"the stream broke mid-way ({error.__cause__ or error})") from error
-        except (openai.APIError, asyncio.CancelledError, _StreamBroken, _StreamFailed):
-            raise
-        except Exception as error:  # the transport failed mid-stream (httpx2 errors and kin)
-            # Raw reads raise the HTTP library's own errors (the SDK wraps only the request).
-            if any("Timeout" in cls.__name__ for cls in type(error).__mro__):
-                raise _StreamBroken("timed out waiting for the backend") from error
-            raise _StreamBroken(
-                f"the stream broke mid-way ({error or type(error).__name__})"
-            ) from error
-        finally:
-            attempt.output = "".join(parts)
-        if attempt.finish_reason is None:
-            raise _StreamBroken("the stream ended before the reply was complete")
+        others = await stream_chat(
+            self.client,
+            request,
+            attempt,
+            started=started,
+            on_text=lambda text: emit(ItemDelta(item_id, text)),
+            on_headers=lambda headers: self.limit.observe(headers, attempt.sent),
+        )
         if n > 1:
             # A backend without `n` answers once: the vote is then over that one sample.
-            samples = [attempt.output] + ["".join(others[i]) for i in sorted(others)]
+            samples = [attempt.output, *others]
             verdict = vote([s.strip() for s in samples], rule(str(run.params.get("vote"))))
             attempt.samples = samples
             attempt.confidence = verdict.share
@@ -729,9 +749,8 @@ class Generator(Stoppable):
         started: float,
         error: str | None,
         emit: Callable[[Event], None],
-        attempts: int,
     ) -> None:
-        fields, finished = self._finish(item, status, attempt, started, error, attempts)
+        fields, finished = self._finish(item, status, attempt, started, error)
         # The outcome is decided here: a cancel arriving during the write must not turn a
         # finished item into a cancelled one, nor lose the write.
         self._recorded.add(item.id)
@@ -748,10 +767,7 @@ class Generator(Stoppable):
         attempt: _Attempt,
         started: float,
         error: str | None,
-        attempts: int,
     ) -> tuple[dict[str, Any], ItemFinished]:
-        """The completion's row and event; `attempts` = the requests this start sent for it
-        (added to those of earlier starts when a failed item is generated again)."""
         latency = (time.monotonic() - started) * 1000
         cost = cost_of(self.price, attempt.prompt_tokens, attempt.completion_tokens)
         fields = {
@@ -764,7 +780,6 @@ class Generator(Stoppable):
             "first_token_ms": attempt.first_token_ms,
             "finish_reason": attempt.finish_reason,
             "remote_id": attempt.remote_id,
-            "attempts": attempts,
         }
         if attempt.samples is not None:
             fields["confidence"] = attempt.confidence
@@ -780,7 +795,6 @@ class Generator(Stoppable):
             latency_ms=latency,
             first_token_ms=attempt.first_token_ms,
             cost=cost,
-            attempts=attempts,
         )
         return fields, finished
 

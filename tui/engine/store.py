@@ -181,6 +181,11 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX completions_stored ON completions(run_id, stored_id)
         WHERE stored_id IS NOT NULL;
     """,
+    # Where an item came from: '' (written or imported by a person) or 'synthetic' (a request a
+    # model wrote: the Dataset screen's "Generate requests…", tui/engine/synthetic.py).
+    """
+    ALTER TABLE items ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -236,6 +241,7 @@ class Item(NamedTuple):
     input: str
     reference: str
     split: str
+    source: str = ""  # "" (a person's) or "synthetic" (a model wrote it; train split only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -495,8 +501,8 @@ class Store:
             )
             new_id = int(cur.lastrowid or 0)
             conn.execute(
-                "INSERT INTO items(dataset_id, position, input, reference, split)"
-                " SELECT ?, position, input, reference, split FROM items"
+                "INSERT INTO items(dataset_id, position, input, reference, split, source)"
+                " SELECT ?, position, input, reference, split, source FROM items"
                 " WHERE dataset_id = ? AND deleted = 0 ORDER BY position",
                 (new_id, dataset_id),
             )
@@ -519,7 +525,7 @@ class Store:
 
     def items(self, dataset_id: int, split: str | None = None) -> list[Item]:
         sql = (
-            "SELECT id, position, input, reference, split FROM items"
+            "SELECT id, position, input, reference, split, source FROM items"
             " WHERE dataset_id = ? AND deleted = 0"
         )
         args: list[Any] = [dataset_id]
@@ -532,10 +538,11 @@ class Store:
         make = Item._make
         return [make(row) for row in rows]
 
-    def add_items(self, dataset_id: int, items: Iterable[Any]) -> list[int]:
-        """Append items (all or nothing). Returns the new ids."""
+    def add_items(self, dataset_id: int, items: Iterable[Any], *, source: str = "") -> list[int]:
+        """Append items (all or nothing), all from one `source` (see `Item`). Returns the new
+        ids."""
         with self.transaction() as conn:
-            return self._insert_items(conn, dataset_id, items)
+            return self._insert_items(conn, dataset_id, items, source)
 
     def add_item(self, dataset_id: int, input: str, reference: str = "", split: str = "") -> Item:
         from tui.engine.datasets import ItemDraft
@@ -545,7 +552,8 @@ class Store:
 
     def item(self, item_id: int) -> Item:
         rows = self.query(
-            "SELECT id, position, input, reference, split FROM items WHERE id = ?", (item_id,)
+            "SELECT id, position, input, reference, split, source FROM items WHERE id = ?",
+            (item_id,),
         )
         if not rows:
             raise StoreError(f"no item with id {item_id}")
@@ -574,6 +582,8 @@ class Store:
             args.append(_check_split(split))
         if sets:
             with self.transaction() as conn:
+                if split == "eval":
+                    _refuse_synthetic_eval(conn, [item_id])
                 conn.execute(f"UPDATE items SET {', '.join(sets)} WHERE id = ?", (*args, item_id))
                 self._touch(conn, item_id=item_id)
         return self.item(item_id)
@@ -595,18 +605,24 @@ class Store:
                 self._touch(conn, item_id=item_ids[0])
 
     def set_splits(self, assignments: dict[int, str]) -> None:
+        """Refused (nothing changed) if it would put a synthetic item in eval."""
         rows = [(_check_split(split), item_id) for item_id, split in assignments.items()]
         with self.transaction() as conn:
+            evals = [item_id for item_id, split in assignments.items() if split == "eval"]
+            _refuse_synthetic_eval(conn, evals)
             conn.executemany("UPDATE items SET split = ? WHERE id = ?", rows)
 
     def random_split(self, dataset_id: int, eval_fraction: float, seed: int) -> tuple[int, int]:
-        """Assign every item to train or eval at random, reproducibly for a given seed.
+        """Assign every item to train or eval at random, reproducibly for a given seed; a
+        synthetic item always to train (a model's own requests must not grade the student),
+        the fraction taken of the others.
 
         Returns (n_train, n_eval). The seed and fraction are stored with the dataset."""
         if not 0.0 < eval_fraction < 1.0:
             raise StoreError("the eval fraction must be between 0 and 1 (e.g. 0.2)")
-        ids = [item.id for item in self.items(dataset_id)]
-        order = list(ids)
+        items = self.items(dataset_id)
+        ids = [item.id for item in items]
+        order = [item.id for item in items if not item.source]
         random.Random(seed).shuffle(order)
         n_eval = round(len(order) * eval_fraction) if order else 0
         if order and n_eval == 0:
@@ -625,7 +641,7 @@ class Store:
         return len(ids) - n_eval, n_eval
 
     def _insert_items(
-        self, conn: sqlite3.Connection, dataset_id: int, items: Iterable[Any]
+        self, conn: sqlite3.Connection, dataset_id: int, items: Iterable[Any], source: str = ""
     ) -> list[int]:
         start = conn.execute(
             "SELECT COALESCE(MAX(position), 0) FROM items WHERE dataset_id = ?", (dataset_id,)
@@ -641,12 +657,13 @@ class Store:
                     draft.input,
                     draft.reference,
                     _check_split(draft.split),
+                    source,
                 )
             )
         first = conn.execute("SELECT COALESCE(MAX(id), 0) FROM items").fetchone()[0] + 1
         conn.executemany(
-            "INSERT INTO items(dataset_id, position, input, reference, split)"
-            " VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO items(dataset_id, position, input, reference, split, source)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
             rows,
         )
         # Inside one transaction with no concurrent writer, rowids are allocated consecutively.
@@ -792,17 +809,12 @@ class Store:
         with self.transaction() as conn:
             for names, rows in by_columns.items():
                 columns = ["run_id", "item_id", "created_at", *names]
-                updates = ", ".join(
-                    f"{c} = excluded.{c}" for c in ["created_at", *names] if c != "attempts"
-                )
-                # `attempts` (the requests an outcome took; 1 if not given) adds up over
-                # the item's starts: a failed item generated again counts them all.
-                added = "excluded.attempts" if "attempts" in names else "1"
+                updates = ", ".join(f"{c} = excluded.{c}" for c in ["created_at", *names])
                 conn.executemany(
                     f"INSERT INTO completions({', '.join(columns)})"
                     f" VALUES ({', '.join('?' for _ in columns)})"
                     f" ON CONFLICT(run_id, item_id) DO UPDATE SET {updates},"
-                    f" attempts = completions.attempts + {added}",
+                    " attempts = completions.attempts + 1",
                     rows,
                 )
 
@@ -1425,6 +1437,22 @@ def _clean_name(name: str) -> str:
     if len(name) > 200:
         raise StoreError("a dataset name is limited to 200 characters")
     return name
+
+
+def _refuse_synthetic_eval(conn: sqlite3.Connection, item_ids: Sequence[int]) -> None:
+    """A request a model wrote stays out of eval: it must not grade the student."""
+    for start in range(0, len(item_ids), 500):
+        chunk = item_ids[start : start + 500]
+        row = conn.execute(
+            "SELECT position FROM items WHERE source != '' AND id IN"
+            f" ({', '.join('?' for _ in chunk)}) ORDER BY position LIMIT 1",
+            chunk,
+        ).fetchone()
+        if row is not None:
+            raise StoreError(
+                f"item {row[0]} is a synthetic request: it stays in train (a model's own "
+                "requests must not grade the student)"
+            )
 
 
 def _check_split(split: str) -> str:
