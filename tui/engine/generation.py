@@ -27,7 +27,15 @@ import openai
 from tui.engine.progress import Progress, Stoppable
 from tui.engine.ratelimit import AdaptiveLimit
 from tui.engine.retrieval import SimilarExamples
-from tui.engine.retry import FATAL, NO_QUOTA, RETRYABLE, backoff_delay, no_quota, retry_after
+from tui.engine.retry import (
+    FATAL,
+    NO_QUOTA,
+    backoff_delay,
+    no_quota,
+    not_retried,
+    retry_after,
+    should_retry,
+)
 from tui.engine.retry import describe as _describe
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
@@ -156,6 +164,7 @@ class ItemFinished:
     latency_ms: float | None
     first_token_ms: float | None
     cost: float
+    attempts: int = 1  # requests sent for this item (1 + its retries)
 
 
 @dataclass(frozen=True)
@@ -606,6 +615,7 @@ class Generator(Stoppable):
         messages = builder.messages(item)
         started = time.monotonic()
         attempt_no = 0
+        sent = 0  # requests that reached the backend (attempt_no counts those waiting too)
         last_error = ""
         self._recorded.discard(item.id)
         if not await self._claim(run.id, item.id):
@@ -618,26 +628,37 @@ class Generator(Stoppable):
                 attempt = _Attempt()
                 try:
                     async with self._slot(attempt):
+                        sent += 1
                         emit(ItemStarted(item.id, attempt_no))
                         started = time.monotonic()
                         await self._stream(run, messages, sampling, attempt, item.id, started, emit)
-                except FATAL as error:
-                    message = _describe(error)
-                    if isinstance(error, openai.NotFoundError):
-                        message = f"model {run.model!r} not found at the backend ({message})"
-                    await self._record(run, item, "failed", attempt, started, message, emit)
-                    self._stop("failed", message)
-                    return
                 except _StreamFailed as error:
-                    await self._record(run, item, "failed", attempt, started, str(error), emit)
+                    await self._record(
+                        run, item, "failed", attempt, started, str(error), emit, sent
+                    )
                     return
-                except (*RETRYABLE, _StreamBroken) as error:
+                except (openai.APIStatusError, openai.APIConnectionError, _StreamBroken) as error:
                     if no_quota(error):
                         # Waiting does not refill an account: stop before every item burns
                         # its retries on the same answer.
                         message = f"{NO_QUOTA} ({_describe(error)})"
-                        await self._record(run, item, "failed", attempt, started, message, emit)
+                        await self._record(
+                            run, item, "failed", attempt, started, message, emit, sent
+                        )
                         self._stop("failed", f"stopped: {NO_QUOTA}; add credit and resume")
+                        return
+                    if not (isinstance(error, _StreamBroken) or should_retry(error)):
+                        # A bad key, forbidden, an unknown model: the run stops. 400/413/422…:
+                        # this request is wrong, retrying would fail the same way (or the
+                        # server said not to): the item fails.
+                        message = _describe(error) + not_retried(error)
+                        if isinstance(error, openai.NotFoundError):
+                            message = f"model {run.model!r} not found at the backend ({message})"
+                        await self._record(
+                            run, item, "failed", attempt, started, message, emit, sent
+                        )
+                        if isinstance(error, FATAL):
+                            self._stop("failed", message)
                         return
                     last_error = (
                         str(error) if isinstance(error, _StreamBroken) else _describe(error)
@@ -651,6 +672,7 @@ class Generator(Stoppable):
                             started,
                             f"{last_error} (gave up after {attempt_no} attempts)",
                             emit,
+                            sent,
                         )
                         return
                     delay = backoff_delay(error, attempt_no, self.backoff_base, self.backoff_cap)
@@ -658,22 +680,18 @@ class Generator(Stoppable):
                     emit(ItemRetry(item.id, attempt_no, last_error, delay))
                     await asyncio.sleep(delay)
                     continue
-                except openai.APIStatusError as error:
-                    # 400/413/422…: this request is wrong; retrying it would fail the same way.
-                    await self._record(
-                        run, item, "failed", attempt, started, _describe(error), emit
-                    )
-                    return
                 self.limit.succeeded(
                     (attempt.prompt_tokens or 0)
                     + (sampling.max_tokens or attempt.completion_tokens or 0)
                 )
-                await self._record(run, item, "done", attempt, started, None, emit)
+                await self._record(run, item, "done", attempt, started, None, emit, sent)
                 return
         except asyncio.CancelledError:
             if item.id not in self._recorded:
                 # Written synchronously: the task is being torn down and must not await.
-                fields, finished = self._finish(item, "cancelled", _Attempt(), started, "cancelled")
+                fields, finished = self._finish(
+                    item, "cancelled", _Attempt(), started, "cancelled", sent
+                )
                 self._recorded.add(item.id)
                 self._count(finished)
                 emit(finished)
@@ -749,8 +767,9 @@ class Generator(Stoppable):
         started: float,
         error: str | None,
         emit: Callable[[Event], None],
+        attempts: int,
     ) -> None:
-        fields, finished = self._finish(item, status, attempt, started, error)
+        fields, finished = self._finish(item, status, attempt, started, error, attempts)
         # The outcome is decided here: a cancel arriving during the write must not turn a
         # finished item into a cancelled one, nor lose the write.
         self._recorded.add(item.id)
@@ -767,7 +786,10 @@ class Generator(Stoppable):
         attempt: _Attempt,
         started: float,
         error: str | None,
+        attempts: int,
     ) -> tuple[dict[str, Any], ItemFinished]:
+        """The completion's row and event; `attempts` = the requests this start sent for it
+        (added to those of earlier starts when a failed item is generated again)."""
         latency = (time.monotonic() - started) * 1000
         cost = cost_of(self.price, attempt.prompt_tokens, attempt.completion_tokens)
         fields = {
@@ -780,6 +802,7 @@ class Generator(Stoppable):
             "first_token_ms": attempt.first_token_ms,
             "finish_reason": attempt.finish_reason,
             "remote_id": attempt.remote_id,
+            "attempts": attempts,
         }
         if attempt.samples is not None:
             fields["confidence"] = attempt.confidence
@@ -795,6 +818,7 @@ class Generator(Stoppable):
             latency_ms=latency,
             first_token_ms=attempt.first_token_ms,
             cost=cost,
+            attempts=attempts,
         )
         return fields, finished
 

@@ -809,12 +809,17 @@ class Store:
         with self.transaction() as conn:
             for names, rows in by_columns.items():
                 columns = ["run_id", "item_id", "created_at", *names]
-                updates = ", ".join(f"{c} = excluded.{c}" for c in ["created_at", *names])
+                updates = ", ".join(
+                    f"{c} = excluded.{c}" for c in ["created_at", *names] if c != "attempts"
+                )
+                # `attempts` (the requests an outcome took; 1 if not given) adds up over
+                # the item's starts: a failed item generated again counts them all.
+                added = "excluded.attempts" if "attempts" in names else "1"
                 conn.executemany(
                     f"INSERT INTO completions({', '.join(columns)})"
                     f" VALUES ({', '.join('?' for _ in columns)})"
                     f" ON CONFLICT(run_id, item_id) DO UPDATE SET {updates},"
-                    " attempts = completions.attempts + 1",
+                    f" attempts = completions.attempts + {added}",
                     rows,
                 )
 
