@@ -1,7 +1,8 @@
 """The run form: dataset, split, role, model, system prompt, sampling, metadata, few-shot
 retrieval (from all train references or the recipe's labelled pool), the teacher's n samples
-a request and the vote that picks the label, budget, the estimate of what the run will cost,
-and the Start / Resume / Cancel buttons. It reads itself into a `RunForm`
+a request and the vote that picks the label, budget, live or batch (tui/engine/batch.py), the
+estimate of what the run will cost (live and at the batch price), and the Start / Resume /
+Cancel buttons. It reads itself into a `RunForm`
 (tui/engine/run_form.py) and says what the user asked for with its own messages; starting,
 resuming and cancelling are the screen's.
 
@@ -23,8 +24,10 @@ from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
+from screens.generate.estimate import estimate_text
 from screens.generate.models import ModelPicker, RunTarget
-from tui.engine.generation import Estimate, estimate_spec
+from tui.engine.batch import batch_estimate
+from tui.engine.generation import estimate_spec
 from tui.engine.run_form import (
     ROLES,
     SPLIT_CHOICES,
@@ -55,31 +58,15 @@ FIELD_IDS = {
     "samples": "samples",
     "vote": "vote",
     "budget": "budget",
+    "mode": "mode",
 }
+MODE_LABELS = {"live": "live requests", "batch": "batch (≤ 24 h)"}
 # How the vote decides that two samples give the same answer, in the user's words.
 VOTE_LABELS = {
     "command_match": "same command (command_match)",
     "normalised": "same text (normalised)",
 }
 ALL_TRAIN = "all train references"
-
-
-def estimate_text(estimate: Estimate, *, local: bool) -> Text:
-    text = Text("Estimate ", style="bold")
-    text.append(
-        f"{estimate.items:,} items · ≈{estimate.prompt_tokens:,} prompt + "
-        f"{estimate.completion_tokens:,} completion tokens"
-    )
-    if estimate.samples > 1:
-        text.append(f" ({estimate.samples} samples a request)")
-    text.append(" · ")
-    if estimate.priced:
-        text.append(f"≈${estimate.cost:,.4f}", style="bold")
-    elif local:
-        text.append("free (local)")
-    else:
-        text.append("unpriced", style="yellow")
-    return text
 
 
 class RunFormPanel(Vertical):
@@ -171,6 +158,10 @@ class RunFormPanel(Vertical):
                 row_id="vote-row",
             )
             yield from field("Budget $", Input(placeholder="no cap", id="budget", compact=True))
+            modes = [(label, mode) for mode, label in MODE_LABELS.items()]
+            yield from field(
+                "Send as", Select(modes, value="live", allow_blank=False, id="mode", compact=True)
+            )
         yield Static("", id="estimate")
         with Horizontal(id="gen-buttons"):
             yield Button("Start ^s", id="start", variant="primary", compact=True)
@@ -270,6 +261,7 @@ class RunFormPanel(Vertical):
             vote=str(self.query_one("#vote", Select).value),
             examples_from=str(self.query_one("#examples-from", Select).value),
             pool=self.pool,
+            mode=str(self.query_one("#mode", Select).value),
         )
 
     def load_datasets(self) -> None:
@@ -402,6 +394,7 @@ class RunFormPanel(Vertical):
 
     @on(Select.Changed, "#split")
     @on(Select.Changed, "#examples-from")
+    @on(Select.Changed, "#mode")
     @on(Input.Changed)
     @on(TextArea.Changed)
     def _form_changed(self) -> None:
@@ -419,7 +412,8 @@ class RunFormPanel(Vertical):
     async def _estimate(self) -> None:
         line = self.query_one("#estimate", Static)
         try:
-            spec = self.read_form().to_spec()
+            form = self.read_form()
+            spec = form.to_spec()
         except FormError as error:
             line.update(Text(str(error), style="red"))
             return
@@ -431,4 +425,12 @@ class RunFormPanel(Vertical):
         except StoreError as error:
             line.update(Text(str(error), style="red"))
             return
-        line.update(estimate_text(estimate, local=target.kind == "local"))
+        discount = self.distill.settings.batch_discount
+        line.update(
+            estimate_text(
+                estimate,
+                local=target.kind == "local",
+                batch_cost=batch_estimate(estimate, price, discount),
+                batch=form.batch(),
+            )
+        )

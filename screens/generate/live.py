@@ -1,6 +1,7 @@
 """The run on view: what is known of each item (`LiveRun`), the view that draws it
 (`LiveRunView`: the item table, the stream panel and which item it follows), and the figures
-of its progress line (`run_figures`).
+of its progress line (`run_figures`). A run sent as batches also shows its batches' status,
+request counts and window (`batch_text`); its items fill in as each batch's results arrive.
 
 With 64 replies streaming at once the engine reports thousands of tokens a second. Its events
 only write into `LiveRun` (dict and list operations); the view redraws the table and the stream
@@ -8,6 +9,9 @@ panel REPAINT_HZ times a second, and only when something changed."""
 
 from __future__ import annotations
 
+import time
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from rich.text import Text
@@ -16,6 +20,7 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import Static
 
+from tui.engine.batch import TERMINAL, BatchUpdate
 from tui.engine.generation import (
     ConcurrencyChanged,
     Event,
@@ -29,7 +34,7 @@ from tui.engine.generation import (
 )
 from tui.engine.run_form import format_metadata
 from tui.engine.settings import Price
-from tui.engine.store import CompletionRow, Item, RunInfo
+from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
 from tui.widgets.progress_line import REPAINT_HZ, Figures
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
@@ -48,6 +53,7 @@ EMPTY_BODY = {
     "cancelled": "(cancelled before the reply finished)",
     "pending": "(not generated yet)",
     "queued": "(queued)",
+    "in batch": "(sent in a batch: its answer comes when the batch ends)",
 }
 
 
@@ -55,7 +61,13 @@ class LiveRun:
     """The run on view: its items and what is known of each. Engine events write here and
     nothing else happens per event; the view reads it when it repaints."""
 
-    def __init__(self, run: RunInfo, items: list[Item], completions: list[CompletionRow]) -> None:
+    def __init__(
+        self,
+        run: RunInfo,
+        items: list[Item],
+        completions: list[CompletionRow],
+        batches: Iterable[BatchInfo] = (),
+    ) -> None:
         self.run = run
         self.items = items
         self.row_of = {item.id: row for row, item in enumerate(items)}
@@ -72,6 +84,24 @@ class LiveRun:
         self.concurrency: ConcurrencyChanged | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self._counts: tuple[int, dict[str, int]] = (-1, {})
+        # A batch run's batches (their last update, by the workspace's id) and the items
+        # that batches still at the backend hold.
+        self.batches: dict[int, BatchUpdate] = {}
+        self.batched: set[int] = set()
+        for b in batches:
+            counts = b.request_counts
+            self.batches[b.id] = BatchUpdate(
+                batch_id=b.id,
+                remote_id=b.remote_id,
+                status=b.status,
+                total=counts.get("total") or len(b.item_ids),
+                completed=counts.get("completed", 0),
+                failed=counts.get("failed", 0),
+                expires_at=b.expires_at,
+                error=b.error,
+            )
+            if not b.collected:
+                self.batched.update(b.item_ids)
         for c in completions:
             self.status[c.item_id] = c.status
             self.text[c.item_id] = [c.output]
@@ -84,7 +114,11 @@ class LiveRun:
             self.prompt_tokens += c.prompt_tokens or 0
             self.completion_tokens += c.completion_tokens or 0
 
-    def on_event(self, event: Event) -> None:
+    def on_event(self, event: Event | BatchUpdate) -> None:
+        if isinstance(event, BatchUpdate):
+            self.batches[event.batch_id] = event
+            self.version += 1
+            return
         if isinstance(event, ConcurrencyChanged):
             # Read with the run's totals by the progress line; nothing of the table changed.
             self.concurrency = event
@@ -103,6 +137,7 @@ class LiveRun:
             self.streaming.pop(event.item_id, None)
         elif isinstance(event, ItemFinished):
             item_id = event.item_id
+            self.batched.discard(item_id)
             self.status[item_id] = event.status
             self.text[item_id] = [event.output]
             if event.error:
@@ -120,7 +155,10 @@ class LiveRun:
         self.version += 1
 
     def status_of(self, item_id: int) -> str:
-        return self.status.get(item_id, self.idle)
+        status = self.status.get(item_id)
+        if status is None:
+            return "in batch" if item_id in self.batched else self.idle
+        return status
 
     def output_of(self, item_id: int) -> str:
         status = self.status_of(item_id)
@@ -159,6 +197,41 @@ def item_cells(live: LiveRun, item: Item) -> Row:
         "" if tokens is None else str(tokens),
         "" if latency is None else f"{latency:.0f}",
     )
+
+
+def _duration(seconds: float) -> str:
+    minutes = max(0, int(seconds // 60))
+    return f"{minutes // 60} h {minutes % 60:02d} m" if minutes >= 60 else f"{minutes} m"
+
+
+def batch_text(batches: Iterable[BatchUpdate], now: float | None = None) -> Text:
+    """A batch run's line: its batch (or how many), their status, the requests answered and
+    failed of all, and the window: "batch batch_abc · in_progress · 120/1,000 answered, 3
+    failed · 24h window, ends 14:03 (in 23 h 12 m)"."""
+    updates = list(batches)
+    if not updates:
+        return Text("")
+    now = time.time() if now is None else now
+    head = f"batch {updates[0].remote_id or '(being created)'}"
+    if len(updates) > 1:
+        head = f"{len(updates)} batches"
+    statuses = Counter(u.status for u in updates)
+    text = Text(f"{head} · ")
+    text.append(", ".join(s if n == 1 else f"{s} ×{n}" for s, n in statuses.items()), style="bold")
+    total = sum(u.total for u in updates)
+    text.append(f" · {sum(u.completed for u in updates):,}/{total:,} answered")
+    failed = sum(u.failed for u in updates)
+    if failed:
+        text.append(f", {failed:,} failed", style="red")
+    going = [u.expires_at for u in updates if u.expires_at and u.status not in TERMINAL]
+    if going:
+        ends = max(going)
+        clock = time.strftime("%H:%M", time.localtime(ends))
+        text.append(f" · {updates[0].window} window, ends {clock} (in {_duration(ends - now)})")
+    errors = [u.error for u in updates if u.error]
+    if errors:
+        text.append(f" · {errors[0]}", style="red")
+    return text
 
 
 def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Text:
@@ -244,6 +317,7 @@ class LiveRunView(Vertical):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-title")
+        yield Static("", id="batch-status", markup=False)
         yield VirtualTable(ITEM_COLUMNS, flagged=self._row_flagged, id="items")
         with VerticalScroll(id="stream"):
             yield Static("", id="stream-text", markup=False)
@@ -282,6 +356,7 @@ class LiveRunView(Vertical):
         if run.metadata:
             parts.append(format_metadata(run.metadata))
         self.query_one("#run-title", Static).update(Text(" · ".join(parts), style="bold"))
+        self._paint_batches(live)
         self._repaint()
 
     def clear(self, message: str) -> None:
@@ -289,6 +364,7 @@ class LiveRunView(Vertical):
         self.items_table.set_rows([])
         self.query_one("#run-title", Static).update(Text(message))
         self.query_one("#stream-text", Static).update("")
+        self.query_one("#batch-status", Static).display = False
 
     def follow_latest(self) -> None:
         self.follow = True
@@ -344,7 +420,14 @@ class LiveRunView(Vertical):
             return
         self._painted = live.version
         self.items_table.refresh()
+        self._paint_batches(live)
         self._paint_stream(live)
+
+    def _paint_batches(self, live: LiveRun) -> None:
+        line = self.query_one("#batch-status", Static)
+        line.display = bool(live.batches)
+        if live.batches:
+            line.update(batch_text(live.batches.values()))
 
     def _paint_stream(self, live: LiveRun) -> None:
         item = self.shown_item()

@@ -3,7 +3,12 @@
 Left, the run form (`RunFormPanel`). Right, the dataset's runs (`RunsPanel`), the run on view
 (`LiveRunView`: its items with their status and the text of one item as it streams), and the
 progress line. The screen composes the panels, routes their messages, and owns what spans
-them: starting, resuming and cancelling a run, and the generation worker."""
+them: starting, resuming and cancelling a run, and the generation worker.
+
+A run sent as batches ("Send as: batch") is followed by a `BatchRunner` instead of generated
+by a `Generator`: esc stops following (the batches go on at the backend), and ctrl+r on the
+run, or opening this screen after a restart, follows its batches again until their results
+are in."""
 
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ from screens.base import DistillScreen
 from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
+from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
 from tui.engine.generation import Generator, RunFinished, RunStats, create_run
 from tui.engine.run_form import FormError, RunForm
 from tui.engine.store import DatasetInfo, RunInfo
@@ -32,9 +38,12 @@ class GenerateScreen(DistillScreen):
         Binding("f", "follow", "Follow latest", id="generate.follow"),
     ]
 
+    # A batch's first poll, and the longest wait between two (the wait grows between them).
+    BATCH_POLL = (2.0, 60.0)
+
     def __init__(self) -> None:
         super().__init__()
-        self.generator: Generator | None = None
+        self.generator: Generator | BatchRunner | None = None
         self.stats: RunStats | None = None  # of the last generator, kept after it ends
 
     # -- layout --------------------------------------------------------------------------
@@ -118,12 +127,26 @@ class GenerateScreen(DistillScreen):
     def _backend_changed(self) -> None:
         if self.distill.backend is not None and not self.models:
             self.run_form.load_models()
+        self._follow_batches()
+
+    def _follow_batches(self) -> None:
+        """After a restart: follow the newest run of the dataset on view whose batches are
+        still at the backend (their ids are in the workspace)."""
+        dataset = self.dataset
+        if self.generator is not None or self.distill.backend is None or dataset is None:
+            return
+        waiting = set(runs_with_batches(self.distill.store))
+        runs = [r for r in self.runs if r.id in waiting]
+        if runs:
+            self.notify(f"Following run {runs[0].id}'s batches at the backend again.")
+            self._begin(runs[0].id, None, batch=True)
 
     # -- runs ----------------------------------------------------------------------------
 
     @on(RunFormPanel.DatasetChanged)
     def _dataset_changed(self) -> None:
         self._load_runs(view_latest=True)
+        self._follow_batches()
 
     def _load_runs(self, *, view_latest: bool = False) -> None:
         dataset = self.dataset
@@ -147,7 +170,12 @@ class GenerateScreen(DistillScreen):
 
     def _view_run(self, run_id: int) -> None:
         store = self.distill.store
-        live = LiveRun(store.get_run(run_id), store.run_items(run_id), store.completions(run_id))
+        live = LiveRun(
+            store.get_run(run_id),
+            store.run_items(run_id),
+            store.completions(run_id),
+            store.run_batches(run_id),
+        )
         self.stats = None
         self.live_view.show_run(live)
         self.progress_line.follow(self._figures)
@@ -186,7 +214,10 @@ class GenerateScreen(DistillScreen):
         await self._resume(self.run_form.read_form())
 
     def action_cancel_run(self) -> None:
-        if self.generator is not None:
+        if isinstance(self.generator, BatchRunner):
+            self.generator.stop()
+            self.run_form.cancelling()
+        elif self.generator is not None:
             self.generator.cancel()
             self.run_form.cancelling()
 
@@ -220,7 +251,7 @@ class GenerateScreen(DistillScreen):
         run_id = await store.in_thread(create_run, store, spec)
         self._load_runs()
         self.runs_panel.move_to(0)
-        self._begin(run_id, budget)
+        self._begin(run_id, budget, batch=form.batch())
 
     async def _resume(self, form: RunForm) -> None:
         """Generate what the highlighted run lacks, within the form's budget."""
@@ -232,15 +263,18 @@ class GenerateScreen(DistillScreen):
             return
         store = self.distill.store
         pending = await store.in_thread(store.pending_items, run.id)
-        if not pending:
+        # A run whose batches are still at the backend is followed, whatever the form says.
+        batched = bool(await store.in_thread(store.unfinished_batches, run.id))
+        if not pending and not batched:
             self.notify(f"Run {run.id} has nothing left to generate: every item is done.")
             return
         try:
             budget = form.budget_cap()
+            batch = batched or form.batch()
         except FormError as error:
             self.run_form.show_error(error)
             return
-        self._begin(run.id, budget)
+        self._begin(run.id, budget, batch=batch)
 
     def _busy(self) -> bool:
         if self.generator is not None:
@@ -253,7 +287,7 @@ class GenerateScreen(DistillScreen):
             return True
         return False
 
-    def _begin(self, run_id: int, budget: float | None) -> None:
+    def _begin(self, run_id: int, budget: float | None, *, batch: bool = False) -> None:
         settings = self.distill.settings
         run = self.distill.store.get_run(run_id)
         # The backend the model was picked from (a teacher on OpenAI, a student served
@@ -261,27 +295,42 @@ class GenerateScreen(DistillScreen):
         target = self.run_form.target(run.model, run.role)
         backend = target.backend or self.distill.backend
         assert backend is not None
-        generator = Generator(
-            self.distill.store,
-            backend.client,
-            concurrency=settings.concurrency,
-            max_retries=settings.max_retries,
-            price=settings.price(run.model, target.price_role),
-            budget=budget,
-            # Stored completions (and their metadata) exist on OpenAI and the local backend.
-            store_completions=backend.spec.kind in ("openai", "local"),
-        )
+        price = settings.price(run.model, target.price_role)
+        # Stored completions (and their metadata) exist on OpenAI and the local backend.
+        store_completions = backend.spec.kind in ("openai", "local")
+        generator: Generator | BatchRunner
+        if batch:
+            first, longest = self.BATCH_POLL
+            generator = BatchRunner(
+                self.distill.store,
+                backend.client,
+                price=batch_price(price, settings.batch_discount),
+                budget=budget,
+                store_completions=store_completions,
+                poll_interval=first,
+                max_poll_interval=longest,
+            )
+        else:
+            generator = Generator(
+                self.distill.store,
+                backend.client,
+                concurrency=settings.concurrency,
+                max_retries=settings.max_retries,
+                price=price,
+                budget=budget,
+                store_completions=store_completions,
+            )
         self.generator = generator
         self._view_run(run_id)
         live = self.live
         assert live is not None
-        live.idle = "queued"
+        live.idle = "in batch" if batch else "queued"
         self.runs_panel.track(run_id, lambda: generator.stats)
         self._set_running(True)
         self._generate(generator, live)
 
     @work(exclusive=True, group="generate", exit_on_error=False)
-    async def _generate(self, generator: Generator, live: LiveRun) -> None:
+    async def _generate(self, generator: Generator | BatchRunner, live: LiveRun) -> None:
         try:
             finished = await generator.run(live.run.id, on_event=live.on_event)
         finally:
@@ -309,6 +358,11 @@ class GenerateScreen(DistillScreen):
         elif finished.status == "budget":
             self.notify(
                 finished.message, title=f"{title} stopped", severity="warning", markup=False
+            )
+        elif finished.status == "batch":
+            self.notify(
+                "The batches go on at the backend; ctrl+r on the run follows them again.",
+                title=f"{title}: stopped following",
             )
         elif finished.status == "cancelled":
             self.notify(

@@ -15,6 +15,8 @@ from tui.engine.store import DatasetInfo, RunInfo, Store
 from tui.engine.voting import VOTE_RULES
 
 ROLES = ("student", "teacher", "fine-tuned")
+# How a run is sent: one live request per item, or as batches (tui/engine/batch.py).
+MODES = ("live", "batch")
 SPLIT_CHOICES = ("all", "train", "eval")
 MAX_SAMPLES = 16  # OpenAI's `n` per request, as far as this form goes
 # Where retrieved few-shot examples come from: every train-split item with a reference, or
@@ -144,6 +146,13 @@ class RunForm:
     vote: str = "normalised"
     examples_from: str = "train"
     pool: list[int] | None = None
+    mode: str = "live"  # "live" or "batch"
+
+    def batch(self) -> bool:
+        """Whether the run goes as batches (a mode the form cannot have is refused)."""
+        if self.mode not in MODES:
+            raise FormError("mode", f"mode: {self.mode!r} is not live or batch")
+        return self.mode == "batch"
 
     def to_spec(self) -> RunSpec:
         if self.dataset_id is None:
@@ -162,6 +171,7 @@ class RunForm:
             raise FormError("vote", f"vote: {self.vote!r} is not one of {', '.join(VOTE_RULES)}")
         retrieve_from = self._retrieve_from() if k else None
         self.budget_cap()
+        self.batch()
         return RunSpec(
             dataset_id=self.dataset_id,
             model=model,
