@@ -122,6 +122,33 @@ def sampling_of(run: RunInfo) -> SamplingParams:
     return SamplingParams(**run.params.get("sampling", {}))
 
 
+def chat_request(
+    run: RunInfo,
+    messages: list[dict[str, str]],
+    sampling: SamplingParams,
+    *,
+    store_completions: bool,
+) -> dict[str, Any]:
+    """An item's chat completion request as every path sends it: a live one adds `stream`,
+    a batch's line (batch.py) carries it as it is."""
+    request: dict[str, Any] = {"model": run.model, "messages": messages}
+    request.update(sampling.request_args())
+    if store_completions:
+        request["store"] = True
+        if run.metadata:
+            request["metadata"] = run.metadata
+    n = int(run.params.get("samples", 1))
+    if n > 1:
+        request["n"] = n
+    return request
+
+
+def vote_samples(run: RunInfo, samples: list[str]) -> tuple[str, float]:
+    """The answer most of an item's n samples agree on under the run's vote, and its share."""
+    verdict = vote([s.strip() for s in samples], rule(str(run.params.get("vote"))))
+    return verdict.answer, verdict.share
+
+
 # -- events ------------------------------------------------------------------------------
 
 
@@ -223,6 +250,57 @@ class RunStats(Progress):
 
 def cost_of(price: Price, prompt_tokens: int | None, completion_tokens: int | None) -> float:
     return ((prompt_tokens or 0) * price.input + (completion_tokens or 0) * price.output) / 1e6
+
+
+def completion_outcome(
+    item_id: int,
+    status: Literal["done", "failed", "cancelled"],
+    *,
+    output: str,
+    error: str | None,
+    finish_reason: str | None,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    remote_id: str | None,
+    latency_ms: float | None,
+    first_token_ms: float | None,
+    price: Price,
+    attempts: int = 1,
+    confidence: float | None = None,
+    samples: list[str] | None = None,
+) -> tuple[dict[str, Any], ItemFinished]:
+    """An item's outcome as every path records it (a live reply, a batch's result line): the
+    completion's fields (for Store.save_completion) and the event; `samples` and their vote's
+    `confidence` when the run sampled n > 1 times."""
+    fields: dict[str, Any] = {
+        "output": output,
+        "status": status,
+        "error": error,
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "latency_ms": latency_ms,
+        "first_token_ms": first_token_ms,
+        "finish_reason": finish_reason,
+        "remote_id": remote_id,
+        "attempts": attempts,
+    }
+    if samples is not None:
+        fields["confidence"] = confidence
+        fields["samples"] = json.dumps(samples, ensure_ascii=False)
+    finished = ItemFinished(
+        item_id=item_id,
+        status=status,
+        output=output,
+        error=error,
+        finish_reason=finish_reason,
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        latency_ms=latency_ms,
+        first_token_ms=first_token_ms,
+        cost=cost_of(price, prompt_tokens, completion_tokens),
+        attempts=attempts,
+    )
+    return fields, finished
 
 
 @dataclass(frozen=True)
@@ -726,22 +804,9 @@ class Generator(Stoppable):
         started: float,
         emit: Callable[[Event], None],
     ) -> None:
-        extra: dict[str, Any] = {}
-        if self.store_completions:
-            extra["store"] = True
-            if run.metadata:
-                extra["metadata"] = run.metadata
-        request: dict[str, Any] = {
-            "model": run.model,
-            "messages": messages,
-            "stream": True,
-            "stream_options": {"include_usage": True},
-            **sampling.request_args(),
-            **extra,
-        }
+        request = chat_request(run, messages, sampling, store_completions=self.store_completions)
+        request.update(stream=True, stream_options={"include_usage": True})
         n = int(run.params.get("samples", 1))
-        if n > 1:
-            request["n"] = n
         others = await stream_chat(
             self.client,
             request,
@@ -752,11 +817,8 @@ class Generator(Stoppable):
         )
         if n > 1:
             # A backend without `n` answers once: the vote is then over that one sample.
-            samples = [attempt.output, *others]
-            verdict = vote([s.strip() for s in samples], rule(str(run.params.get("vote"))))
-            attempt.samples = samples
-            attempt.confidence = verdict.share
-            attempt.output = verdict.answer
+            attempt.samples = [attempt.output, *others]
+            attempt.output, attempt.confidence = vote_samples(run, attempt.samples)
 
     async def _record(
         self,
@@ -790,37 +852,22 @@ class Generator(Stoppable):
     ) -> tuple[dict[str, Any], ItemFinished]:
         """The completion's row and event; `attempts` = the requests this start sent for it
         (added to those of earlier starts when a failed item is generated again)."""
-        latency = (time.monotonic() - started) * 1000
-        cost = cost_of(self.price, attempt.prompt_tokens, attempt.completion_tokens)
-        fields = {
-            "output": attempt.output,
-            "status": status,
-            "error": error,
-            "prompt_tokens": attempt.prompt_tokens,
-            "completion_tokens": attempt.completion_tokens,
-            "latency_ms": latency,
-            "first_token_ms": attempt.first_token_ms,
-            "finish_reason": attempt.finish_reason,
-            "remote_id": attempt.remote_id,
-            "attempts": attempts,
-        }
-        if attempt.samples is not None:
-            fields["confidence"] = attempt.confidence
-            fields["samples"] = json.dumps(attempt.samples, ensure_ascii=False)
-        finished = ItemFinished(
-            item_id=item.id,
-            status=status,
+        return completion_outcome(
+            item.id,
+            status,
             output=attempt.output,
             error=error,
             finish_reason=attempt.finish_reason,
             prompt_tokens=attempt.prompt_tokens,
             completion_tokens=attempt.completion_tokens,
-            latency_ms=latency,
+            remote_id=attempt.remote_id,
+            latency_ms=(time.monotonic() - started) * 1000,
             first_token_ms=attempt.first_token_ms,
-            cost=cost,
+            price=self.price,
             attempts=attempts,
+            confidence=attempt.confidence,
+            samples=attempt.samples,
         )
-        return fields, finished
 
     def _count(self, finished: ItemFinished) -> None:
         stats = self.stats
