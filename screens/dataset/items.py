@@ -28,7 +28,7 @@ COLUMNS = (
     Column("Dup", width=10),
     Column("~Tok", width=5, justify="right"),
 )
-FILTER_HELP = "filter: text, split:train|eval|none, is:dup"
+FILTER_HELP = "filter: text, split:train|eval|none, is:dup, is:synthetic"
 
 # Up to this many items, duplicates and the filter index are computed before the first paint.
 INDEX_INLINE_LIMIT = 20_000
@@ -55,8 +55,16 @@ class DatasetHeader(Vertical):
             yield Static("", id="dataset-counts")
         yield Static("", id="system-prompt")
 
-    def show(self, dataset: DatasetInfo | None, *, shown: int | None, duplicates: int) -> None:
-        """`shown`: how many items the filter lets through (None: no filter)."""
+    def show(
+        self,
+        dataset: DatasetInfo | None,
+        *,
+        shown: int | None,
+        duplicates: int,
+        synthetic: int = 0,
+    ) -> None:
+        """`shown`: how many items the filter lets through (None: no filter); `synthetic`:
+        how many items a model wrote."""
         title = self.query_one("#dataset-title", Static)
         counts = self.query_one("#dataset-counts", Static)
         prompt = self.query_one("#system-prompt", Static)
@@ -72,6 +80,7 @@ class DatasetHeader(Vertical):
             ("" if shown is None else f"{shown:,} shown · ")
             + f"{d.n_items:,} items · {d.n_train:,} train · {d.n_eval:,} eval"
             + (f" · {unassigned:,} unassigned" if unassigned else "")
+            + (f" · {synthetic:,} synthetic" if synthetic else "")
             + (f" · [yellow]{duplicates:,} duplicates[/yellow]" if duplicates else "")
         )
         text = escape(d.system_prompt) or "[dim](none — press p to write one)[/dim]"
@@ -94,6 +103,7 @@ class ItemsPanel(Vertical):
         shown: int
         filtered: bool
         duplicates: int
+        synthetic: int = 0  # items a model wrote (the Dataset screen's Generate requests…)
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -103,6 +113,7 @@ class ItemsPanel(Vertical):
         self.indexing = False
         self.shown: list[int] = []
         self.filter_text = ""
+        self.synthetic = 0
 
     def compose(self) -> ComposeResult:
         yield Input(placeholder=FILTER_HELP, id="filter")
@@ -122,6 +133,7 @@ class ItemsPanel(Vertical):
 
     def show_items(self, items: list[Item], *, keep_cursor: bool = False) -> None:
         self.items = items
+        self.synthetic = sum(1 for item in items if item.source)
         if len(items) <= INDEX_INLINE_LIMIT:
             self._set_index(*_index(items))
         else:
@@ -168,11 +180,14 @@ class ItemsPanel(Vertical):
         self.shown = self._matching(self.filter_text)
         self.table.set_rows(RowView(self.shown, self._cells), keep_cursor=keep_cursor)
         self._show_detail()
-        self.post_message(self.Changed(len(self.shown), bool(self.filter_text), self.duplicates))
+        self.post_message(
+            self.Changed(len(self.shown), bool(self.filter_text), self.duplicates, self.synthetic)
+        )
 
     def _matching(self, query: str) -> list[int]:
         split: str | None = None
         dup_only = False
+        synthetic_only = False
         text: list[str] = []
         for word in query.split():
             lower = word.casefold()
@@ -181,6 +196,8 @@ class ItemsPanel(Vertical):
                 split = "" if value in ("none", "unassigned", "") else value
             elif lower in ("is:dup", "is:duplicate"):
                 dup_only = True
+            elif lower in ("is:synthetic", "is:synth"):
+                synthetic_only = True
             else:
                 text.append(lower)
         needle = " ".join(text)
@@ -194,6 +211,8 @@ class ItemsPanel(Vertical):
             indices = [i for i in indices if items[i].split == split]
         if dup_only:
             indices = [i for i in indices if flags[i]]
+        if synthetic_only:
+            indices = [i for i in indices if items[i].source]
         return list(indices)
 
     def current_item(self) -> Item | None:
@@ -219,8 +238,9 @@ class ItemsPanel(Vertical):
             return
         flag = self.flags[self.shown[self.table.cursor]]
         note = f"  [yellow]({flag} duplicate of an earlier item)[/yellow]" if flag else ""
+        source = f" · {escape(item.source)}" if item.source else ""
         detail.update(
-            f"[b]#{item.position}[/b] {item.split or 'unassigned'}{note}\n"
+            f"[b]#{item.position}[/b] {item.split or 'unassigned'}{source}{note}\n"
             f"[b]Request[/b]   {escape(item.input)}\n"
             f"[b]Reference[/b] {escape(item.reference) or '[dim]—[/dim]'}"
         )

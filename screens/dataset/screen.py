@@ -10,12 +10,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import openai
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 
 from screens.base import DistillScreen
 from screens.dataset.items import DatasetHeader, ItemsPanel
+from screens.dataset.synthetic import GenerateRequestsDialog, RequestsPreview
 from screens.dialogs import (
     ConfirmDialog,
     DatasetAction,
@@ -30,9 +32,17 @@ from screens.dialogs import (
 )
 from tui.engine.datasets import DatasetFormatError, ItemDraft, read_dataset, write_dataset
 from tui.engine.store import DatasetInfo, Item, StoreError
+from tui.engine.synthetic import (
+    RequestSynthesizer,
+    SynthesisSpec,
+    add_synthetic,
+    example_pool,
+)
 from tui.widgets.virtual_table import VirtualTable
 
 NEXT_SPLIT = {"": "train", "train": "eval", "eval": ""}
+# A synthetic request is never in eval (a model's own requests must not grade the student).
+NEXT_SPLIT_SYNTHETIC = {"": "train", "train": "", "eval": "train"}
 
 
 @dataclass
@@ -57,6 +67,7 @@ class DatasetScreen(DistillScreen):
         Binding("i", "import", "Import", id="dataset.import"),
         Binding("E", "export", "Export", id="dataset.export"),
         Binding("o", "datasets", "Datasets", id="dataset.datasets"),
+        Binding("g", "generate_requests", "Generate requests…", show=False, id="dataset.generate"),
     ]
 
     def __init__(self) -> None:
@@ -109,6 +120,7 @@ class DatasetScreen(DistillScreen):
             self.dataset,
             shown=event.shown if event.filtered else None,
             duplicates=event.duplicates,
+            synthetic=event.synthetic,
         )
 
     @on(ItemsPanel.Opened)
@@ -155,9 +167,17 @@ class DatasetScreen(DistillScreen):
         if edit is None:
             return
         store = self.distill.store
-        await store.in_thread(
-            store.update_item, item.id, input=edit.input, reference=edit.reference, split=edit.split
-        )
+        try:
+            await store.in_thread(
+                store.update_item,
+                item.id,
+                input=edit.input,
+                reference=edit.reference,
+                split=edit.split,
+            )
+        except StoreError as exc:
+            self.notify(str(exc), title="Not saved", severity="error", markup=False)
+            return
         self._push_undo(
             "edit",
             lambda: store.update_item(
@@ -190,7 +210,8 @@ class DatasetScreen(DistillScreen):
         if item is None:
             return
         store = self.distill.store
-        await store.in_thread(store.set_splits, {item.id: NEXT_SPLIT[item.split]})
+        following = NEXT_SPLIT_SYNTHETIC if item.source else NEXT_SPLIT
+        await store.in_thread(store.set_splits, {item.id: following[item.split]})
         self._push_undo("split change", lambda: store.set_splits({item.id: item.split}))
         self.reload()
 
@@ -254,6 +275,63 @@ class DatasetScreen(DistillScreen):
         await store.in_thread(store.set_system_prompt, dataset.id, text)
         self._push_undo("system prompt edit", lambda: store.set_system_prompt(dataset.id, old))
         self.reload()
+
+    # -- synthetic requests --------------------------------------------------------------
+
+    @work(group="dataset-edit")
+    async def action_generate_requests(self) -> None:
+        """g: a model (the teacher's by default) writes new requests like the dataset's; the
+        person picks which to add (train split, tagged synthetic, no reference)."""
+        dataset = self._need_dataset()
+        if dataset is None:
+            return
+        backend = self.distill.backend_for("teacher")
+        if backend is None:
+            self.notify("The backend is not connected yet.", severity="warning")
+            return
+        settings = self.distill.settings
+        pool = len(example_pool(self.items_panel.items))
+        models = await _models(backend.client)
+        request = await self.app.push_screen_wait(
+            GenerateRequestsDialog(settings.teacher, pool, models)
+        )
+        if request is None:
+            return
+        spec = SynthesisSpec(
+            dataset_id=dataset.id,
+            model=request.model,
+            count=request.count,
+            examples=request.examples,
+            topics=request.topics,
+        )
+        synthesizer = RequestSynthesizer(
+            self.distill.store,
+            backend.client,
+            price=settings.price(request.model, "teacher"),
+            max_retries=settings.max_retries,
+        )
+        accepted = await self.app.push_screen_wait(RequestsPreview(synthesizer, spec))
+        if not accepted:
+            return
+        store = self.distill.store
+        added = await store.in_thread(add_synthetic, store, dataset.id, accepted)
+        ids = added.ids
+        if ids:
+            self._push_undo("adding generated requests", lambda: store.delete_items(ids))
+        self.reload()
+        if ids:
+            self.items_panel.move_to(ids[0])
+        skipped = (
+            f" {len(added.skipped):,} were in the dataset by now and were left out."
+            if added.skipped
+            else ""
+        )
+        self.notify(
+            f"Added {len(ids):,} synthetic requests to the train split, without references."
+            + skipped
+            + " Press u to undo.",
+            markup=False,
+        )
 
     # -- import / export -----------------------------------------------------------------
 
@@ -393,6 +471,15 @@ class DatasetScreen(DistillScreen):
                     else:
                         self.items_panel.show_items([])
                 self.notify(f"Deleted dataset {target.name!r}.", markup=False)
+
+
+async def _models(client: openai.AsyncOpenAI) -> list[str]:
+    """The backend's models, for the model box's suggestions ([] if it cannot list them)."""
+    try:
+        listing = client.with_options(timeout=5.0, max_retries=0).models.list()
+        return sorted({model.id async for model in listing})
+    except openai.APIError:  # only suggestions: the dialog works without them
+        return []
 
 
 def _name_check(value: str) -> str:
