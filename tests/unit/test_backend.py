@@ -181,8 +181,8 @@ async def test_server_that_cannot_start_is_reported(tmp_path: Path) -> None:
 
 
 def test_sigkilled_parent_takes_the_server_with_it(tmp_path: Path) -> None:
-    """The app dies without any cleanup; the kernel (PR_SET_PDEATHSIG) and the server's own
-    parent watch make sure no server is left behind."""
+    """The app dies without any cleanup; the server watches the pids of the apps using it
+    (local/clients/) and stops once none is alive, so no server is left behind."""
     script = textwrap.dedent(
         f"""
         import asyncio, sys, time
