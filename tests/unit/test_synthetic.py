@@ -181,6 +181,7 @@ async def test_duplicates_of_the_dataset_and_of_each_other_are_left_out(
                 "push main to origin.",  # a repeat within the reply
                 "   ",
                 42,
+                "Stage the file caf\ufffd.txt",  # the model wrote invalid UTF-8
             ]
         ),
         reply(["Push main to origin", "Fetch from upstream"]),  # a repeat of reply 1's
@@ -204,6 +205,10 @@ async def test_duplicates_of_the_dataset_and_of_each_other_are_left_out(
         ),
         ("", "the request is empty"),
         ("42", "not a string (a number)"),
+        (
+            "Stage the file caf\ufffd.txt",
+            "holds broken characters (U+FFFD: the model wrote invalid UTF-8)",
+        ),
         ("Push main to origin", "a repeat of another new request"),
     ]
     assert bad(events) == []  # each reply gave something new

@@ -729,6 +729,9 @@ class RequestSynthesizer(Stoppable):
                 text = validate_request(text)
             except ValueError as error:
                 problem = str(error).rstrip(".").lower()
+            else:
+                if "\ufffd" in text:
+                    problem = "holds broken characters (U+FFFD: the model wrote invalid UTF-8)"
         if text is not None and problem is None:
             if len(self.requests) >= spec.count:
                 problem = f"more than the {spec.count} asked for"
