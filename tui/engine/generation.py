@@ -530,9 +530,6 @@ async def stream_chat(
 
 # -- the engine ----------------------------------------------------------------------------
 
-# The engine's own names for them.
-_StreamBroken, _StreamFailed = StreamBroken, StreamFailed
-
 
 @dataclass
 class _Attempt(StreamedReply):
@@ -710,12 +707,12 @@ class Generator(Stoppable):
                         emit(ItemStarted(item.id, attempt_no))
                         started = time.monotonic()
                         await self._stream(run, messages, sampling, attempt, item.id, started, emit)
-                except _StreamFailed as error:
+                except StreamFailed as error:
                     await self._record(
                         run, item, "failed", attempt, started, str(error), emit, sent
                     )
                     return
-                except (openai.APIStatusError, openai.APIConnectionError, _StreamBroken) as error:
+                except (openai.APIStatusError, openai.APIConnectionError, StreamBroken) as error:
                     if no_quota(error):
                         # Waiting does not refill an account: stop before every item burns
                         # its retries on the same answer.
@@ -725,7 +722,7 @@ class Generator(Stoppable):
                         )
                         self._stop("failed", f"stopped: {NO_QUOTA}; add credit and resume")
                         return
-                    if not (isinstance(error, _StreamBroken) or should_retry(error)):
+                    if not (isinstance(error, StreamBroken) or should_retry(error)):
                         # A bad key, forbidden, an unknown model: the run stops. 400/413/422…:
                         # this request is wrong, retrying would fail the same way (or the
                         # server said not to): the item fails.
@@ -738,9 +735,7 @@ class Generator(Stoppable):
                         if isinstance(error, FATAL):
                             self._stop("failed", message)
                         return
-                    last_error = (
-                        str(error) if isinstance(error, _StreamBroken) else _describe(error)
-                    )
+                    last_error = str(error) if isinstance(error, StreamBroken) else _describe(error)
                     if attempt_no > self.max_retries:
                         await self._record(
                             run,
