@@ -440,6 +440,25 @@ class LocalDB:
             page.rows = [_job_row(r) for r in page.rows]
         return page
 
+    def _update_where(
+        self,
+        table: str,
+        row_id: str,
+        only_if_status: Sequence[str] | None,
+        fields: dict[str, Any],
+    ) -> bool:
+        """UPDATE one row of `table` (a name of ours, never user input); with
+        `only_if_status`, only while its status is one of those. Whether the row changed."""
+        assignments = ", ".join(f"{k} = :{k}" for k in fields)
+        sql = f"UPDATE {table} SET {assignments} WHERE id = :_id"
+        params: dict[str, Any] = {**fields, "_id": row_id}
+        if only_if_status is not None:
+            names = [f":_s{i}" for i in range(len(only_if_status))]
+            sql += f" AND status IN ({', '.join(names)})"
+            params.update({f"_s{i}": s for i, s in enumerate(only_if_status)})
+        with self._tx() as c:
+            return c.execute(sql, params).rowcount > 0
+
     def update_job(
         self, job_id: str, *, only_if_status: Sequence[str] | None = None, **fields: Any
     ) -> bool:
@@ -451,15 +470,7 @@ class LocalDB:
         for key in ("hyperparameters", "error", "result_files"):
             if key in fields and fields[key] is not None:
                 fields[key] = json.dumps(fields[key])
-        assignments = ", ".join(f"{k} = :{k}" for k in fields)
-        sql = f"UPDATE jobs SET {assignments} WHERE id = :_id"
-        params: dict[str, Any] = {**fields, "_id": job_id}
-        if only_if_status is not None:
-            names = [f":_s{i}" for i in range(len(only_if_status))]
-            sql += f" AND status IN ({', '.join(names)})"
-            params.update({f"_s{i}": s for i, s in enumerate(only_if_status)})
-        with self._tx() as c:
-            return c.execute(sql, params).rowcount > 0
+        return self._update_where("jobs", job_id, only_if_status, fields)
 
     def active_jobs(self) -> list[dict[str, Any]]:
         marks = ",".join("?" for _ in ACTIVE_JOB_STATUSES)
@@ -593,15 +604,7 @@ class LocalDB:
         those (so a cancel and the worker's progress cannot overwrite each other)."""
         if "errors" in fields and fields["errors"] is not None:
             fields["errors"] = json.dumps(fields["errors"])
-        assignments = ", ".join(f"{k} = :{k}" for k in fields)
-        sql = f"UPDATE batches SET {assignments} WHERE id = :_id"
-        params: dict[str, Any] = {**fields, "_id": batch_id}
-        if only_if_status is not None:
-            names = [f":_s{i}" for i in range(len(only_if_status))]
-            sql += f" AND status IN ({', '.join(names)})"
-            params.update({f"_s{i}": s for i, s in enumerate(only_if_status)})
-        with self._tx() as c:
-            return c.execute(sql, params).rowcount > 0
+        return self._update_where("batches", batch_id, only_if_status, fields)
 
     def active_batches(self) -> list[dict[str, Any]]:
         marks = ",".join("?" for _ in ACTIVE_BATCH_STATUSES)
