@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, closing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from textual import events
@@ -20,6 +20,7 @@ from textual.content import Content
 from textual.message import Message
 from textual.notifications import Notify
 from textual.pilot import Pilot
+from textual.screen import Screen
 from textual.widget import Widget
 
 from tui.app import DistillApp
@@ -29,6 +30,7 @@ from tui.engine.settings import load_settings
 from tui.engine.store import Store
 
 SIZE = (120, 40)
+S = TypeVar("S", bound=Screen[Any])
 
 SMALL_NAME = "small"
 SMALL_PROMPT = "Answer with one git command."
@@ -125,6 +127,22 @@ class Driver:
                 f"workers still running with {self.app.screen!r} on top: {list(self.app.workers)}"
             ) from None
         await self.pilot.pause()
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 30) -> None:
+        """Let the app work until `condition` holds; fail if it does not within `timeout` s."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not condition():
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"still not true after {timeout} s: {condition}")
+            await self.pilot.pause(0.02)
+
+    async def screen_of(self, kind: type[S]) -> S:
+        """The screen on top once it is a `kind` (a dialog a worker pushes comes a moment
+        after the key that asked for it)."""
+        await self.wait_until(lambda: isinstance(self.app.screen, kind))
+        screen = self.app.screen
+        assert isinstance(screen, kind)
+        return screen
 
     def notifications(self) -> list[tuple[str, str, str]]:
         """(severity, title, message) of each notification posted so far."""

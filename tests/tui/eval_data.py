@@ -24,8 +24,8 @@ ITEMS = (
     ("Show the last five commits on one line each", "git log --oneline -5"),
     ("Stash the current changes", "git stash"),
 )
-# The student's baseline: right on 4 of 10; the teacher: right on 9; the fine-tuned student:
-# right on 8, one of which the baseline got right and it gets wrong (a regression).
+# Three runs' outputs, item by item. Whether each is right is decided below by hand (VERDICTS),
+# from the graders' rules, not read back from what the app computes.
 OUTPUTS = {
     "student": (
         "git status",
@@ -64,6 +64,58 @@ OUTPUTS = {
         "git stash",
     ),
 }
+# (command match, exact match) of each output above, by the graders' stated rules: exact
+# match is the same text; command match is the same program, subcommand, options (in any
+# order, with their aliases: -m is --message, `git stash` is `git stash push`) and arguments
+# (modulo quoting). What git would do by default does not count: `git tag` is not
+# `git tag --list`.
+VERDICTS: dict[str, tuple[tuple[bool, bool], ...]] = {
+    "student": (
+        (True, True),
+        (False, False),  # creates the branch but does not switch to it
+        (False, False),  # -A: every change in the repository, not the current directory's
+        (True, False),  # the same message, quoted differently
+        (False, False),  # no remote, no branch
+        (False, False),  # without --soft the index is reset too
+        (False, False),  # --list missing
+        (True, True),
+        (False, False),  # --oneline missing
+        (False, False),  # save is not stash push
+    ),
+    "teacher": (
+        *((True, True),) * 9,
+        (True, False),  # stash push is what git stash means
+    ),
+    "fine-tuned": (
+        (True, True),
+        (True, True),
+        (True, True),
+        (True, False),  # --message is -m
+        (True, True),
+        (True, True),
+        (True, True),
+        (False, False),  # -D forces the delete: a regression, the baseline had it right
+        (True, True),
+        (True, True),
+    ),
+}
+GRADER_INDEX = {"command match": 0, "exact match": 1}
+
+
+def passes(role: str, grader: str) -> int:
+    """How many of the role's outputs the grader passes, by VERDICTS."""
+    return sum(v[GRADER_INDEX[grader]] for v in VERDICTS[role])
+
+
+def pass_rate(role: str, grader: str) -> float:
+    return passes(role, grader) / len(ITEMS)
+
+
+def percent(role: str, grader: str) -> str:
+    """The pass rate as the screens show it ("30.0%")."""
+    return f"{100 * pass_rate(role, grader):.1f}%"
+
+
 MODELS = {
     "student": "gpt-4o-mini",
     "teacher": "gpt-4o",
@@ -121,3 +173,31 @@ def build(
             system_prompt=PROMPT,
         )
     return EvalWorkspace(dataset_id, runs)
+
+
+def versus(role: str, baseline: str, grader: str) -> str:
+    """A run's pass rate and its difference from the baseline's, as the Compare screen shows
+    them ("90.0% +60.0")."""
+    points = 100 * (pass_rate(role, grader) - pass_rate(baseline, grader))
+    return f"{percent(role, grader)} {points:+.1f}"
+
+
+def lead_recovered(grader: str = "exact match") -> float:
+    """The share of the teacher's lead over the untuned student that fine-tuning recovered."""
+    student, teacher, tuned = (pass_rate(r, grader) for r in ("student", "teacher", "fine-tuned"))
+    return (tuned - student) / (teacher - student)
+
+
+def changed_items(baseline: str, better: bool) -> list[int]:
+    """Positions (1-based) of the items where another run passes a grader the baseline fails
+    (better) or fails one it passes (not better)."""
+    out = []
+    for i, base in enumerate(VERDICTS[baseline]):
+        for role, verdicts in VERDICTS.items():
+            if role != baseline and any(
+                (v and not b) if better else (b and not v)
+                for v, b in zip(verdicts[i], base, strict=True)
+            ):
+                out.append(i + 1)
+                break
+    return out

@@ -6,7 +6,13 @@ from __future__ import annotations
 from textual.command import CommandList, CommandPalette
 from textual.widgets import HelpPanel
 
+from screens.compare import CompareScreen
+from screens.completions import CompletionsScreen
 from screens.dataset import DatasetScreen
+from screens.evals import EvalsScreen
+from screens.finetune import FineTuneScreen
+from screens.generate import GenerateScreen
+from screens.recipe import RecipeScreen
 from screens.settings import SettingsScreen
 from tests.tui.conftest import Driver, drive, plain
 from tui.app import DistillApp
@@ -38,17 +44,30 @@ async def test_opens_on_the_dataset_screen_with_the_status_line(git_app: Distill
         assert line.startswith("local [/b] 127.0.0.1:9999 │ ")
 
 
+# The recipe's steps and the screen that does each: stated here, not read from the registry.
+SCREEN_OF_MODE = {
+    "recipe": RecipeScreen,
+    "dataset": DatasetScreen,
+    "generate": GenerateScreen,
+    "completions": CompletionsScreen,
+    "evals": EvalsScreen,
+    "finetune": FineTuneScreen,
+    "compare": CompareScreen,
+    "settings": SettingsScreen,
+}
+
+
 async def test_number_keys_reach_every_screen(small_app: DistillApp) -> None:
     async with drive(small_app) as t:
+        assert [spec.mode for spec in SCREENS_IN_ORDER] == list(SCREEN_OF_MODE)
         for spec in SCREENS_IN_ORDER:
             await t.press(spec.key)
             assert t.app.current_mode == spec.mode
+            # A screen's first showing may import its parts: wait for it to be mounted.
+            await t.wait_until(lambda spec=spec: t.app.screen.sub_title == spec.title)
             screen = t.app.screen
-            assert screen.sub_title == spec.title
-            if spec.mode == "dataset":
-                assert isinstance(screen, DatasetScreen)
-            elif spec.mode == "settings":
-                assert isinstance(screen, SettingsScreen)
+            # The screen of that step, not another one under the right title.
+            assert type(screen) is SCREEN_OF_MODE[spec.mode], (spec.key, type(screen))
             # Back to the dataset screen for the next key: a screen whose first field takes
             # text would take the digit as text, which is that field's right.
             await t.app.run_action("switch_mode('dataset')")

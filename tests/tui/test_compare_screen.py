@@ -9,13 +9,22 @@ from __future__ import annotations
 
 import io
 
+import pytest
 from rich.console import Console
 from rich.text import Text
 from textual.widgets import SelectionList, Static
 
 from screens.compare import DIFF_NEW, DIFF_OLD, CompareDialog, CompareItemDialog, CompareScreen
 from tests.tui.conftest import Db, Driver, drive, make_app
-from tests.tui.eval_data import GIT_GRADERS, build
+from tests.tui.eval_data import (
+    GIT_GRADERS,
+    OUTPUTS,
+    build,
+    changed_items,
+    lead_recovered,
+    pass_rate,
+    versus,
+)
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
 from tui.widgets.progress_line import ProgressLine
@@ -60,11 +69,17 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert [c.run_id for c in comparison.runs] == [teacher, student, tuned]
         assert comparison.baseline_run_id == student
         by_run = {c.run_id: c for c in comparison.runs}
-        assert by_run[student].pass_rates == {"command match": 0.3, "exact match": 0.2}
-        assert by_run[teacher].deltas["command match"] == 0.7
+        assert by_run[student].pass_rates == {
+            "command match": pass_rate("student", "command match"),
+            "exact match": pass_rate("student", "exact match"),
+        }
+        assert by_run[teacher].deltas["command match"] == pytest.approx(
+            pass_rate("teacher", "command match") - pass_rate("student", "command match")
+        )
         assert by_run[tuned].eval_run_id is None
         summary = shown(screen.query_one("#compare-summary", Static))
-        assert "100.0% +70.0" in summary and "90.0% +70.0" in summary
+        assert versus("teacher", "student", "command match") in summary  # "100.0% +70.0"
+        assert versus("teacher", "student", "exact match") in summary
         assert "not graded (g)" in summary
         assert "455 ms" in summary and "1,295 ms" in summary  # mean latency per run
         assert (
@@ -84,22 +99,35 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert comparison is not None
         tuned_column = next(c for c in comparison.runs if c.run_id == tuned)
         assert tuned_column.eval_status == "done"
-        assert tuned_column.pass_rates["command match"] == 0.9
-        assert round(tuned_column.deltas["command match"] or 0, 3) == 0.6
-        assert "90.0% +60.0" in shown(screen.query_one("#compare-summary", Static))
-        assert case.display and "86% of its lead recovered" in " ".join(shown(case).split())
+        assert tuned_column.pass_rates["command match"] == pass_rate("fine-tuned", "command match")
+        assert tuned_column.deltas["command match"] == pytest.approx(
+            pass_rate("fine-tuned", "command match") - pass_rate("student", "command match")
+        )
+        assert versus("fine-tuned", "student", "command match") in shown(
+            screen.query_one("#compare-summary", Static)
+        )
+        recovered = f"{lead_recovered():.0%} of its lead recovered"
+        assert case.display and recovered in " ".join(shown(case).split())
         assert db.rows("SELECT COUNT(*) FROM eval_runs WHERE run_id = ?", (tuned,)) == [(1,)]
 
         # f: all → where they differ → regressions → improvements.
         assert screen.table.row_count == 10
         await driver.press("f")
-        assert screen.filter == "differ" and screen.table.row_count == 9  # not "git status"
+        differ = [
+            i
+            for i, outputs in enumerate(zip(*OUTPUTS.values(), strict=True))
+            if len(set(outputs)) > 1
+        ]
+        assert screen.filter == "differ" and screen.table.row_count == len(differ) == 9
         await driver.press("f")
-        assert screen.filter == "regressions" and screen.table.row_count == 1
+        regressions, improvements = changed_items("student", False), changed_items("student", True)
+        assert regressions == [8]  # the fine-tuned -D against the baseline's -d
+        assert screen.filter == "regressions" and screen.table.row_count == len(regressions)
         row = screen.items_panel.rows[0]
         assert row.position == 8 and row.regressions == {tuned: ["command match", "exact match"]}
         filters = shown(screen.query_one("#compare-filters", Static))
-        assert "Regressions 1" in filters and "Improvements 8" in filters
+        assert f"Regressions {len(regressions)}" in filters
+        assert f"Improvements {len(improvements)}" in filters
         # The regression's item: the fine-tuned -D against the baseline's -d.
         diff = screen.query_one("#compare-diff", Static).content
         assert isinstance(diff, Text)
@@ -107,7 +135,7 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         assert marked(diff, DIFF_OLD) == ["d"]
         assert "git branch -D old-ui" in diff.plain
         await driver.press("f")
-        assert screen.filter == "improvements" and screen.table.row_count == 8
+        assert screen.filter == "improvements" and screen.table.row_count == len(improvements)
         # Item 2: the baseline's "branch" against the others' "checkout -b".
         diff = screen.query_one("#compare-diff", Static).content
         assert isinstance(diff, Text) and diff.plain.startswith("#2 ")
@@ -133,10 +161,13 @@ async def test_deltas_grading_filters_and_highlighting(store: Store, db: Db) -> 
         comparison = screen.comparison
         assert comparison is not None and comparison.baseline_run_id == teacher
         by_run = {c.run_id: c for c in comparison.runs}
-        assert round(by_run[student].deltas["command match"] or 0, 3) == -0.7
-        assert "30.0% -70.0" in shown(screen.query_one("#compare-summary", Static))
-        # still from the untuned
-        assert "86% of its lead recovered" in " ".join(shown(case).split())
+        assert by_run[student].deltas["command match"] == pytest.approx(
+            pass_rate("student", "command match") - pass_rate("teacher", "command match")
+        )
+        assert versus("student", "teacher", "command match") in shown(  # "30.0% -70.0"
+            screen.query_one("#compare-summary", Static)
+        )
+        assert recovered in " ".join(shown(case).split())  # still from the untuned
 
         # c: compare two runs only (space unticks the highlighted one: the fine-tuned run).
         await driver.press("c")

@@ -26,7 +26,7 @@ from screens.evals.grader_form import GraderDialog
 from screens.evals.results import ResultsPanel
 from tests.helpers.pilot import posted, settle
 from tests.tui.conftest import Db, plain
-from tests.tui.eval_data import GIT_GRADERS, build
+from tests.tui.eval_data import GIT_GRADERS, build, percent
 from tui.engine.eval_views import FAILING, LiveResults
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
@@ -199,13 +199,14 @@ async def test_results_fill_while_an_eval_runs(store: Store) -> None:
         await pilot.pause()
         assert panel.table.row_count == 10
         assert all(row[4] == "·" for row in panel.table._rows)  # not graded yet
-        assert "30.0%" not in shown(panel.query_one("#grader-summary", Static))
+        match_rate = percent("student", "command match")  # "30.0%"
+        assert match_rate not in shown(panel.query_one("#grader-summary", Static))
 
         await EvalRunner(store).run(eval_run_id, on_event=live.on_event)
         # Nothing but the panel's own repaint timer redraws the summary.
         summary = panel.query_one("#grader-summary", Static)
-        await wait_until(pilot, lambda: "30.0%" in shown(summary))
-        assert "20.0%" in shown(summary)
+        await wait_until(pilot, lambda: match_rate in shown(summary))
+        assert percent("student", "exact match") in shown(summary)
         assert panel.table._rows[0][4] == "✓ 1.00"
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from tests.tui.eval_data import GIT_GRADERS, ITEMS, OUTPUTS, build
+from tests.tui.eval_data import GIT_GRADERS, ITEMS, OUTPUTS, VERDICTS, build
 from tui.engine.datasets import ItemDraft
 from tui.engine.eval_views import (
     ALL,
@@ -23,9 +23,27 @@ from tui.engine.eval_views import (
     selection_targets,
     ungraded_runs,
 )
-from tui.engine.evals import EvalRunner, compare, create_eval, start_eval_run
+from tui.engine.evals import EvalRunner, compare, create_eval, result_rows, start_eval_run
 from tui.engine.selection import CompletionSelection
 from tui.engine.store import GradeRow, Item, Store
+
+
+def test_the_fixed_workspace_is_graded_as_its_verdicts_say(tmp_path: Path) -> None:
+    """The screens' tests derive their figures from eval_data's hand-made verdicts; here the
+    graders must agree with them, output by output."""
+    store = Store.open(tmp_path / "ws")
+    try:
+        work = build(store)
+        eval_id = create_eval(store, "git", GIT_GRADERS)
+        for role, run_id in work.runs.items():
+            eval_run_id = start_eval_run(store, eval_id, run_id)
+            asyncio.run(EvalRunner(store).run(eval_run_id))
+            rows = result_rows(store, eval_run_id)
+            assert [r.output for r in rows] == list(OUTPUTS[role])
+            got = [(r.grades["command match"].passed, r.grades["exact match"].passed) for r in rows]
+            assert got == list(VERDICTS[role]), role
+    finally:
+        store.close()
 
 
 def test_presets_added_twice_get_distinct_names() -> None:
