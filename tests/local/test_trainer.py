@@ -11,12 +11,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 import pytest
 
 from tests.helpers.tiny_model import build_tiny_gguf, build_tiny_model, git_pairs
+from tests.helpers.tiny_task import ask, colour_task, example, names_it_first, right
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEM = "You turn requests into git commands."
@@ -211,16 +211,50 @@ def test_auto_hyperparameters_follow_openai_rules() -> None:
 # ---- the worker process ---------------------------------------------------------------------
 
 
+def hf_replies(model: Path, questions: list[str], max_tokens: int = 6) -> list[str]:
+    """Greedy replies of a transformers model directory, served by the HF engine."""
+    import asyncio
+
+    from tui.local.hf_engine import HFEngine
+    from tui.local.protocol import GenRequest
+
+    async def generate() -> list[str]:
+        engine = await asyncio.to_thread(HFEngine, "model", model)
+        try:
+            replies = []
+            for question in questions:
+                req = GenRequest(ask(question), max_tokens=max_tokens, temperature=0)
+                replies.append("".join([c.text async for c in engine.generate(req)]))
+            return replies
+        finally:
+            await engine.aclose()
+
+    return asyncio.run(generate())
+
+
+def gguf_replies(model: Path, questions: list[str], max_tokens: int = 6) -> list[str]:
+    """Greedy replies of a GGUF file, served by llama.cpp."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(model), n_ctx=256, n_threads=1, verbose=False)
+    replies = []
+    for question in questions:
+        reply = llm.create_chat_completion(ask(question), max_tokens=max_tokens, temperature=0)
+        replies.append(reply["choices"][0]["message"]["content"] or "")  # type: ignore[index]
+    return replies
+
+
 def test_a_lora_fine_tune_learns_and_its_model_serves(tmp_path: Path, tiny_hf: Path) -> None:
-    train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in MEMORISE])
-    valid = write_jsonl(tmp_path / "valid.jsonl", [chat(q, a) for q, a in MEMORISE[:3]])
+    train_pairs, held_out = colour_task()
+    train = write_jsonl(tmp_path / "train.jsonl", [example(q, a) for q, a in train_pairs])
+    valid = write_jsonl(tmp_path / "valid.jsonl", [example(q, a) for q, a in held_out])
     spec = spec_for(
         tmp_path,
         tiny_hf,
         "hf",
         train,
         validation_file=str(valid),
-        n_epochs=6,
+        n_epochs=30,
         batch_size=2,
         learning_rate_multiplier=20,
         lora_layers="all",
@@ -229,11 +263,13 @@ def test_a_lora_fine_tune_learns_and_its_model_serves(tmp_path: Path, tiny_hf: P
     assert code == 0, stderr
 
     assert of_type(events, "hyperparameters") == [
-        {"type": "hyperparameters", "n_epochs": 6, "batch_size": 2, "learning_rate_multiplier": 20}
+        {"type": "hyperparameters", "n_epochs": 30, "batch_size": 2, "learning_rate_multiplier": 20}
     ]
     metrics = of_type(events, "metrics")
-    assert [m["step"] for m in metrics] == list(range(1, 31))  # 10 examples / 2 x 6 epochs
-    assert {m["total_steps"] for m in metrics} == {30}
+    steps_per_epoch = len(train_pairs) // 2  # 18 examples, 2 a step
+    total = 30 * steps_per_epoch
+    assert [m["step"] for m in metrics] == list(range(1, total + 1))
+    assert {m["total_steps"] for m in metrics} == {total}
     for m in metrics:
         assert m["train_loss"] > 0
         assert 0 <= m["train_mean_token_accuracy"] <= 1
@@ -241,44 +277,36 @@ def test_a_lora_fine_tune_learns_and_its_model_serves(tmp_path: Path, tiny_hf: P
     assert any(m["valid_loss"] is not None for m in metrics)
     tokens = [m["trained_tokens"] for m in metrics]
     assert tokens == sorted(tokens) and tokens[0] > 0
-
-    by_epoch: dict[int, list[float]] = {}
-    for m in metrics:
-        by_epoch.setdefault(m["epoch"], []).append(m["train_loss"])
-    assert sorted(by_epoch) == [1, 2, 3, 4, 5, 6]
-    assert fmean(by_epoch[6]) < fmean(by_epoch[1]) - 0.3  # it learns the memorisable set
+    assert sorted({m["epoch"] for m in metrics}) == list(range(1, 31))
 
     checkpoints = of_type(events, "checkpoint")
-    assert [c["epoch"] for c in checkpoints] == [1, 2, 3, 4, 5, 6]
-    assert [c["step"] for c in checkpoints] == [5, 10, 15, 20, 25, 30]
+    assert [c["epoch"] for c in checkpoints] == list(range(1, 31))
+    assert [c["step"] for c in checkpoints] == list(
+        range(steps_per_epoch, total + 1, steps_per_epoch)
+    )
+    # The validation file is the held-out questions: its loss falls as the model generalises.
     valid_losses = [c["metrics"]["full_valid_loss"] for c in checkpoints]
     assert valid_losses[-1] < valid_losses[0]
     kept = sorted(p.name for p in (tmp_path / "out" / "checkpoints").iterdir())
-    assert kept == ["step-20", "step-25", "step-30"]  # the last three epochs, like OpenAI
+    last_three = (total - 2 * steps_per_epoch, total - steps_per_epoch, total)
+    assert kept == [f"step-{s}" for s in last_three]  # the last three epochs, like OpenAI
 
     [result] = of_type(events, "result")
     assert result["kind"] == "hf"
     assert result["trained_tokens"] == tokens[-1]
     assert events[-1] == result
 
-    # The merged model is an ordinary transformers directory the HF engine serves.
-    import asyncio
-
-    from tui.local.hf_engine import HFEngine
-    from tui.local.protocol import GenRequest
-
-    async def generate() -> list[Any]:
-        engine = await asyncio.to_thread(HFEngine, "ft:tiny", Path(result["path"]))
-        try:
-            req = GenRequest(chat(*MEMORISE[1])["messages"][:2], max_tokens=8, temperature=0)
-            return [chunk async for chunk in engine.generate(req)]
-        finally:
-            await engine.aclose()
-
-    chunks = asyncio.run(generate())
-    assert chunks[-1].finish_reason in ("stop", "length")
-    assert chunks[-1].prompt_tokens > 0
-    assert 0 < chunks[-1].completion_tokens <= 8
+    # The merged model is an ordinary transformers directory the HF engine serves, and what
+    # it serves learned the task: asked the held-out questions, it names the colour (adapters
+    # on a tiny random model learn the colours before they learn to stop after them); the
+    # base model names none.
+    questions = [q for q, _ in held_out]
+    tuned = hf_replies(Path(result["path"]), questions)
+    base = hf_replies(tiny_hf, questions)
+    tuned_hits = sum(names_it_first(r, a) for r, (_, a) in zip(tuned, held_out, strict=True))
+    base_hits = sum(names_it_first(r, a) for r, (_, a) in zip(base, held_out, strict=True))
+    assert base_hits == 0, base
+    assert tuned_hits >= 4, tuned  # most of the 6, where the base has none
 
 
 def test_training_only_the_top_layers_reuses_the_frozen_ones(tmp_path: Path, tiny_hf: Path) -> None:
@@ -297,19 +325,20 @@ def test_training_only_the_top_layers_reuses_the_frozen_ones(tmp_path: Path, tin
     assert of_type(events, "result")[0]["kind"] == "hf"
 
 
-def test_a_full_fine_tune_of_a_gguf_base_gives_a_gguf(tmp_path: Path, tiny_gguf: Path) -> None:
-    import llama_cpp
-
-    train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in git_pairs(12)])
+def test_a_full_fine_tune_of_a_gguf_base_learns_and_gives_a_gguf(
+    tmp_path: Path, tiny_gguf: Path
+) -> None:
+    train_pairs, held_out = colour_task()
+    train = write_jsonl(tmp_path / "train.jsonl", [example(q, a) for q, a in train_pairs])
     spec = spec_for(
         tmp_path,
         tiny_gguf,
         "gguf",
         train,
         method="full",
-        n_epochs=2,
-        batch_size=4,
-        learning_rate_multiplier=10,
+        n_epochs=30,
+        batch_size=2,
+        learning_rate_multiplier=40,
     )
     code, events, stderr = run_trainer(spec)
     assert code == 0, stderr
@@ -318,17 +347,21 @@ def test_a_full_fine_tune_of_a_gguf_base_gives_a_gguf(tmp_path: Path, tiny_gguf:
     assert result["kind"] == "gguf"
     out = Path(result["path"])
     assert out.suffix == ".gguf" and out.parent == tmp_path / "out"
-    assert len(of_type(events, "checkpoint")) == 2
+    assert len(of_type(events, "checkpoint")) == 30
 
-    llm = llama_cpp.Llama(str(out), n_ctx=256, n_threads=1, verbose=False)
-    reply = llm.create_chat_completion(
-        chat(*MEMORISE[0])["messages"][:2], max_tokens=6, temperature=0
-    )
-    assert reply["usage"]["completion_tokens"] >= 1  # type: ignore[index]
+    # llama.cpp serves the exported file, and it answers the held-out questions exactly,
+    # where its base answers none.
+    questions = [q for q, _ in held_out]
+    tuned = gguf_replies(out, questions)
+    base = gguf_replies(tiny_gguf, questions)
+    assert sum(right(r, a) for r, (_, a) in zip(base, held_out, strict=True)) == 0, base
+    tuned_right = sum(right(r, a) for r, (_, a) in zip(tuned, held_out, strict=True))
+    assert tuned_right >= 5, tuned  # of 6
 
     # The GGUF -> transformers conversion is cached: a second job skips it.
     (tmp_path / "out").rename(tmp_path / "first")
-    code, events, stderr = run_trainer(spec)
+    again = spec_for(tmp_path, tiny_gguf, "gguf", train, method="full", max_steps=1)
+    code, events, stderr = run_trainer(again)
     assert code == 0, stderr
     assert not any("Converting" in e["message"] for e in of_type(events, "message"))
 
@@ -406,20 +439,29 @@ def test_sigterm_cancels_promptly(tmp_path: Path, tiny_hf: Path) -> None:
 @pytest.mark.slow
 def test_a_real_smollm2_fine_tune_round_trip(tmp_path: Path) -> None:
     """A few LoRA steps on SmolLM2-135M from its GGUF, exported back to a GGUF that
-    llama.cpp serves: the trained tensors become Q8_0, everything else is the base's."""
+    llama.cpp serves: the trained tensors become Q8_0, everything else is the base's, and
+    what was trained shows on questions it was not trained on."""
     import gguf
-    import llama_cpp
 
     from tui.engine.local_model import default_gguf_path
 
     base = default_gguf_path()
-    train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in git_pairs(10)])
+    train_pairs, held_out = colour_task()
+    train = write_jsonl(tmp_path / "train.jsonl", [example(q, a) for q, a in train_pairs])
     spec = spec_for(
-        tmp_path, base, "gguf", train, batch_size=2, max_steps=3, lora_layers=2, n_epochs=1
+        tmp_path,
+        base,
+        "gguf",
+        train,
+        batch_size=2,
+        n_epochs=2,
+        max_steps=18,
+        lora_layers=2,
+        learning_rate_multiplier=10,
     )
-    code, events, stderr = run_trainer(spec, timeout=400)
+    code, events, stderr = run_trainer(spec, timeout=600)
     assert code == 0, stderr
-    assert [m["step"] for m in of_type(events, "metrics")] == [1, 2, 3]
+    assert [m["step"] for m in of_type(events, "metrics")] == list(range(1, 19))
     [result] = of_type(events, "result")
     out = Path(result["path"])
 
@@ -429,10 +471,11 @@ def test_a_real_smollm2_fine_tune_round_trip(tmp_path: Path) -> None:
     assert tensors["blk.29.attn_q.weight"] == "Q8_0"  # trained (top 2 layers)
     assert tensors["blk.0.attn_q.weight"] == base_tensors["blk.0.attn_q.weight"] == "Q4_1"
 
-    llm = llama_cpp.Llama(str(out), n_ctx=256, n_threads=2, verbose=False)
-    reply = llm.create_chat_completion(
-        chat("Show the status of the working tree.", "")["messages"][:2],
-        max_tokens=40,  # three steps teach little: the command may follow a sentence
-        temperature=0,
-    )
-    assert "git" in (reply["choices"][0]["message"]["content"] or "")  # type: ignore[index]
+    # The untuned model answers the held-out questions with sentences ("The answer is
+    # "Red"."); 18 steps teach it to answer with the colour alone, and mostly the right one.
+    questions = [q for q, _ in held_out]
+    tuned = gguf_replies(out, questions, max_tokens=8)
+    untuned = gguf_replies(base, questions, max_tokens=8)
+    assert sum(right(r, a) for r, (_, a) in zip(untuned, held_out, strict=True)) == 0, untuned
+    tuned_right = sum(right(r, a) for r, (_, a) in zip(tuned, held_out, strict=True))
+    assert tuned_right >= 3, tuned  # of 6 (4 measured, seeds 0 and 1)
