@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-import os
+import json
+import shutil
 import sqlite3
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -103,16 +108,63 @@ def test_workspace_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
         Store.open(blocker)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only directories")
-def test_read_only_workspace_directory(tmp_path: Path) -> None:
-    ws = tmp_path / "ro"
-    ws.mkdir()
-    ws.chmod(0o555)
+# Root writes anywhere, so the read-only cases run in a child that becomes an unprivileged
+# user once its imports are done (CI runs as root); run by anyone else it is unprivileged
+# already. It tries to open each workspace given and prints what happened and what exists.
+NOBODY = 65534
+OPEN_AS_NOBODY = """
+import json, os, sys
+from pathlib import Path
+from tui.engine.store import Store, WorkspaceError
+
+if os.geteuid() == 0:
+    os.setgroups([])
+    os.setgid(int(sys.argv[1]))
+    os.setuid(int(sys.argv[1]))
+out = {}
+for ws in sys.argv[2:]:
     try:
-        with pytest.raises(WorkspaceError, match="not writable"):
-            Store.open(ws)
-    finally:
-        ws.chmod(0o755)
+        Store.open(ws).close()
+        out[ws] = "opened"
+    except WorkspaceError as exc:
+        out[ws] = str(exc)
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory an unprivileged child can reach (pytest's tmp_path is private to us)."""
+    path = Path(tempfile.mkdtemp(prefix="distill-store-"))
+    path.chmod(0o755)
+    yield path
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o755)
+    shutil.rmtree(path)
+
+
+def test_read_only_workspace_directory(reachable_dir: Path) -> None:
+    ro = reachable_dir / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    nested = ro / "new" / "ws"
+    result = subprocess.run(
+        [sys.executable, "-c", OPEN_AS_NOBODY, str(NOBODY), str(ro), str(nested)],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    assert out[str(ro)].startswith(
+        f"{ro}: the workspace is read-only (the directory is not writable: "
+    ), out
+    assert out[str(nested)].startswith(f"{nested}: cannot create the workspace directory")
+    assert not any("corrupt" in message for message in out.values())
+    assert list(ro.iterdir()) == []  # nothing was created or left behind
 
 
 def test_dataset_lifecycle(store: Store) -> None:
