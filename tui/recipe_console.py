@@ -18,6 +18,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from tui.engine.recipe import Recipe, RecipeError, Reporter, ensure_known_state, load_config
 
@@ -118,7 +119,8 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
                 if not sys.stdin.isatty():
                     console.print("[red]Not started: add --yes to spend money without asking.")
                     return 1
-                answer = console.input("Go ahead? [y/N] ").strip().lower()
+                # Not markup: rich would take "[y/N]" for a style and print "Go ahead? ".
+                answer = console.input(Text("Go ahead? [y/N] ")).strip().lower()
                 if answer not in ("y", "yes"):
                     console.print("Nothing was spent.")
                     return 1

@@ -1,0 +1,152 @@
+"""`distill-tui run` as a user runs it: the installed command, in its own process, against a
+paid backend (the fake server behaving as OpenAI, with OpenAI's prices). Before the first
+paid request it prints the estimate and asks; "no" spends nothing, "yes" runs the recipe, and
+without a terminal to ask on it refuses unless given --yes."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers.fake_openai import FakeOpenAI, like_openai
+from tui.engine.datasets import ItemDraft
+from tui.engine.store import Store
+
+COMMAND = Path(sys.executable).parent / "distill-tui"
+PROMPT = b"Go ahead? [y/N] "
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    with like_openai(tokens_per_reply=3, job_seconds=0.3) as server:
+        yield server
+
+
+@pytest.fixture
+def workspace(tmp_path: Path) -> Path:
+    ws = tmp_path / "ws"
+    store = Store.open(ws)
+    items = [
+        ItemDraft(f"Create a new branch called 'topic-{i}'.", f"git branch topic-{i}")
+        for i in range(20)
+    ]
+    dataset = store.create_dataset("tiny-git", "Reply with a git command.", items)
+    store.random_split(dataset, 0.25, seed=3)
+    store.close()  # the command is the workspace's one writer
+    return ws
+
+
+def command_env(fake: FakeOpenAI, workspace: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DISTILL_BACKEND="openai",  # OpenAI's rules and prices, at the fake's address
+        DISTILL_BASE_URL=fake.base_url,
+        OPENAI_API_KEY=fake.api_key,
+        DISTILL_WORKSPACE=str(workspace),
+    )
+    return env
+
+
+def config(tmp_path: Path) -> Path:
+    path = tmp_path / "recipe.toml"
+    path.write_text('[recipe]\ndataset = "tiny-git"\nmax_tokens = 8\nconcurrency = 4\n')
+    return path
+
+
+def paid_requests(fake: FakeOpenAI) -> list[str]:
+    """Requests that cost money or leave something behind: chats, uploads, jobs."""
+    return [
+        f"{r.method} {r.path}"
+        for r in fake.requests
+        if r.path.startswith(("/v1/chat", "/v1/files")) or r.method == "POST"
+    ]
+
+
+def run_answering(args: list[str], env: dict[str, str], answer: bytes) -> tuple[int, str]:
+    """Run the command with a terminal as its input; answer its question when it asks."""
+    controller, terminal = pty.openpty()
+    proc = subprocess.Popen(
+        [str(COMMAND), *args],
+        stdin=terminal,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    os.close(terminal)
+    assert proc.stdout is not None
+    out = b""
+    asked = False
+    deadline = time.monotonic() + 300
+    try:
+        while True:
+            assert time.monotonic() < deadline, out.decode(errors="replace")
+            ready, _, _ = select.select([proc.stdout], [], [], 0.5)
+            if ready:
+                chunk = os.read(proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                out += chunk
+            if not asked and out.endswith(PROMPT):
+                os.write(controller, answer + b"\n")
+                asked = True
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(controller)
+    assert asked, out.decode(errors="replace")
+    return code, out.decode(errors="replace")
+
+
+def test_no_at_the_prompt_spends_nothing(fake: FakeOpenAI, workspace: Path, tmp_path: Path) -> None:
+    code, out = run_answering(
+        ["run", "--config", str(config(tmp_path))], command_env(fake, workspace), b"n"
+    )
+    assert code == 1, out
+    assert "Estimated generation cost ≈ $" in out
+    assert "Nothing was spent." in out
+    assert paid_requests(fake) == []
+    assert not (workspace / "reports").exists()
+
+
+def test_yes_at_the_prompt_runs_the_recipe(
+    fake: FakeOpenAI, workspace: Path, tmp_path: Path
+) -> None:
+    code, out = run_answering(
+        ["run", "--config", str(config(tmp_path))], command_env(fake, workspace), b"y"
+    )
+    assert code == 0, out
+    assert "Report written to" in out
+    paid = paid_requests(fake)
+    assert "POST /v1/chat/completions" in paid and "POST /v1/fine_tuning/jobs" in paid
+    assert (workspace / "reports" / "recipe.json").exists()
+    # The key went to the backend and nowhere into the workspace.
+    assert all(r.headers["authorization"] == f"Bearer {fake.api_key}" for r in fake.requests)
+    for path in workspace.rglob("*"):
+        if path.is_file():
+            assert fake.api_key.encode() not in path.read_bytes(), path
+
+
+def test_without_a_terminal_it_refuses_unless_told_yes(
+    fake: FakeOpenAI, workspace: Path, tmp_path: Path
+) -> None:
+    result = subprocess.run(
+        [str(COMMAND), "run", "--config", str(config(tmp_path))],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=command_env(fake, workspace),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "add --yes to spend money without asking" in result.stdout
+    assert paid_requests(fake) == []
