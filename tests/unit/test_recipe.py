@@ -1,6 +1,7 @@
-"""`distill-tui run`'s engine end to end on the local backend with a tiny model and a
-40-item dataset: every step's artefacts exist, the report agrees with the stored grades, and
-an interrupted recipe resumes where it stopped."""
+"""`distill-tui run`'s engine end to end on the local backend with a tiny model and a task it
+can learn (tests/helpers/tiny_task.py): every step's artefacts exist, the report agrees with
+the stored grades, the fine-tuned student answers held-out questions its untuned self cannot,
+and an interrupted recipe resumes where it stopped."""
 
 from __future__ import annotations
 
@@ -12,12 +13,14 @@ from typing import Any
 import pytest
 
 from tests.helpers.tiny_model import build_tiny_gguf
+from tests.helpers.tiny_task import SYSTEM, colour_task
 from tests.local.server_harness import KEY, client, model_id, start_thread_server
 from tui.engine.datasets import ItemDraft
 from tui.engine.evals import result_rows
 from tui.engine.recipe import STATE_FILE, Recipe, RecipeConfig, RecipeError, Reporter
 from tui.engine.settings import Settings
 from tui.engine.store import Store
+from tui.engine.training_data import MIN_EXAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +33,16 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def dataset(store: Store) -> int:
-    items = [
-        ItemDraft(f"Create a new branch called 'topic-{i}'.", f"git branch topic-{i}")
-        for i in range(40)
-    ]
-    ds = store.create_dataset("tiny-git", "Reply with a git command.", items)
-    store.random_split(ds, 0.25, seed=3)
-    return ds
+    """The colour task: its training questions are the train split, the held-out ones (a
+    thing asked in a way it was never trained on) the eval split."""
+    train, held_out = colour_task()
+    items = [ItemDraft(q, a, "train") for q, a in train]
+    items += [ItemDraft(q, a, "eval") for q, a in held_out]
+    return store.create_dataset("colours", SYSTEM, items)
+
+
+POOL = 0.67  # of the 18 train questions, 12 are the pool whose answers the pipeline sees
+EXACT = {"type": "string_check", "name": "exact", "operation": "eq"}
 
 
 class Recorder(Reporter):
@@ -66,20 +72,22 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         tiny = model_id((await c.models.list()).data, "tiny-recipe")
         settings = Settings(api_key=KEY, student_model=tiny, teacher_model=tiny)
         config = RecipeConfig(
-            dataset="tiny-git",
+            dataset="colours",
+            student_prompt=SYSTEM,
+            graders=[EXACT],
             teacher_examples=3,
-            teacher_pool=0.34,
+            teacher_pool=POOL,
             teacher_samples=3,
             gate=[{"type": "python", "name": "non-empty", "source": KEEP_NON_EMPTY}],
-            # The tiny random model's samples never agree: keep every label (by default only
-            # those 4 of 5 samples agree on are kept).
+            # Keep every label, whatever its samples' agreement (by default only those 4 of 5
+            # samples agree on are kept): the check below is that the pipeline, labels and
+            # all, teaches the student something.
             min_confidence=0.0,
             rounds=1,
             max_tokens=6,
-            # The tiny random model's greedy reply is blank lines; sampled, it says something.
-            temperature=1.0,
             concurrency=4,
-            finetune={"n_epochs": 1, "batch_size": 4},
+            # What teaches the tiny model the task in seconds (10: the most OpenAI allows).
+            finetune={"n_epochs": 30, "batch_size": 1, "learning_rate_multiplier": 10},
         )
 
         # Interrupted before the main fine-tune: the first steps are recorded as finished.
@@ -100,9 +108,7 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         second = Recorder()
         recipe = Recipe(store, c, settings, config, backend_kind="local", reporter=second)
         assert recipe.pool_teacher and recipe.teacher_samples == 3
-        defaults = Recipe(
-            store, c, settings, RecipeConfig(dataset="tiny-git"), backend_kind="local"
-        )
+        defaults = Recipe(store, c, settings, RecipeConfig(dataset="colours"), backend_kind="local")
         assert (defaults.teacher_samples, defaults.min_confidence) == (5, 0.8)
         report = await recipe.run()
     assert second.skipped == before
@@ -127,7 +133,7 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
     # and samples 3 times per request with a vote whose share is stored.
     pool = set(state["pool"])
     train = {i.id for i in store.items(info.id, "train")}
-    assert pool < train and len(pool) == round(len(train) * 0.34) == 10
+    assert pool < train and len(pool) == round(len(train) * POOL) == 12
     assert {r.item_id for r in store.completions(teacher.id)} == train - pool
     assert teacher.params["retrieve_k"] == 3 and set(teacher.params["retrieve_from"]) == pool
     labels = [r for r in store.completions(teacher.id) if r.status == "done"]
@@ -137,11 +143,17 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
     kept = [r for r in labels if r.output.strip()]
     lines = Path(state["training_files"]["round-1/train"]).read_text().splitlines()
     job = store.get_job(state["jobs"]["round-1/train"])
-    n_validation = round((len(pool) + len(kept)) * 0.1)  # FineTuneConfig's default share
-    assert len(lines) == len(pool) + len(kept) - n_validation and job.status == "succeeded"
-    answers = {json.loads(line)["messages"][-1]["content"] for line in lines}
-    references = {i.reference for i in store.items(info.id) if i.id in pool}
-    assert len(answers & references) >= len(pool) - n_validation
+    # FineTuneConfig's default validation share, except that a set under 2 × MIN_EXAMPLES is
+    # kept whole for training (the recipe's rule).
+    n_examples = len(pool) + len(kept)
+    n_validation = round(n_examples * 0.1) if n_examples >= 2 * MIN_EXAMPLES else 0
+    assert len(lines) == n_examples - n_validation and job.status == "succeeded"
+    trained = {
+        (m[-2]["content"], m[-1]["content"])
+        for m in (json.loads(line)["messages"] for line in lines)
+    }
+    references = {(i.input, i.reference) for i in store.items(info.id) if i.id in pool}
+    assert len(trained & references) >= len(pool) - n_validation
     assert finetuned.model == state["models"]["round-1/train"]
     assert finetuned.model.startswith(f"ft:{tiny}:")
     # The teacher is also run on the eval split, with the same context.
@@ -170,6 +182,13 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
             decided = [v for v in verdicts if v is not None]
             expected = sum(decided) / len(decided) if decided else None
             assert rate == pytest.approx(expected)
+    # And what the recipe is for: on questions it was never trained on, the fine-tuned student
+    # answers where its untuned self (a random model: blank lines) answers none.
+    rates = {row: report["pass_rates"][row]["exact"] for row in report["pass_rates"]}
+    assert rates["baseline student"] == 0
+    # 4 of the 6 measured (and the pool-only student's 4); 2 exact answers are already more
+    # than a model that learned nothing gives.
+    assert rates["fine-tuned student"] >= 2 / 6, rates
     assert "round-1/labels" in report["teaching"]["notes"]
     reports = store.directory / "reports"
     assert json.loads((reports / "recipe.json").read_text())["rows"] == report["rows"]
