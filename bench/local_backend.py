@@ -214,6 +214,30 @@ async def engine_concurrent(engine: Any, n: int, trial: int, max_tokens: int) ->
     )
 
 
+async def loop_gap(work: Any) -> tuple[Any, float]:
+    """Await `work` while a 10 ms ticker measures the event loop: the result and the longest
+    the loop went without turning (seconds). Decoding belongs on the engine's thread; a loop
+    that stalls for the length of a decoding step shows here."""
+    loop = asyncio.get_running_loop()
+    longest = 0.0
+
+    async def ticker() -> None:
+        nonlocal longest
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.01)
+            now = loop.time()
+            longest = max(longest, now - last - 0.01)
+            last = now
+
+    tick = asyncio.create_task(ticker())
+    try:
+        result = await work
+    finally:
+        tick.cancel()
+    return result, longest
+
+
 # ---- hooks for the server and trainer helpers --------------------------------------------------
 
 
@@ -273,6 +297,7 @@ async def bench_model(
 
         ours_single: list[Trial] = []
         ours_multi: list[Trial] = []
+        gaps: list[float] = []
         theirs: dict[str, tuple[list[Trial], list[Trial]]] = {n: ([], []) for n, _ in anchors}
         for rep in range(args.repeats):
             # Alternate sides so background load hits both alike. Single-stream trials use
@@ -280,7 +305,9 @@ async def bench_model(
             for name, anchor in anchors:
                 theirs[name][0].append(anchor.one(100, rep, args.tokens))
             ours_single.append(await engine_one(engine, 100, rep, args.tokens))
-            ours_multi.append(await engine_concurrent(engine, args.streams, rep, args.tokens))
+            trial, gap = await loop_gap(engine_concurrent(engine, args.streams, rep, args.tokens))
+            ours_multi.append(trial)
+            gaps.append(gap)
             for name, anchor in anchors:
                 theirs[name][1].append(anchor.sequential(args.streams, rep, args.tokens))
 
@@ -308,6 +335,13 @@ async def bench_model(
                 med([t.ttft for t in ours_multi]),
                 "s",
                 "median of the streams",
+            ),
+            Row(
+                sec,
+                f"{n} concurrent: event-loop stall",
+                med(gaps) * 1000,
+                "ms",
+                "longest the asyncio loop went without turning",
             ),
         ]
         for name, (single, seq) in theirs.items():

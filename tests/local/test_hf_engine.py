@@ -84,7 +84,10 @@ async def test_a_full_queue_says_so(engine: HFEngine) -> None:
     release = threading.Event()
     engine._executor.submit(release.wait)
     waiting = [asyncio.create_task(collect(engine, max_tokens=2, temperature=0)) for _ in range(2)]
-    await asyncio.sleep(0.1)
+    deadline = asyncio.get_running_loop().time() + 30
+    while engine._waiting < 2:  # white-box: both queued behind our job
+        assert asyncio.get_running_loop().time() < deadline, engine._waiting
+        await asyncio.sleep(0.01)
     with pytest.raises(QueueFull):
         await collect(engine, max_tokens=2, temperature=0)
     release.set()

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -224,26 +226,52 @@ async def test_cancelled_stream_frees_its_slot_while_others_finish() -> None:
         await eng.aclose()
 
 
-async def test_generation_does_not_block_the_event_loop(engine: LlamaEngine) -> None:
-    gaps: list[float] = []
-    loop = asyncio.get_running_loop()
+async def test_generation_does_not_block_the_event_loop(
+    engine: LlamaEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Decoding runs on the engine's own thread and holds nothing the event loop needs: while
+    a step decodes, the loop keeps turning and can still ask the engine for its state (as the
+    server does for every request). How long the loop ever waits is a figure
+    bench/local_backend.py prints, not a test."""
+    loop_thread = threading.get_ident()
+    turns = 0
+    during: list[int] = []  # the loop's turns while each llama_decode ran
+    decode_threads: set[int] = set()
+
+    class Watched:
+        """The engine's llama.cpp bindings, with llama_decode (the model's work) watched."""
+
+        def __init__(self, ll: Any) -> None:
+            self._ll = ll
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._ll, name)
+
+        def llama_decode(self, *args: Any) -> Any:
+            decode_threads.add(threading.get_ident())
+            before = turns
+            try:
+                return self._ll.llama_decode(*args)
+            finally:
+                during.append(turns - before)
+
+    monkeypatch.setattr(engine, "_ll", Watched(engine._ll))
 
     async def ticker() -> None:
-        last = loop.time()
+        nonlocal turns
         while True:
-            await asyncio.sleep(0.01)
-            now = loop.time()
-            gaps.append(now - last)
-            last = now
+            engine.stats()
+            turns += 1
+            await asyncio.sleep(0)
 
     tick = asyncio.create_task(ticker())
     try:
         await asyncio.gather(*(run(engine, STORY, max_tokens=16) for _ in range(3)))
     finally:
         tick.cancel()
-    assert len(gaps) > 10
-    # Generous for a shared 2-core machine; a blocking engine would stall for whole seconds.
-    assert max(gaps) < 0.5
+    assert len(during) >= 16 and loop_thread not in decode_threads
+    # Most decodes saw the loop turn (on a busy machine a short one may not).
+    assert sum(1 for d in during if d > 0) >= len(during) // 2, during
 
 
 async def test_queue_full_and_context_overflow(engine: LlamaEngine) -> None:

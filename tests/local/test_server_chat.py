@@ -269,7 +269,9 @@ async def test_queue_full_is_429_and_disconnect_frees_slots(
     assert all(r.choices[0].message.content is not None for r in after)
 
 
-async def test_abandoned_requests_free_their_slots(server: Any) -> None:
+async def test_abandoned_requests_free_their_slots(
+    server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A client that gives up (timeout, closed stream) stops its generation at once. The real
     default model, asked for a long story, is slow enough to give up on."""
     model = "smollm2-135m-instruct"
@@ -278,25 +280,40 @@ async def test_abandoned_requests_free_their_slots(server: Any) -> None:
     async with client(server.url) as c:
         await c.chat.completions.create(model=model, messages=story, max_tokens=1)
         engine = server.app.state.local.registry._engines[model]  # white-box: no HTTP for it
+        # The engine's requests, to see how far each got (white-box too).
+        requests: list[Any] = []
+        generate_choices = engine.generate_choices
 
-        async def wait_idle() -> float:
-            started = time.monotonic()
+        def recording(req: Any, n: int) -> list[Any]:
+            streams = generate_choices(req, n)
+            requests.extend(s._request for s in streams if s._request is not None)
+            return streams
+
+        monkeypatch.setattr(engine, "generate_choices", recording)
+
+        async def wait_idle() -> None:
+            deadline = time.monotonic() + 60
             while engine.stats()["active"] or engine.stats()["waiting"]:
-                assert time.monotonic() - started < 5, engine.stats()
+                assert time.monotonic() < deadline, engine.stats()
                 await asyncio.sleep(0.01)
-            return time.monotonic() - started
 
+        # A client that gives up waiting (its timeout is how it gives up, not a measure).
         async with client(server.url, timeout=1.0) as impatient:
             with pytest.raises(openai.APITimeoutError):
                 await impatient.chat.completions.create(**long)
-        assert await wait_idle() < 2
+        await wait_idle()
+        # Stopped where the client left: far short of the 400 tokens it asked for.
+        (gave_up,) = requests
+        assert gave_up.cancelled and gave_up.n_generated < 400
 
         stream = await c.chat.completions.create(**long, stream=True)
         async for _chunk in stream:
             break
         assert engine.stats()["active"] == 1
         await stream.close()
-        assert await wait_idle() < 2
+        await wait_idle()
+        closed = requests[-1]
+        assert closed is not gave_up and closed.cancelled and closed.n_generated < 400
 
 
 @pytest.mark.slow

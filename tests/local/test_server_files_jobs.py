@@ -330,7 +330,9 @@ async def test_complete_fine_tune_then_chat_with_the_model(
         await c.fine_tuning.jobs.cancel(job.id)
 
 
-async def test_cancel_running_and_queued_jobs(c: openai.AsyncOpenAI, tiny: str) -> None:
+async def test_cancel_running_and_queued_jobs(
+    c: openai.AsyncOpenAI, tiny: str, server: Any
+) -> None:
     train = await c.files.create(file=("long.jsonl", good_file(40, seed=4)), purpose="fine-tune")
     long = dict(
         model=tiny,
@@ -356,8 +358,13 @@ async def test_cancel_running_and_queued_jobs(c: openai.AsyncOpenAI, tiny: str) 
     assert cancelled.fine_tuned_model is None
     events = [e.message for e in (await c.fine_tuning.jobs.list_events(first.id)).data]
     assert events[0] == "Fine-tuning job cancelled"
-    # Stays cancelled (the trainer's exit does not turn it into failed).
-    await asyncio.sleep(0.5)
+    # Stays cancelled once the job manager has seen its trainer exit (the exit does not turn
+    # it into failed). White-box: when the manager is done with the job.
+    jobs = server.app.state.local.jobs
+    deadline = time.monotonic() + 60
+    while jobs._running_id == first.id:
+        assert time.monotonic() < deadline, "the trainer was not stopped"
+        await asyncio.sleep(0.05)
     assert (await c.fine_tuning.jobs.retrieve(first.id)).status == "cancelled"
     assert (await c.fine_tuning.jobs.retrieve(second.id)).status == "cancelled"
     with pytest.raises(openai.BadRequestError):
