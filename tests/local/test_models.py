@@ -180,6 +180,36 @@ async def test_concurrent_generations_match_sequential_ones(engine: LlamaEngine)
     assert len(set(sequential)) > 1  # the prompts really differ
 
 
+class _Alternating:
+    """A ThreadCount stand-in that answers 1, 2, 1, 2… and records what it said."""
+
+    def __init__(self) -> None:
+        self.said: list[int] = []
+
+    def now(self) -> int:
+        self.said.append(1 + len(self.said) % 2)
+        return self.said[-1]
+
+
+async def test_the_thread_count_follows_the_load_without_changing_answers(
+    engine: LlamaEngine,
+) -> None:
+    # The engine asks for a thread count before every step (tui/local/threads.py) and passes
+    # a change on to llama.cpp; a step's rows are split among threads, never summed across
+    # them, so the count must not change a greedy answer.
+    steady = text_of(await run(engine, STORY, max_tokens=12))
+    saved = engine._threads
+    alternating = _Alternating()
+    engine._threads = alternating  # type: ignore[assignment]
+    try:
+        switching = text_of(await run(engine, STORY, max_tokens=12))
+        assert engine._ll.llama_n_threads(engine._ctx) == alternating.said[-1]  # llama.cpp told
+    finally:
+        engine._threads = saved
+    assert len(alternating.said) >= 12  # asked before each step
+    assert switching == steady != ""
+
+
 async def test_seeded_sampling_is_reproducible(engine: LlamaEngine) -> None:
     a = await run(engine, STORY, max_tokens=8, temperature=1.0, top_p=0.9, seed=7)
     b = await run(engine, STORY, max_tokens=8, temperature=1.0, top_p=0.9, seed=7)

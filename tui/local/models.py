@@ -22,7 +22,6 @@ import ctypes
 import logging
 import os
 import random
-import sys
 import threading
 import time
 from collections import OrderedDict, deque
@@ -43,6 +42,7 @@ from tui.local.protocol import (
     choice_requests,
 )
 from tui.local.text_stream import TextOut
+from tui.local.threads import ThreadCount
 
 log = logging.getLogger(__name__)
 
@@ -153,20 +153,12 @@ def _llama() -> Any:
     llama.cpp prints pages of load details to stderr, and llama-cpp-python's filter misreads
     the newer log levels (it shows warnings as errors). Here warnings go to logging at INFO
     and errors at ERROR, the rest at DEBUG. DISTILL_LLAMA_VERBOSE=1 keeps llama.cpp's stderr.
+
+    OpenMP's wait policy is left at libgomp's default (spin briefly at a barrier, then sleep):
+    it was OMP_WAIT_POLICY=PASSIVE, chosen for a loaded machine, which cost a quiet one a
+    quarter of its speed (single stream 41 → 55 tok/s). Under load the engine now drops to
+    one thread (tui/local/threads.py), and one thread has no barrier to wait at.
     """
-    if "llama_cpp" not in sys.modules:
-        # ggml's OpenMP threads spin while they wait for each other. With a free core per
-        # thread that is fastest, but a 2-core machine also runs the app, the trainer and
-        # other work, and a spinning thread that lost its core stalls every step: measured
-        # here under load, 8 streams went from 23 to 104 tok/s with passive waiting. libgomp
-        # reads this when llama_cpp loads it; the previous value is put back for children.
-        previous = os.environ.get("OMP_WAIT_POLICY")
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-        try:
-            import llama_cpp
-        finally:
-            if previous is None:
-                os.environ.pop("OMP_WAIT_POLICY", None)
     import llama_cpp
 
     global _log_callback
@@ -208,7 +200,9 @@ class LlamaEngine:
         self.model_id = model_id
         self.path = Path(path)
         self.max_queue = max_queue
-        threads = n_threads or os.cpu_count() or 1
+        # Threads follow the machine's load (tui/local/threads.py) unless the user fixed them.
+        self._threads = ThreadCount(n_threads)
+        threads = self._threads_set = self._threads.threads
 
         ll.llama_backend_init()
         mparams = ll.llama_model_default_params()
@@ -422,6 +416,7 @@ class LlamaEngine:
                 "waiting": len(self._waiting),
                 "n_parallel": self.n_parallel,
                 "prefilled_tokens": self._n_prefilled,
+                "threads": self._threads_set,
             }
 
     # -- the decoding thread ---------------------------------------------------------------------
@@ -588,6 +583,10 @@ class LlamaEngine:
             self._n_prefilled += take
         if n == 0:
             return
+        threads = self._threads.now()
+        if threads != self._threads_set:
+            ll.llama_set_n_threads(self._ctx, threads, threads)
+            self._threads_set = threads
         batch.n_tokens = n
         rc = ll.llama_decode(self._ctx, batch)
         if rc != 0:
@@ -704,7 +703,7 @@ class ModelRegistry:
         context_length: int = 2048,
         max_loaded: int = 3,
     ) -> None:
-        self.n_threads = n_threads or os.cpu_count() or 1
+        self.n_threads = n_threads  # None: llama.cpp engines follow the machine's load
         self.max_queue = max_queue
         self.n_parallel = n_parallel
         self.context_length = context_length
