@@ -870,11 +870,13 @@ class Recipe:
     # -- training ------------------------------------------------------------------------------
 
     def _validation_fraction(self, n_examples: int) -> float:
-        # A small set keeps every example for training: a validation file of one or two
-        # examples measures nothing, and the trainer needs MIN_EXAMPLES to train on.
-        if n_examples < 2 * MIN_EXAMPLES:
+        # A validation file is carved only when it would hold MIN_EXAMPLES examples: fewer
+        # measure nothing but noise (the 43-example pool gave 4), and on a small set every
+        # example is worth more in training — the pool's are the only gold labels it has.
+        fraction = self.config.finetune.validation_fraction
+        if n_examples * fraction < MIN_EXAMPLES:
             return 0.0
-        return self.config.finetune.validation_fraction
+        return fraction
 
     def _references_training(self, step: str, item_ids: list[int]) -> TrainingSet:
         return build_training_set(
