@@ -207,7 +207,16 @@ class SettingsScreen(DistillScreen):
                 message = str(exc)
             error.update(f"Not saved: {message}")
             return
-        path = save_settings(merged)
+        try:
+            path = save_settings(merged)
+        except ValueError as exc:
+            error.update(f"Not saved: {exc}")
+            return
+        except OSError as exc:
+            error.update(
+                f"Not saved: cannot write {exc.filename or config_path()} ({exc.strerror})"
+            )
+            return
         self.distill.settings = merged
         error.update("")
         for status in self.app.query("StatusLine"):

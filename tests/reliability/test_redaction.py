@@ -38,12 +38,16 @@ def test_url_host_is_host_and_port_only() -> None:
 
 
 async def test_backend_labels_never_show_the_key() -> None:
+    """Settings refuse such a URL (tests/reliability/test_url_keys.py); the labels are the
+    second line of defence, for settings that skipped validation (`model_copy(update=...)`)."""
     url = f"http://user:{KEY}@gpu-box:8000/v1"
-    settings = Settings(backend="url", base_url=url, api_key="sk-separate")
+    settings = Settings(backend="url", api_key="sk-separate").model_copy(update={"base_url": url})
     spec = resolve_backend(settings)
-    assert spec.base_url == url  # the client still gets the URL as the user wrote it
+    assert spec.base_url == url
     assert KEY not in spec.label and spec.label == "gpu-box:8000"
-    roles = Settings(student_backend="url", student_base_url=url, student_api_key="sk-separate")
+    roles = Settings(student_backend="url", student_api_key="sk-separate").model_copy(
+        update={"student_base_url": url}
+    )
     assert KEY not in resolve_role_backend(roles, "student").label
     # The label the status line and `distill-tui run` print (no request is sent to open it).
     backends = await open_backends(settings)

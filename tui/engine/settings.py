@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import tomli_w
 from platformdirs import user_config_dir
@@ -37,6 +38,7 @@ from pydantic_settings import (
 
 from tui.engine import openai_models
 from tui.engine.local_model import LOCAL_DEFAULT_MODEL
+from tui.engine.redact import redact_url
 
 OPENAI_TEACHER = "gpt-4o"
 OPENAI_STUDENT = "gpt-4o-mini"
@@ -70,12 +72,37 @@ DEFAULT_PRICES: dict[str, Price] = _prices(openai_models.BASE_PRICES)
 DEFAULT_FINE_TUNED_PRICES: dict[str, Price] = _prices(openai_models.FINE_TUNED_PRICES)
 
 
+def _key_variable(what: str) -> str:
+    """Where the key of the backend `what` names belongs instead of its URL."""
+    role = what.removesuffix("_base_url")
+    if role in ROLES:
+        return f"DISTILL_{role.upper()}_API_KEY"
+    if what == "base_url":
+        return "DISTILL_API_KEY (or OPENAI_API_KEY)"
+    return "DISTILL_API_KEY, or the role's own DISTILL_<ROLE>_API_KEY,"
+
+
 def _url(value: str | None, what: str = "base_url") -> str | None:
+    """A backend's base URL as given (environment, .env, config file, the Settings screen, a
+    recipe's `*_backend`): http(s), and never holding a user name or password. A key written
+    into the URL would be saved, exported and shown with it, and the openai client would send
+    it as HTTP Basic auth in place of the API key; so it is refused, saying where it goes."""
     if value is None or not value.strip():
         return None
     value = value.strip()
     if not value.startswith(("http://", "https://")):
-        raise ValueError(f"{what} must start with http:// or https:// (got {value!r})")
+        shown = repr(value) if "@" not in value else "a value holding '@', not shown"
+        raise ValueError(f"{what} must start with http:// or https:// (got {shown})")
+    try:
+        netloc = urlsplit(value).netloc
+    except ValueError as exc:
+        raise ValueError(f"{what} is not a valid URL ({redact_url(value)}: {exc})") from exc
+    if "@" in netloc:
+        raise ValueError(
+            f"{what} holds a user name or password ({redact_url(value)}); a key never goes "
+            f"into the URL, where it would be saved and sent in place of the API key: give "
+            f"the URL without it and set {_key_variable(what)} in the environment or .env"
+        )
     return value.rstrip("/")
 
 
@@ -86,9 +113,10 @@ def parse_backend_choice(value: str) -> tuple[RoleBackendName, str | None]:
     if text.lower() in ROLE_BACKEND_NAMES:
         return text.lower(), None  # type: ignore[return-value]
     if text.startswith(("http://", "https://")):
-        return "url", _url(text)
+        return "url", _url(text, "the backend's URL")
+    shown = repr(value) if "@" not in value else "a value holding '@', not shown"
     raise ValueError(
-        f"a backend is one of {', '.join(ROLE_BACKEND_NAMES)} or an http(s) URL (got {value!r})"
+        f"a backend is one of {', '.join(ROLE_BACKEND_NAMES)} or an http(s) URL (got {shown})"
     )
 
 
@@ -112,6 +140,8 @@ class Settings(BaseSettings):
         extra="ignore",
         populate_by_name=True,
         validate_default=True,
+        # A refused value may be a key (or a URL holding one): errors never repeat it.
+        hide_input_in_errors=True,
     )
 
     backend: BackendName = "auto"
@@ -304,13 +334,17 @@ def load_settings(**overrides: Any) -> Settings:
 
 
 def save_settings(settings: Settings, path: Path | None = None) -> Path:
-    """Write the non-secret settings to the TOML config (atomically). Returns the path."""
+    """Write the non-secret settings to the TOML config (atomically). Returns the path.
+    A base URL holding a user name or password is refused (ValueError) and nothing is written,
+    even from settings that skipped validation (`model_copy(update=...)`)."""
     path = path or config_path()
     data: dict[str, Any] = {}
     for name in SAVED_FIELDS:
         value = getattr(settings, name)
         if value is None:
             continue
+        if name.endswith("base_url"):
+            _url(value, name)
         if name.endswith("prices"):
             value = {model: price.model_dump() for model, price in value.items()}
         elif name == "workspace":
