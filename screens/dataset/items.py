@@ -1,5 +1,5 @@
-"""The Dataset screen's panels: the header (name, counts, system prompt) and the items (filter
-box, table, the highlighted item in full).
+"""The Dataset screen's items panel: the filter box, the table, and the highlighted item in
+full (the header above it is screens/dataset/header.py).
 
 The items live in memory as a list (100,000 of them are a few MB); the table draws only what is
 on screen, and filtering swaps the list of visible indices."""
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 
 from textual import events, on, work
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical
+from textual.containers import Vertical
 from textual.markup import escape
 from textual.message import Message
 from textual.widgets import Input, Static
 
 from tui.engine.datasets import find_duplicates
-from tui.engine.store import DatasetInfo, Item
+from tui.engine.store import Item
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 COLUMNS = (
@@ -44,47 +44,6 @@ def _index(items: list[Item]) -> tuple[list[str], list[str]]:
 def estimate_tokens(text: str) -> int:
     """A rough token count (≈4 characters a token for English); labelled as an estimate."""
     return len(text) // 4 + 1
-
-
-class DatasetHeader(Vertical):
-    """The dataset's name, its counts and its system prompt."""
-
-    def compose(self) -> ComposeResult:
-        with Horizontal(id="dataset-bar"):
-            yield Static("", id="dataset-title")
-            yield Static("", id="dataset-counts")
-        yield Static("", id="system-prompt")
-
-    def show(
-        self,
-        dataset: DatasetInfo | None,
-        *,
-        shown: int | None,
-        duplicates: int,
-        synthetic: int = 0,
-    ) -> None:
-        """`shown`: how many items the filter lets through (None: no filter); `synthetic`:
-        how many items a model wrote."""
-        title = self.query_one("#dataset-title", Static)
-        counts = self.query_one("#dataset-counts", Static)
-        prompt = self.query_one("#system-prompt", Static)
-        if dataset is None:
-            title.update("[b]No dataset[/b] — press [b]o[/b] to create one or [b]i[/b] to import")
-            counts.update("")
-            prompt.update("")
-            return
-        d = dataset
-        unassigned = d.n_items - d.n_train - d.n_eval
-        title.update(f"[b]{escape(d.name)}[/b]")
-        counts.update(
-            ("" if shown is None else f"{shown:,} shown · ")
-            + f"{d.n_items:,} items · {d.n_train:,} train · {d.n_eval:,} eval"
-            + (f" · {unassigned:,} unassigned" if unassigned else "")
-            + (f" · {synthetic:,} synthetic" if synthetic else "")
-            + (f" · [yellow]{duplicates:,} duplicates[/yellow]" if duplicates else "")
-        )
-        text = escape(d.system_prompt) or "[dim](none — press p to write one)[/dim]"
-        prompt.update(f"[b]System prompt[/b] {text}")
 
 
 class ItemsPanel(Vertical):

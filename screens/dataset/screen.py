@@ -1,8 +1,11 @@
 """The Dataset screen: step 2 of the recipe, "prepare your dataset".
 
-It composes the header and the items panel (screens/dataset/items.py) and does the editing:
-every change goes to the store first, then the panel is given the items reloaded from it, so
-what is shown is what is saved."""
+It composes the header (`DatasetHeader`: the dataset's name, counts and prompt, and what is
+done to the dataset as a whole: choosing it, its prompt, import and export) and the items panel
+(`ItemsPanel`), routes their messages, keeps the undo history and does the editing of items
+(add, edit, delete, splits, duplicates, and adding requests a model wrote): every change goes
+to the store first, then the panel is given the items reloaded from it, so what is shown is
+what is saved."""
 
 from __future__ import annotations
 
@@ -10,34 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import openai
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 
 from screens.base import DistillScreen
-from screens.dataset.items import DatasetHeader, ItemsPanel
-from screens.dataset.synthetic import GenerateRequestsDialog, RequestsPreview
-from screens.dialogs import (
-    ConfirmDialog,
-    DatasetAction,
-    DatasetsDialog,
-    EditItemDialog,
-    ExportDialog,
-    ImportDialog,
-    ItemEdit,
-    SplitDialog,
-    SystemPromptDialog,
-    TextPromptDialog,
-)
-from tui.engine.datasets import DatasetFormatError, ItemDraft, read_dataset, write_dataset
+from screens.dataset.header import DatasetHeader
+from screens.dataset.items import ItemsPanel
+from screens.dataset.synthetic import added_message, generate_requests
+from screens.dialogs import ConfirmDialog, EditItemDialog, ItemEdit, SplitDialog
 from tui.engine.store import DatasetInfo, Item, StoreError
-from tui.engine.synthetic import (
-    RequestSynthesizer,
-    SynthesisSpec,
-    add_synthetic,
-    example_pool,
-)
 from tui.widgets.virtual_table import VirtualTable
 
 NEXT_SPLIT = {"": "train", "train": "eval", "eval": ""}
@@ -88,7 +73,7 @@ class DatasetScreen(DistillScreen):
             preferred = next((d for d in datasets if d.name == "git-requests"), datasets[0])
             self.load_dataset(preferred.id)
         else:
-            self.query_one(DatasetHeader).show(None, shown=None, duplicates=0)
+            self.header.show(None, shown=None, duplicates=0)
         self.table.focus()
 
     @property
@@ -98,6 +83,10 @@ class DatasetScreen(DistillScreen):
     @property
     def table(self) -> VirtualTable:
         return self.items_panel.table
+
+    @property
+    def header(self) -> DatasetHeader:
+        return self.query_one(DatasetHeader)
 
     def current_item(self) -> Item | None:
         return self.items_panel.current_item()
@@ -116,7 +105,7 @@ class DatasetScreen(DistillScreen):
 
     @on(ItemsPanel.Changed)
     def _items_changed(self, event: ItemsPanel.Changed) -> None:
-        self.query_one(DatasetHeader).show(
+        self.header.show(
             self.dataset,
             shown=event.shown if event.filtered else None,
             duplicates=event.duplicates,
@@ -262,20 +251,6 @@ class DatasetScreen(DistillScreen):
         self.reload()
         self.notify(f"Removed {len(ids):,} duplicates. Press u to undo.")
 
-    @work(group="dataset-edit")
-    async def action_edit_prompt(self) -> None:
-        dataset = self._need_dataset()
-        if dataset is None:
-            return
-        text = await self.app.push_screen_wait(SystemPromptDialog(dataset.system_prompt))
-        if text is None:
-            return
-        store = self.distill.store
-        old = dataset.system_prompt
-        await store.in_thread(store.set_system_prompt, dataset.id, text)
-        self._push_undo("system prompt edit", lambda: store.set_system_prompt(dataset.id, old))
-        self.reload()
-
     # -- synthetic requests --------------------------------------------------------------
 
     @work(group="dataset-edit")
@@ -285,207 +260,55 @@ class DatasetScreen(DistillScreen):
         dataset = self._need_dataset()
         if dataset is None:
             return
-        backend = self.distill.backend_for("teacher")
-        if backend is None:
-            self.notify("The backend is not connected yet.", severity="warning")
+        added = await generate_requests(self, dataset, self.items_panel.items)
+        if added is None:
             return
-        settings = self.distill.settings
-        pool = len(example_pool(self.items_panel.items))
-        models = await _models(backend.client)
-        request = await self.app.push_screen_wait(
-            GenerateRequestsDialog(settings.teacher, pool, models)
-        )
-        if request is None:
-            return
-        spec = SynthesisSpec(
-            dataset_id=dataset.id,
-            model=request.model,
-            count=request.count,
-            examples=request.examples,
-            topics=request.topics,
-        )
-        synthesizer = RequestSynthesizer(
-            self.distill.store,
-            backend.client,
-            price=settings.price(request.model, "teacher"),
-            max_retries=settings.max_retries,
-        )
-        accepted = await self.app.push_screen_wait(RequestsPreview(synthesizer, spec))
-        if not accepted:
-            return
-        store = self.distill.store
-        added = await store.in_thread(add_synthetic, store, dataset.id, accepted)
-        ids = added.ids
+        ids, store = added.ids, self.distill.store
         if ids:
             self._push_undo("adding generated requests", lambda: store.delete_items(ids))
         self.reload()
         if ids:
             self.items_panel.move_to(ids[0])
-        skipped = (
-            f" {len(added.skipped):,} were in the dataset by now and were left out."
-            if added.skipped
-            else ""
-        )
-        self.notify(
-            f"Added {len(ids):,} synthetic requests to the train split, without references."
-            + skipped
-            + " Press u to undo.",
-            markup=False,
-        )
+        self.notify(added_message(added), markup=False)
 
-    # -- import / export -----------------------------------------------------------------
+    # -- the dataset as a whole: the header's commands -----------------------------------
 
-    @work(group="dataset-io", exclusive=True)
-    async def action_import(self) -> None:
-        request = await self.app.push_screen_wait(ImportDialog())
-        if request is None:
-            return
-        store = self.distill.store
-        try:
-            parsed = await read_dataset(
-                request.path,
-                format=request.format,
-                input_column=request.input_column,
-                reference_column=request.reference_column,
-            )
-        except DatasetFormatError as exc:
-            self.notify(
-                str(exc), title="Import refused: nothing changed", severity="error", markup=False
-            )
-            return
-        except OSError as exc:
-            self.notify(
-                f"{request.path}: {exc.strerror}",
-                title="Import failed",
-                severity="error",
-                markup=False,
-            )
-            return
-        try:
-            if request.new_dataset or self.dataset is None:
-                name = request.new_dataset or request.path.stem
-                new_id = await store.in_thread(
-                    store.create_dataset, name, parsed.system_prompt or "", parsed.items
-                )
-                self._push_undo(f"import into {name}", lambda: store.delete_dataset(new_id))
-                self.load_dataset(new_id)
-            else:
-                ids = await store.in_thread(store.add_items, self.dataset.id, parsed.items)
-                self._push_undo("import", lambda: store.delete_items(ids))
-                self.reload()
-        except StoreError as exc:
-            self.notify(
-                str(exc), title="Import refused: nothing changed", severity="error", markup=False
-            )
-            return
-        warnings = "\n".join(parsed.warnings[:3])
-        self.notify(
-            f"Imported {len(parsed.items):,} items from {request.path.name}."
-            + (f"\n{warnings}" if warnings else ""),
-            markup=False,
-        )
-
-    @work(group="dataset-io", exclusive=True)
-    async def action_export(self) -> None:
+    def action_edit_prompt(self) -> None:
         dataset = self._need_dataset()
-        if dataset is None:
-            return
-        default = self.distill.store.exports_dir / f"{dataset.name}.json"
-        request = await self.app.push_screen_wait(ExportDialog(default))
-        if request is None:
-            return
-        drafts = [ItemDraft(i.input, i.reference, i.split) for i in self.items_panel.items]
-        try:
-            count = await write_dataset(
-                request.path, drafts, format=request.format, system_prompt=dataset.system_prompt
-            )
-        except (OSError, ValueError) as exc:
-            self.notify(
-                f"{request.path}: {exc}", title="Export failed", severity="error", markup=False
-            )
-            return
-        self.notify(f"Exported {count:,} items to {request.path}.", markup=False)
+        if dataset is not None:
+            self.header.edit_prompt(dataset)
 
-    # -- datasets ------------------------------------------------------------------------
+    def action_import(self) -> None:
+        self.header.import_items(self.dataset)
 
-    @work(group="dataset-edit")
-    async def action_datasets(self) -> None:
-        store = self.distill.store
-        current = self.dataset.id if self.dataset else None
-        choice: DatasetAction | None = await self.app.push_screen_wait(
-            DatasetsDialog(store.list_datasets(), current)
-        )
-        if choice is None:
-            return
-        try:
-            await self._dataset_action(choice)
-        except StoreError as exc:
-            self.notify(str(exc), severity="error", markup=False)
+    def action_export(self) -> None:
+        dataset = self._need_dataset()
+        if dataset is not None:
+            self.header.export(dataset, list(self.items_panel.items))
 
-    async def _dataset_action(self, choice: DatasetAction) -> None:
-        store = self.distill.store
-        target = store.get_dataset(choice.dataset_id) if choice.dataset_id else None
-        if choice.action == "open" and target is not None:
-            self.undo_stack.clear()
-            self.load_dataset(target.id)
-        elif choice.action == "new":
-            name = await self.app.push_screen_wait(
-                TextPromptDialog("New dataset", placeholder="name", validate=_name_check)
-            )
-            if name:
-                new_id = await store.in_thread(store.create_dataset, name)
-                self.undo_stack.clear()
-                self.load_dataset(new_id)
-        elif choice.action == "rename" and target is not None:
-            name = await self.app.push_screen_wait(
-                TextPromptDialog("Rename dataset", target.name, validate=_name_check)
-            )
-            if name:
-                await store.in_thread(store.rename_dataset, target.id, name)
-                self.reload()
-        elif choice.action == "copy" and target is not None:
-            name = await self.app.push_screen_wait(
-                TextPromptDialog("Copy dataset as", f"{target.name} copy", validate=_name_check)
-            )
-            if name:
-                new_id = await store.in_thread(store.duplicate_dataset, target.id, name)
-                self.undo_stack.clear()
-                self.load_dataset(new_id)
-        elif choice.action == "delete" and target is not None:
-            ok = await self.app.push_screen_wait(
-                ConfirmDialog(
-                    "Delete dataset",
-                    f"Delete {target.name!r} with its {target.n_items:,} items and any runs' "
-                    "completions of them? This cannot be undone.",
-                    ok="Delete",
-                )
-            )
-            if ok:
-                await store.in_thread(store.delete_dataset, target.id)
-                remaining = store.list_datasets()
-                self.undo_stack.clear()
-                if self.dataset and self.dataset.id == target.id:
-                    self.dataset = None
-                    if remaining:
-                        self.load_dataset(remaining[0].id)
-                    else:
-                        self.items_panel.show_items([])
-                self.notify(f"Deleted dataset {target.name!r}.", markup=False)
+    def action_datasets(self) -> None:
+        self.header.choose(self.dataset)
 
+    @on(DatasetHeader.Opened)
+    def _dataset_opened(self, event: DatasetHeader.Opened) -> None:
+        self.undo_stack.clear()
+        self.load_dataset(event.dataset_id)
 
-async def _models(client: openai.AsyncOpenAI) -> list[str]:
-    """The backend's models, for the model box's suggestions ([] if it cannot list them)."""
-    try:
-        listing = client.with_options(timeout=5.0, max_retries=0).models.list()
-        return sorted({model.id async for model in listing})
-    except openai.APIError:  # only suggestions: the dialog works without them
-        return []
+    @on(DatasetHeader.Deleted)
+    def _dataset_deleted(self, event: DatasetHeader.Deleted) -> None:
+        self.undo_stack.clear()
+        if self.dataset and self.dataset.id == event.dataset_id:
+            self.dataset = None
+            if event.next_id is not None:
+                self.load_dataset(event.next_id)
+            else:
+                self.items_panel.show_items([])
 
-
-def _name_check(value: str) -> str:
-    value = " ".join(value.split())
-    if not value:
-        raise ValueError("A dataset name cannot be empty.")
-    if len(value) > 200:
-        raise ValueError("A dataset name is limited to 200 characters.")
-    return value
+    @on(DatasetHeader.Edited)
+    def _dataset_edited(self, event: DatasetHeader.Edited) -> None:
+        if event.undo is not None:
+            self._push_undo(event.description, event.undo)
+        if self.dataset is not None and event.dataset_id == self.dataset.id:
+            self.reload()
+        else:
+            self.load_dataset(event.dataset_id)
