@@ -6,10 +6,11 @@
 Each variant is the real recipe (`distill-tui run`'s engine) on the embedded local backend
 with the shipped git dataset, judged on its eval split (never tuned on):
 
-    default      the recipe's defaults: labelled pool; round 1's teacher is the pool-only
+    default      the recipe's defaults: labelled pool; the teacher is the pool-only
                  student, 5 samples at T 0.6 with a command_match vote, only labels 4 of 5
-                 samples agree on, passing the git gate; up to 2 rounds
-    one-round    the same, one round (the first round of default)
+                 samples agree on, passing the git gate; one round
+    two-rounds   the same with expert iteration: 20 % of the pool held out to judge the
+                 rounds, round 2 taught by round 1's student
     greedy       one greedy label a request, every label the gate passes, one round
     context      the untuned model as the teacher, given the 10 nearest pool examples
                  (context distillation), 5 samples and the vote, gated, one round
@@ -43,11 +44,12 @@ from tui.engine.backend import open_backend  # noqa: E402
 from tui.engine.recipe import STATE_FILE, Recipe, RecipeConfig, RecipeState, Reporter  # noqa: E402
 from tui.engine.settings import Settings  # noqa: E402
 from tui.engine.store import Store  # noqa: E402
+from tui.engine.teaching import split_validation  # noqa: E402
 
 # variant → (recipe config overrides, parent variant, the parent's steps it reuses)
 VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
     "default": ({}, None, ()),
-    "one-round": ({"rounds": 1}, "default", ("baseline", "pool-only", "round-1")),
+    "two-rounds": ({"rounds": 2}, "default", ("baseline",)),
     "greedy": ({"rounds": 1, "teacher_samples": 1}, "default", ("baseline", "pool-only")),
     "context": (
         {"rounds": 1, "pool_teacher": False, "teacher_examples": 10},
@@ -75,6 +77,13 @@ def seed(store: Store, variant: str) -> None:
         return
     source = RecipeState.load(store.directory / state_file(parent))
     state = RecipeState(**{k: getattr(source, k) for k in SHARED})
+    rounds = VARIANTS[variant][0].get("rounds", 1)
+    if rounds > 1 and not state.pool_validation and state.pool:
+        # the default (one round) trains on the whole pool; rounds need a share held out
+        config = RecipeConfig(**VARIANTS[variant][0])
+        _, state.pool_validation = split_validation(
+            state.pool, config.pool_validation, config.finetune.seed
+        )
     for name in ("runs", "eval_runs", "jobs", "models", "training_files", "notes"):
         mine = {k: v for k, v in getattr(source, name).items() if _reused(k, prefixes)}
         setattr(state, name, mine)
