@@ -44,6 +44,7 @@ from tui.engine.generation import (
     completion_outcome,
     cost_of,
     estimate_run,
+    open_run,
     sampling_of,
     vote_samples,
 )
@@ -285,15 +286,12 @@ class BatchRunner(Stoppable):
     ) -> RunFinished:
         emit = on_event or (lambda event: None)
         store = self.store
-        run = await store.in_thread(store.get_run, run_id)
-        total = len(await store.in_thread(store.run_items, run_id))
         # The batches sent before (resumed first), and the items no batch holds.
         batches = await store.in_thread(store.unfinished_batches, run_id)
-        pending = await store.in_thread(store.pending_items, run_id)
-        todo = len(pending) + sum(len(b.item_ids) for b in batches)
-        self.stats = BatchStats(total=total, todo=todo, done_before=max(0, total - todo))
+        held = sum(len(b.item_ids) for b in batches)
+        run, pending, self.stats = await open_run(store, run_id, BatchStats, held=held)
         await store.in_thread(store.set_run_status, run_id, "running")
-        emit(RunStarted(run_id, total, todo))
+        emit(RunStarted(run_id, self.stats.total, self.stats.todo))
         status = "failed"
         try:
             if pending and not self._cancel.is_set():

@@ -10,7 +10,9 @@ limits (`ratelimit.AdaptiveLimit`: lowered as the x-ratelimit-* headers near zer
 429, raised back one per round trip), reported as `ConcurrencyChanged` and in
 `RunStats.concurrency_limit`. What retrying cannot fix ends at once: an account with no quota
 left stops the run; an error event or a malformed chunk inside a stream fails that item with
-the server's message."""
+the server's message. Whether a failed request is sent again is decided in one place
+(`request_failure`), which the request synthesizer (synthetic.py) follows too; what a start of
+a run has to do (`open_run`) is read the same way by the batch path (batch.py)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import openai
 
@@ -243,6 +245,22 @@ class RunStats(Progress):
     @property
     def tokens_per_second(self) -> float:
         return self.completion_tokens / self.elapsed if self.elapsed > 0 else 0.0
+
+
+StatsT = TypeVar("StatsT", bound=RunStats)
+
+
+async def open_run(
+    store: Store, run_id: int, stats: type[StatsT], *, held: int = 0
+) -> tuple[RunInfo, list[Item], StatsT]:
+    """What a start of the run has to do, the same for the live path (`Generator`) and the
+    batch path (batch.BatchRunner): the run, its pending items, and fresh totals. `held`:
+    items already sent that this start follows to the end (a batch's), counted as to do."""
+    run = await store.in_thread(store.get_run, run_id)
+    total = len(await store.in_thread(store.run_items, run_id))
+    pending = await store.in_thread(store.pending_items, run_id)
+    todo = len(pending) + held
+    return run, pending, stats(total=total, todo=todo, done_before=max(0, total - todo))
 
 
 # -- cost ----------------------------------------------------------------------------------
@@ -528,6 +546,54 @@ async def stream_chat(
     return ["".join(others[i]) for i in sorted(others)]
 
 
+# -- a request that failed ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """What to do about a streamed request that failed (the rules of tui/engine/retry.py),
+    decided the same way for a run's items here and for synthetic requests (synthetic.py):
+    "retry" after `delay` seconds, or give up with `message` — "gave up" after the retries,
+    "not retried" (this request is wrong, or the server said not to), "no quota"."""
+
+    kind: Literal["retry", "gave up", "not retried", "no quota"]
+    message: str  # the error for a person: why it was not retried, or how many attempts
+    delay: float = 0.0  # before the next attempt, for "retry"
+    fatal: bool = False  # a bad key, forbidden, an unknown model: no other request can do better
+
+
+def request_failure(
+    error: openai.APIStatusError | openai.APIConnectionError | StreamBroken,
+    attempt: int,
+    *,
+    model: str,
+    max_retries: int,
+    backoff_base: float,
+    backoff_cap: float,
+) -> RequestFailure:
+    """`attempt`: the attempts made so far, this one included."""
+    if no_quota(error):
+        # Waiting does not refill an account: nothing sent to it will do better.
+        return RequestFailure("no quota", f"{NO_QUOTA} ({_describe(error)})", fatal=True)
+    if not (isinstance(error, StreamBroken) or should_retry(error)):
+        # A bad key, forbidden, an unknown model: fatal. 400/413/422…: this request is wrong,
+        # retrying would fail the same way (or the server said not to).
+        message = _describe(error) + not_retried(error)
+        if isinstance(error, openai.NotFoundError):
+            message = f"model {model!r} not found at the backend ({message})"
+        return RequestFailure("not retried", message, fatal=isinstance(error, FATAL))
+    last = describe_break(error)
+    if attempt > max_retries:
+        return RequestFailure("gave up", f"{last} (gave up after {attempt} attempts)")
+    delay = backoff_delay(error, attempt, backoff_base, backoff_cap)
+    return RequestFailure("retry", last, delay=delay)
+
+
+def describe_break(error: BaseException) -> str:
+    """One line for a person: what went wrong with the request, or with its stream."""
+    return str(error) if isinstance(error, StreamBroken) else _describe(error)
+
+
 # -- the engine ----------------------------------------------------------------------------
 
 
@@ -582,11 +648,8 @@ class Generator(Stoppable):
     ) -> RunFinished:
         emit = on_event or (lambda event: None)
         store = self.store
-        run = await store.in_thread(store.get_run, run_id)
-        total = len(await store.in_thread(store.run_items, run_id))
-        pending = await store.in_thread(store.pending_items, run_id)
+        run, pending, self.stats = await open_run(store, run_id, RunStats)
         builder = await store.in_thread(PromptBuilder.for_run, store, run)
-        self.stats = RunStats(total=total, todo=len(pending), done_before=total - len(pending))
         self.stats.concurrency_limit = self.concurrency
 
         def limit_changed(limit: int, reason: str) -> None:
@@ -595,7 +658,7 @@ class Generator(Stoppable):
 
         self.limit = AdaptiveLimit(self.concurrency, on_change=limit_changed)
         await store.in_thread(store.set_run_status, run_id, "running")
-        emit(RunStarted(run_id, total, len(pending)))
+        emit(RunStarted(run_id, self.stats.total, self.stats.todo))
 
         queue: asyncio.Queue[Item] = asyncio.Queue()
         for item in pending:
@@ -691,7 +754,6 @@ class Generator(Stoppable):
         started = time.monotonic()
         attempt_no = 0
         sent = 0  # requests that reached the backend (attempt_no counts those waiting too)
-        last_error = ""
         self._recorded.discard(item.id)
         if not await self._claim(run.id, item.id):
             # Done, or being generated by another generator, since this start listed it.
@@ -713,46 +775,28 @@ class Generator(Stoppable):
                     )
                     return
                 except (openai.APIStatusError, openai.APIConnectionError, StreamBroken) as error:
-                    if no_quota(error):
-                        # Waiting does not refill an account: stop before every item burns
-                        # its retries on the same answer.
-                        message = f"{NO_QUOTA} ({_describe(error)})"
-                        await self._record(
-                            run, item, "failed", attempt, started, message, emit, sent
-                        )
+                    failure = request_failure(
+                        error,
+                        attempt_no,
+                        model=run.model,
+                        max_retries=self.max_retries,
+                        backoff_base=self.backoff_base,
+                        backoff_cap=self.backoff_cap,
+                    )
+                    if failure.kind == "retry":
+                        stats.retries += 1
+                        emit(ItemRetry(item.id, attempt_no, failure.message, failure.delay))
+                        await asyncio.sleep(failure.delay)
+                        continue
+                    await self._record(
+                        run, item, "failed", attempt, started, failure.message, emit, sent
+                    )
+                    if failure.kind == "no quota":
+                        # Stop before every item burns its retries on the same answer.
                         self._stop("failed", f"stopped: {NO_QUOTA}; add credit and resume")
-                        return
-                    if not (isinstance(error, StreamBroken) or should_retry(error)):
-                        # A bad key, forbidden, an unknown model: the run stops. 400/413/422…:
-                        # this request is wrong, retrying would fail the same way (or the
-                        # server said not to): the item fails.
-                        message = _describe(error) + not_retried(error)
-                        if isinstance(error, openai.NotFoundError):
-                            message = f"model {run.model!r} not found at the backend ({message})"
-                        await self._record(
-                            run, item, "failed", attempt, started, message, emit, sent
-                        )
-                        if isinstance(error, FATAL):
-                            self._stop("failed", message)
-                        return
-                    last_error = str(error) if isinstance(error, StreamBroken) else _describe(error)
-                    if attempt_no > self.max_retries:
-                        await self._record(
-                            run,
-                            item,
-                            "failed",
-                            attempt,
-                            started,
-                            f"{last_error} (gave up after {attempt_no} attempts)",
-                            emit,
-                            sent,
-                        )
-                        return
-                    delay = backoff_delay(error, attempt_no, self.backoff_base, self.backoff_cap)
-                    stats.retries += 1
-                    emit(ItemRetry(item.id, attempt_no, last_error, delay))
-                    await asyncio.sleep(delay)
-                    continue
+                    elif failure.fatal:
+                        self._stop("failed", failure.message)
+                    return
                 self.limit.succeeded(
                     (attempt.prompt_tokens or 0)
                     + (sampling.max_tokens or attempt.completion_tokens or 0)

@@ -19,9 +19,9 @@ written to the workspace here: `add_synthetic` adds the requests a person accept
 seed), and always in the train split, never eval: a model's own inventions must not grade
 the student.
 
-Requests go one batch at a time (the preview streams one reply); transport errors are retried
-with the generation engine's rules (tui/engine/retry.py); `cancel()` stops at once, keeping
-what was proposed so far."""
+Requests go one batch at a time (the preview streams one reply); a failed request is retried
+or given up as the generation engine decides for an item (`generation.request_failure`, on
+the rules of tui/engine/retry.py); `cancel()` stops at once, keeping what was proposed so far."""
 
 from __future__ import annotations
 
@@ -39,16 +39,16 @@ from typing import Any, Literal
 import openai
 
 from tui.engine.datasets import INPUT_KEYS, ItemDraft, normalise_request, validate_request
-from tui.engine.generation import StreamBroken, StreamedReply, StreamFailed, cost_of, stream_chat
-from tui.engine.progress import Progress, Stoppable
-from tui.engine.retry import (
-    NO_QUOTA,
-    backoff_delay,
-    describe,
-    no_quota,
-    not_retried,
-    should_retry,
+from tui.engine.generation import (
+    StreamBroken,
+    StreamedReply,
+    StreamFailed,
+    cost_of,
+    describe_break,
+    request_failure,
+    stream_chat,
 )
+from tui.engine.progress import Progress, Stoppable
 from tui.engine.settings import Price
 from tui.engine.store import Item, Store
 
@@ -586,15 +586,18 @@ class RequestSynthesizer(Stoppable):
                 self._batch_done(batch, reply, emit)
                 return False
             except (openai.APIStatusError, openai.APIConnectionError, StreamBroken) as error:
-                if no_quota(error):
-                    raise _Stop("failed", f"{NO_QUOTA} ({describe(error)})") from error
-                if not (isinstance(error, StreamBroken) or should_retry(error)):
-                    # A bad key, an unknown model, a request the backend refuses (400…):
-                    # every batch would fail the same way.
-                    message = describe(error) + not_retried(error)
-                    if isinstance(error, openai.NotFoundError):
-                        message = f"model {spec.model!r} not found at the backend ({message})"
-                    raise _Stop("failed", message) from error
+                failure = request_failure(
+                    error,
+                    attempt,
+                    model=spec.model,
+                    max_retries=self.max_retries,
+                    backoff_base=self.backoff_base,
+                    backoff_cap=self.backoff_cap,
+                )
+                if failure.kind in ("no quota", "not retried"):
+                    # No quota, a bad key, an unknown model, a request the backend refuses
+                    # (400…): every batch would fail the same way.
+                    raise _Stop("failed", failure.message) from error
                 if batch.proposed:
                     # Part of the reply arrived and was proposed: keep it, cut off.
                     self._count_usage(reply)
@@ -602,14 +605,12 @@ class RequestSynthesizer(Stoppable):
                     self._report(batch, "truncated", message, reply.output, emit)
                     self._batch_done(batch, reply, emit)
                     return True
-                last = describe_break(error)
-                if attempt > self.max_retries:
-                    raise _Stop("failed", f"{last} (gave up after {attempt} attempts)") from error
-                delay = backoff_delay(error, attempt, self.backoff_base, self.backoff_cap)
+                if failure.kind == "gave up":
+                    raise _Stop("failed", failure.message) from error
                 self.stats.retries += 1
-                emit(BatchRetry(batch.number, attempt, last, delay))
+                emit(BatchRetry(batch.number, attempt, failure.message, failure.delay))
                 with contextlib.suppress(TimeoutError):  # cancel() ends the wait
-                    await asyncio.wait_for(self._cancel.wait(), delay)
+                    await asyncio.wait_for(self._cancel.wait(), failure.delay)
                 if self._cancel.is_set():
                     return False
                 continue
@@ -810,10 +811,6 @@ def _not_plain_list(lines: Sequence[str], asked: int, cut: bool) -> str | None:
     if not asked / 2 <= len(lines) <= asked + 2:
         return f"not JSON, and its {len(lines)} lines are not the {asked} requests asked for"
     return None
-
-
-def describe_break(error: BaseException) -> str:
-    return str(error) if isinstance(error, StreamBroken) else describe(error)
 
 
 def _whole_json(text: str) -> Any | None:
