@@ -9,20 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import sqlite3
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
+from tests.helpers import runs
 from tests.helpers.fake_openai import FakeOpenAI, like_openai, server_error, when
+from tests.helpers.runs import client, kill_when
 from tui.engine.batch import (
     BatchRunner,
     BatchUpdate,
@@ -31,19 +30,9 @@ from tui.engine.batch import (
     cancel_batches,
     runs_with_batches,
 )
-from tui.engine.datasets import ItemDraft
-from tui.engine.generation import (
-    Generator,
-    ItemFinished,
-    PromptBuilder,
-    RunSpec,
-    SamplingParams,
-    create_run,
-)
+from tui.engine.generation import Generator, ItemFinished, PromptBuilder, SamplingParams
 from tui.engine.settings import Price
 from tui.engine.store import Store
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -52,25 +41,15 @@ def fake() -> Iterator[FakeOpenAI]:
         yield server
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
-def new_run(store: Store, requests: list[str], **spec: object) -> int:
-    dataset = store.create_dataset(
-        f"d{time.monotonic_ns()}", "Answer with one git command.", [ItemDraft(r) for r in requests]
-    )
-    return create_run(
+def new_run(store: Store, requests: list[str], **spec: Any) -> int:
+    return runs.new_run(
         store,
-        RunSpec(dataset_id=dataset, model="gpt-4o-mini", system_prompt="Answer briefly.", **spec),  # type: ignore[arg-type]
+        requests,
+        model="gpt-4o-mini",
+        dataset_prompt="Answer with one git command.",
+        system_prompt="Answer briefly.",
+        **spec,
     )
-
-
-def client(fake: FakeOpenAI) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, max_retries=0)
 
 
 def runner(store: Store, c: openai.AsyncOpenAI, **kw: object) -> BatchRunner:
@@ -344,18 +323,12 @@ async def test_runner_killed_after_the_batch_id_is_recorded_resumes_it(
     store = Store.open(workspace)
     run_id = new_run(store, requests)
     store.close()  # the worker is the workspace's writer now
-    proc = subprocess.Popen(
-        [sys.executable, "-c", WORKER, str(workspace), fake.base_url, fake.api_key, str(run_id)],
-        cwd=ROOT,
+    args = [str(workspace), fake.base_url, fake.api_key, str(run_id)]
+    await kill_when(
+        WORKER,
+        args,
+        lambda: any(remote for remote, _ in recorded_batches(workspace / "distill.db")),
     )
-    try:
-        deadline = time.monotonic() + 60
-        while not any(remote for remote, _ in recorded_batches(workspace / "distill.db")):
-            assert time.monotonic() < deadline and proc.poll() is None
-            await asyncio.sleep(0.02)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
     ((remote_id, status),) = recorded_batches(workspace / "distill.db")
     assert status in ("validating", "in_progress")  # killed before it ended
     store = Store.open(workspace)

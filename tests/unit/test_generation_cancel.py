@@ -5,8 +5,6 @@ as cancelled, nothing new is requested, the run is marked cancelled, and a resum
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -18,13 +16,6 @@ from tui.engine.store import Store
 
 N = 40
 CONCURRENCY = 4
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 async def test_cancelling_the_run_task_stops_it_like_cancel(store: Store) -> None:

@@ -5,16 +5,11 @@ process resumed — every item ends done or failed-with-a-reason, none duplicate
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import openai
 import pytest
 
 from tests.helpers.fake_openai import (
@@ -25,42 +20,16 @@ from tests.helpers.fake_openai import (
     stall,
     when,
 )
-from tui.engine.datasets import ItemDraft
-from tui.engine.generation import (
-    Generator,
-    ItemRetry,
-    RunSpec,
-    SamplingParams,
-    create_run,
-)
+from tests.helpers.runs import client, kill_when, new_run
+from tui.engine.generation import Generator, ItemRetry, SamplingParams
 from tui.engine.settings import Price
 from tui.engine.store import Store
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(token_delay=0.0, tokens_per_reply=5) as server:
         yield server
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
-def new_run(store: Store, requests: list[str], **spec: object) -> int:
-    dataset = store.create_dataset(
-        f"d{time.monotonic_ns()}", items=[ItemDraft(r) for r in requests]
-    )
-    return create_run(store, RunSpec(dataset_id=dataset, model="fake-model", **spec))  # type: ignore[arg-type]
-
-
-def client(fake: FakeOpenAI, **kw: object) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, **kw)  # type: ignore[arg-type]
 
 
 def assert_each_item_once(store: Store, run_id: int) -> None:
@@ -217,26 +186,10 @@ async def test_killed_process_then_resume(fake: FakeOpenAI, store: Store, tmp_pa
     run_id = new_run(store, requests)
     store.close()  # one writer per workspace: the child is it until it is killed
     looking = Store.open(store.directory, read_only=True)
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            WORKER,
-            str(store.directory),
-            fake.base_url,
-            fake.api_key,
-            str(run_id),
-        ],
-        cwd=ROOT,
-    )
     try:
-        deadline = time.monotonic() + 60
-        while looking.get_run(run_id).n_done < 8:
-            assert time.monotonic() < deadline and proc.poll() is None
-            await asyncio.sleep(0.05)
+        args = [str(store.directory), fake.base_url, fake.api_key, str(run_id)]
+        await kill_when(WORKER, args, lambda: looking.get_run(run_id).n_done >= 8)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
         looking.close()
     store = Store.open(store.directory)  # the rerun, as the next writer
     try:
