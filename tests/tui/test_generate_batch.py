@@ -7,19 +7,16 @@ creating a second batch."""
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
-import openai
 import pytest
-from pydantic import SecretStr
 from textual.widgets import Input, Select, Static
 
 from screens.generate import GenerateScreen
 from tests.helpers.fake_openai import FakeOpenAI
-from tests.tui.conftest import SMALL_ITEMS, Db, Driver, drive, make_app, plain
+from tests.tui.conftest import SMALL_ITEMS, Db, drive, make_app, plain
+from tests.tui.generating import backend_for, generate_screen, open_generate, statuses
 from tui.app import DistillApp
-from tui.engine.backend import Backend, BackendSpec
 from tui.engine.store import Store
 
 N_ITEMS = len(SMALL_ITEMS)
@@ -36,41 +33,6 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(GenerateScreen, "BATCH_POLL", (0.05, 0.2))
 
 
-def backend_for(fake: FakeOpenAI) -> Backend:
-    spec = BackendSpec("url", fake.base_url, SecretStr(fake.api_key), "test")
-    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, max_retries=0)
-    return Backend(spec, client, "test")
-
-
-def screen_of(t: Driver) -> GenerateScreen:
-    screen = t.app.screen
-    assert isinstance(screen, GenerateScreen), screen
-    return screen
-
-
-async def open_generate(t: Driver, model: str = "fake-model") -> GenerateScreen:
-    await t.press("2")
-    await t.settle()
-    screen = screen_of(t)
-    await t.pilot.click("#model")
-    await t.press("end", "ctrl+u")
-    await t.type(model)
-    return screen
-
-
-async def wait_until(t: Driver, condition: Callable[[], bool], timeout: float = 30) -> None:
-    """The batch goes on in real time: let the app work until `condition` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"still not true after {timeout} s"
-        await t.pilot.pause(0.05)
-
-
-def statuses(screen: GenerateScreen) -> list[str]:
-    table = screen.items_table
-    return [table._rows[i][1] for i in range(table.row_count)]
-
-
 def batch_line(screen: GenerateScreen) -> str:
     return plain(screen.query_one("#batch-status", Static))
 
@@ -80,7 +42,8 @@ async def test_a_run_sent_as_a_batch(small_app: DistillApp, fake: FakeOpenAI, db
     async with drive(small_app) as t:
         screen = await open_generate(t, "gpt-4o")
         screen.query_one("#mode", Select).value = "batch"
-        await t.pilot.pause(0.4)
+        # The estimate waits for typing to pause; a priced model's shows the batch price.
+        await t.wait_until(lambda: "batch" in plain(screen.query_one("#estimate", Static)))
         await t.settle()
         # Both prices, the batch's half the live one (settings.batch_discount = 0.5).
         estimate = plain(screen.query_one("#estimate", Static))
@@ -95,16 +58,16 @@ async def test_a_run_sent_as_a_batch(small_app: DistillApp, fake: FakeOpenAI, db
         screen.query_one("#model", Input).value = "fake-model"
         await t.press("ctrl+s")
         # While it goes: the batch's status, counts and window; items wait in the batch.
-        await wait_until(t, lambda: "in_progress" in batch_line(screen))
+        await t.wait_until(lambda: "in_progress" in batch_line(screen))
         line = batch_line(screen)
         assert f"/{N_ITEMS} answered" in line and "24h window, ends" in line
         assert set(statuses(screen)) == {"in batch"}
         assert screen.query_one("#gen-form").disabled
         # When it ends, its results fill the items in.
-        await wait_until(t, lambda: statuses(screen) == ["done"] * N_ITEMS)
+        await t.wait_until(lambda: statuses(screen) == ["done"] * N_ITEMS)
         await t.settle()
-        await t.pilot.pause(0.2)
-        assert "completed" in batch_line(screen)
+        # The view repaints after the last event.
+        await t.wait_until(lambda: "completed" in batch_line(screen))
         assert f"{N_ITEMS}/{N_ITEMS} answered" in batch_line(screen)
         assert not screen.query_one("#gen-form").disabled
 
@@ -125,8 +88,7 @@ async def test_escape_stops_following_and_the_app_opened_again_follows_to_the_en
         screen = await open_generate(t)
         screen.query_one("#mode", Select).value = "batch"
         await t.press("ctrl+s")
-        await wait_until(
-            t,
+        await t.wait_until(
             lambda: (
                 bool(db.rows("SELECT remote_id FROM batches"))
                 and db.rows("SELECT remote_id FROM batches")[0][0] is not None
@@ -145,9 +107,9 @@ async def test_escape_stops_following_and_the_app_opened_again_follows_to_the_en
     async with drive(again) as t:
         await t.press("2")
         await t.settle()
-        screen = screen_of(t)
+        screen = generate_screen(t)
         assert any("Following run" in message for _, _, message in t.notifications())
-        await wait_until(t, lambda: statuses(screen) == ["done"] * N_ITEMS, timeout=60)
+        await t.wait_until(lambda: statuses(screen) == ["done"] * N_ITEMS, timeout=60)
         await t.settle()
     assert fake.batch_api.created == 1 and fake.chat_requests == []
     assert db.rows("SELECT collected FROM batches") == [(1,)]
