@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from textual.message import Message
@@ -23,6 +25,35 @@ async def settle(pilot: Pilot[Any]) -> None:
     await pilot.pause()
 
 
+async def wait_until(
+    pilot: Pilot[Any], condition: Callable[[], bool], timeout: float = 30, what: str = ""
+) -> None:
+    """Let the app work until `condition` holds; fail if it does not within `timeout` s (a
+    deadline for a stuck test, not a measure: a busy machine only makes it wait longer)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {what or condition}")
+        await pilot.pause(0.02)
+
+
+async def timer_ticks(pilot: Pilot[Any], interval: float, ticks: int) -> None:
+    """Let the app run until a timer of its own, every `interval` s, has fired `ticks` times:
+    long enough for any other timer of that period to have fired about as often, however
+    slow the machine (they share the loop), where a fixed pause may not be."""
+    fired = 0
+
+    def tick() -> None:
+        nonlocal fired
+        fired += 1
+
+    timer = pilot.app.set_interval(interval, tick)
+    try:
+        await wait_until(pilot, lambda: fired >= ticks, what=f"{ticks} ticks")
+    finally:
+        timer.stop()
+
+
 class Harness:
     """A running panel app, its pilot, and every message the hook saw."""
 
@@ -34,3 +65,6 @@ class Harness:
 
     async def settle(self) -> None:
         await settle(self.pilot)
+
+    async def wait_until(self, condition: Callable[[], bool], what: str = "") -> None:
+        await wait_until(self.pilot, condition, what=what)

@@ -3,8 +3,6 @@ watched to the end, and the refusals a user meets."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +12,7 @@ from pydantic import SecretStr
 from textual.widgets import Input, RichLog, Select, Static
 
 from screens.finetune import FineTuneScreen, run_source
+from tests.helpers.pilot import wait_until
 from tests.helpers.tiny_model import build_tiny_gguf
 from tests.local.server_harness import KEY, client, model_id, start_thread_server
 from tui.app import DistillApp
@@ -74,22 +73,26 @@ async def test_validate_launch_and_watch_a_job(server: Any, tmp_path: Path) -> N
         assert "estimated" in report  # no tokenizer for this model: the figures say so
 
         await pilot.press("L")
-        deadline = time.monotonic() + 240
-        while True:
-            await pilot.pause(0.2)
+
+        def finished() -> bool:
             jobs = store.list_jobs()
-            if jobs and jobs[0].finished:
-                break
-            assert time.monotonic() < deadline, "the job did not finish"
+            return bool(jobs and jobs[0].finished)
+
+        await wait_until(pilot, finished, timeout=240, what="the job finished")
         job = store.list_jobs()[0]
         assert job.status == "succeeded", job.error
+        assert job.fine_tuned_model is not None
         # The app's watcher has stored the events; the screen shows them on its next tick.
-        await asyncio.sleep(1.2)
-        await pilot.pause()
-        detail = text_of(app, "#job-detail")
-        assert job.fine_tuned_model is not None and job.fine_tuned_model in detail
-        assert screen.query_one("#events", RichLog).lines
-        assert screen.query_one(LossChart)._series.get("train_loss")
+        model = job.fine_tuned_model
+        await wait_until(
+            pilot,
+            lambda: (
+                model in text_of(app, "#job-detail")
+                and bool(screen.query_one("#events", RichLog).lines)
+                and bool(screen.query_one(LossChart)._series.get("train_loss"))
+            ),
+            what="the job's model, events and loss on the screen",
+        )
     await c.close()
     store.close()
 

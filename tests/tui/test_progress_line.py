@@ -12,6 +12,7 @@ from textual.app import App, ComposeResult
 from textual.screen import Screen
 from textual.widgets import Static
 
+from tests.helpers.pilot import timer_ticks, wait_until
 from tui.engine.evals import EvalStats
 from tui.engine.generation import RunStats
 from tui.widgets.progress_line import REPAINT_HZ, Figures, ProgressLine, clock
@@ -88,15 +89,17 @@ async def test_a_followed_line_moves_its_clock_and_stops_when_shown_text() -> No
         line = app.query_one(ProgressLine)
         line.follow(source)
         assert line.shown == "elapsed 0:00"
-        await pilot.pause(1.3)
-        # No event came: the line's own repaint moved the clock.
-        assert line.shown == "elapsed 0:01"
-        assert str(app.query_one("#line", Static).render()) == "elapsed 0:01"
-        assert calls >= REPAINT_HZ // 2
+        asked = calls
+        # No event comes: the line's own repaint moves the clock.
+        await wait_until(pilot, lambda: line.shown != "elapsed 0:00", what="the clock moved")
+        assert re.fullmatch(r"elapsed \d+:\d\d", line.shown), line.shown
+        assert str(app.query_one("#line", Static).render()) == line.shown
+        assert calls > asked
 
         line.show(Text("Eval run 3 done"))
         asked = calls
-        await pilot.pause(0.3)
+        # As long as a dozen repaints would have taken: none came.
+        await timer_ticks(pilot, 1 / REPAINT_HZ, 12)
         assert calls == asked, "a line showing text asks its source nothing"
         assert line.shown == "Eval run 3 done"
         assert not line.following
@@ -117,15 +120,15 @@ async def test_a_covered_line_asks_nothing_and_none_keeps_what_is_shown() -> Non
         line.follow(source)
         assert "1/4 done" in line.shown
         answer = None  # "nothing new": the line keeps what it shows
-        await pilot.pause(0.2)
+        asked = calls
+        await wait_until(pilot, lambda: calls >= asked + 2, what="asked twice more")
         assert "1/4 done" in line.shown
 
         await app.push_screen(Screen())
-        await pilot.pause(0.1)
+        await pilot.pause()
         asked = calls
-        await pilot.pause(0.4)
+        await timer_ticks(pilot, 1 / REPAINT_HZ, 12)
         assert calls == asked, "a line under another screen does not repaint"
         answer = Figures(done=2, total=4)
         app.pop_screen()
-        await pilot.pause(0.3)
-        assert "2/4 done" in line.shown
+        await wait_until(pilot, lambda: "2/4 done" in line.shown, what="repainted once on top")
