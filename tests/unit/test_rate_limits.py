@@ -113,10 +113,11 @@ async def test_the_limit_halves_once_per_round_trip_and_grows_back_to_the_ceilin
     limit.throttled(clock[0])
     held = [await limit.acquire() for _ in range(limit.current)]
     blocked = asyncio.ensure_future(limit.acquire())
-    await asyncio.sleep(0.01)
+    for _ in range(10):  # loop turns, not time: as many as it could want to get in
+        await asyncio.sleep(0)
     assert not blocked.done()
     limit.release()
-    await asyncio.wait_for(blocked, 1)
+    await asyncio.wait_for(blocked, 30)  # a deadline for a stuck test, not a measure
     assert limit.in_flight == len(held)
 
 
