@@ -6,6 +6,7 @@ the same on every machine."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from tui.engine.datasets import ItemDraft
 from tui.engine.store import Store
@@ -201,3 +202,43 @@ def changed_items(baseline: str, better: bool) -> list[int]:
                 out.append(i + 1)
                 break
     return out
+
+
+# A python grader that passes each completion (score 1) when the test lets it: at once while
+# `<gate>/open` exists, or by taking one of the tickets the test put in `<gate>/tickets`;
+# otherwise it waits. A test holds grading mid-way this way, where a grader sleeping a while
+# leaves how many grades are decided before a key press to the machine's speed. Its own time
+# limit (600 s, the most a grader may have) keeps a held grade from being stopped as too slow.
+_GATED = """\
+import os, time
+
+GATE = {gate!r}
+
+
+def grade(sample, item):
+    tickets = os.path.join(GATE, "tickets")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        if os.path.exists(os.path.join(GATE, "open")):
+            return 1.0
+        for name in sorted(os.listdir(tickets)):
+            try:
+                os.remove(os.path.join(tickets, name))
+            except FileNotFoundError:
+                continue  # another grade took it
+            return 1.0
+        time.sleep(0.02)
+    return 0.0
+"""
+
+
+def gated_grader(gate: Path, tickets: int = 0, is_open: bool = False) -> dict[str, object]:
+    """The gated grader's config, its gate made in `gate` with `tickets` tickets (and open or
+    not): open it with `(gate / "open").touch()`, hold it with `.unlink()`."""
+    (gate / "tickets").mkdir(parents=True)
+    for i in range(tickets):
+        (gate / "tickets" / str(i)).touch()
+    if is_open:
+        (gate / "open").touch()
+    source = _GATED.format(gate=str(gate))
+    return {"type": "python", "name": "gated", "source": source, "timeout": 600}

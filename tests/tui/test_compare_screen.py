@@ -8,6 +8,7 @@ the choice of runs, an item opened."""
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -21,6 +22,7 @@ from tests.tui.eval_data import (
     OUTPUTS,
     build,
     changed_items,
+    gated_grader,
     lead_recovered,
     pass_rate,
     versus,
@@ -202,18 +204,15 @@ async def test_nothing_to_compare_says_what_to_do(store: Store) -> None:
         assert any("No eval yet" in message for _, _, message in driver.notifications())
 
 
-SLOW_GRADER = {
-    "type": "python",
-    "name": "slow",
-    "source": "import time\ndef grade(sample, item):\n    time.sleep(0.4)\n    return 1.0\n",
-}
-
-
-async def test_grading_shows_on_the_progress_line_and_escape_cancels(store: Store, db: Db) -> None:
+async def test_grading_shows_on_the_progress_line_and_escape_cancels(
+    store: Store, db: Db, tmp_path: Path
+) -> None:
     work = build(store, roles=("student", "teacher"))
     student, teacher = work.runs["student"], work.runs["teacher"]
-    eval_id = create_eval(store, "slow", [SLOW_GRADER])
+    gate = tmp_path / "gate"
+    eval_id = create_eval(store, "gated", [gated_grader(gate, is_open=True)])
     await grade(store, eval_id, student)
+    (gate / "open").unlink()  # the teacher's grades wait: esc comes while they run
     async with drive(make_app(store)) as driver:
         await driver.press("6")
         await driver.settle()
