@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -58,13 +58,6 @@ def replies(*texts: Any, token_delay: float | None = None) -> Any:
     return policy
 
 
-async def wait_until(t: Driver, condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the preview"
-        await t.pilot.pause(0.05)
-
-
 async def open_form(t: Driver, count: int) -> GenerateRequestsDialog:
     await t.press("g")
     await t.pilot.pause()
@@ -99,9 +92,10 @@ async def test_generate_preview_untick_one_and_add_the_rest(
         await open_form(t, len(NEW))
         await t.press("ctrl+s")
         preview = preview_of(t)
-        await wait_until(t, lambda: not preview.running)
-        await t.pilot.pause(0.2)  # the repaint timer
+        await t.wait_until(lambda: not preview.running)
         picks = preview.query_one("#synth-picks", SelectionList)
+        # The repaint timer shows the end.
+        await t.wait_until(lambda: picks.option_count == len(NEW))
         assert picks.option_count == len(NEW)
         assert sorted(picks.selected) == [0, 1, 2, 3]  # all ticked to start with
         status = plain(preview.query_one("#synth-status", Static))
@@ -160,13 +154,13 @@ async def test_esc_stops_mid_stream_and_cancel_leaves_the_dataset_untouched(
         await open_form(t, 30)
         await t.press("ctrl+s")
         preview = preview_of(t)
-        await wait_until(t, lambda: len(preview.proposed) >= 2, timeout=60)
+        await t.wait_until(lambda: len(preview.proposed) >= 2, timeout=60)
         assert preview.running
         stream = plain(preview.query_one("#synth-stream", Static))
         assert "Stage the file part0.txt" in stream  # the reply as it is written
 
         await t.press("escape")  # stops the model; the preview stays
-        await wait_until(t, lambda: not preview.running)
+        await t.wait_until(lambda: not preview.running)
         assert preview.finished is not None and preview.finished.status == "cancelled"
         assert t.app.screen is preview
         assert 2 <= len(preview.proposed) < 30
@@ -195,8 +189,11 @@ async def test_a_reply_that_is_not_a_list_is_reported_and_nothing_can_be_added(
         await open_form(t, 5)
         await t.press("ctrl+s")
         preview = preview_of(t)
-        await wait_until(t, lambda: not preview.running)
-        await t.pilot.pause(0.2)
+        await t.wait_until(lambda: not preview.running)
+        # The repaint timer shows the end.
+        await t.wait_until(
+            lambda: "3 unusable" in plain(preview.query_one("#synth-status", Static))
+        )
         assert preview.finished is not None and preview.finished.status == "failed"
         reports = plain(preview.query_one("#synth-reports", Static))
         assert reports.count("not a list of requests") == 3

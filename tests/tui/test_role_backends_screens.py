@@ -108,10 +108,8 @@ async def test_picker_groups_models_by_backend_and_a_run_reaches_only_its_backen
         await t.press("enter", "down", "enter")
         await pick(t, screen, "big-teacher")
         assert screen.query_one("#model", Input).value == "big-teacher"
-        await t.pilot.pause(0.4)
-        await t.settle()
-        # Priced at the teacher's backend's rates.
-        assert "≈$" in plain(screen.query_one("#estimate", Static))
+        # Priced at the teacher's backend's rates (the estimate waits for typing to pause).
+        await t.wait_until(lambda: "≈$" in plain(screen.query_one("#estimate", Static)))
 
         await t.press("ctrl+s")
         await t.settle()
