@@ -237,18 +237,19 @@ async def test_cancelled_stream_frees_its_slot_while_others_finish() -> None:
             await doomed.__anext__()
 
         # Cancelling the task that awaits a chunk frees the slot too.
+        reading = asyncio.Event()
+
         async def consume() -> None:
             async for _ in survivor:
-                pass
+                reading.set()  # then awaits the next chunk, where the cancel reaches it
 
         task = asyncio.create_task(consume())
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(reading.wait(), 60)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        for _ in range(100):
-            if eng.stats()["active"] == 0:
-                break
+        deadline = asyncio.get_running_loop().time() + 30
+        while eng.stats()["active"] and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.02)
         stats = eng.stats()
         assert (stats["active"], stats["waiting"], stats["n_parallel"]) == (0, 0, 2)
