@@ -1,25 +1,24 @@
 """The Evals screen: steps 4 and 7 of the recipe, "evaluate".
 
-Left, the eval editor (the workspace's evals and the graders of the one on view). Right, what
-the eval grades (a run, or the selection handed over from the Completions screen), the
-progress line, and the results panel, which fills while the eval runs. The screen holds the
-keys, chooses what is graded, runs the grading, and routes what the panels report."""
+Left, the eval editor (`EvalEditor`: the workspace's evals and the graders of the one on
+view). Right, the target line (`TargetLine`: what the eval grades, a run or the selection
+handed over from the Completions screen), the progress line, and the results panel
+(`ResultsPanel`), which fills while the eval runs. The screen holds the keys, takes the
+selection handed over, runs the grading, and routes what the panels report."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
-from textual.widgets import Static
 
 from screens.base import DistillScreen
-from screens.evals.dialogs import TargetDialog
 from screens.evals.editor import EvalEditor
 from screens.evals.results import ResultsPanel
+from screens.evals.status import TargetLine, grading_figures, idle_text
 from tui.engine.eval_views import (
     LiveResults,
     Target,
@@ -33,7 +32,7 @@ from tui.engine.evals import EvalFinished, EvalRunner, start_eval_run
 from tui.engine.graders import GraderConfigError, parse_graders
 from tui.engine.selection import CompletionSelection
 from tui.engine.store import StoreError
-from tui.widgets.progress_line import Figures, ProgressLine
+from tui.widgets.progress_line import ProgressLine
 
 
 class EvalsScreen(DistillScreen):
@@ -58,7 +57,6 @@ class EvalsScreen(DistillScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.target: Target | None = None
         self.runner: EvalRunner | None = None
         self._seen_selection: CompletionSelection | None = None
         self._starting = False  # between "g" and the runner existing: a second g waits
@@ -70,7 +68,7 @@ class EvalsScreen(DistillScreen):
         with Horizontal(id="evals"):
             yield EvalEditor(store, id="evals-left")
             with Vertical(id="evals-right"):
-                yield Static("", id="eval-target")
+                yield TargetLine(id="eval-target")
                 yield ProgressLine(id="eval-progress")
                 yield ResultsPanel(store, id="evals-results")
 
@@ -94,6 +92,19 @@ class EvalsScreen(DistillScreen):
     @property
     def results(self) -> ResultsPanel:
         return self.query_one(ResultsPanel)
+
+    @property
+    def target_line(self) -> TargetLine:
+        return self.query_one(TargetLine)
+
+    @property
+    def target(self) -> Target | None:
+        """What is graded: a run, or a selection of its completions."""
+        return self.target_line.target
+
+    @target.setter
+    def target(self, target: Target | None) -> None:
+        self.target_line.target = target
 
     @property
     def live(self) -> LiveResults | None:
@@ -211,20 +222,12 @@ class EvalsScreen(DistillScreen):
         self._load_results()
         return True
 
-    @work(group="evals-edit", exit_on_error=False)
-    async def action_choose_target(self) -> None:
-        store = self.distill.store
-        targets: list[Target] = []
-        if self.distill.selection is not None:
-            targets += await store.in_thread(selection_targets, store, self.distill.selection)
-        targets += await store.in_thread(run_targets, store)
-        if not targets:
-            self.notify("No run has finished completions: generate one first (2).")
-            return
-        target = await self.app.push_screen_wait(TargetDialog(targets, self.target))
-        if target is not None:
-            self.target = target
-            self._load_results()
+    def action_choose_target(self) -> None:
+        self.target_line.choose()
+
+    @on(TargetLine.Chosen)
+    def _target_chosen(self) -> None:
+        self._load_results()
 
     def _load_results(self) -> None:
         """Show the newest eval run of the eval over the target, if there is one."""
@@ -344,75 +347,9 @@ class EvalsScreen(DistillScreen):
     # -- the target and progress lines -----------------------------------------------------
 
     def _show_status(self) -> None:
-        self._show_target()
+        self.target_line.show(self.editor.eval)
         progress = self.query_one("#eval-progress", ProgressLine)
         if self.runner is not None:
-            progress.follow(self._grading_figures)
+            progress.follow(lambda: grading_figures(self.runner, self.live))
         else:
-            progress.show(self._status_text())
-
-    def _show_target(self) -> None:
-        text = Text()
-        text.append("Eval ", style="dim")
-        evaluation = self.editor.eval
-        text.append(evaluation.name if evaluation else "none", style="bold")
-        text.append("   on ", style="dim")
-        target = self.target
-        if target is None:
-            text.append("no run yet", style="bold")
-        else:
-            if target.is_selection:
-                text.append("selection ", style="bold magenta")
-            text.append(target.label, style="bold")
-        text.append("   o chooses", style="dim")
-        self.query_one("#eval-target", Static).update(text)
-
-    def _grading_figures(self) -> Figures | None:
-        runner, live = self.runner, self.live
-        if runner is None or live is None:
-            return None
-        stats = runner.stats
-        notes: tuple[str | Text, ...] = ()
-        if live.retries:
-            notes = (Text(f"{live.retries} retries ({live.last_retry})", style="yellow"),)
-        return Figures.of(
-            stats,
-            label="Grading",
-            unit="grades",
-            counts=(
-                Text(f"{stats.passed:,} ✓", style="green"),
-                Text(f"{stats.failed:,} ✗", style="red"),
-                Text(f"{stats.errored:,} !", style="yellow"),
-            ),
-            notes=notes,
-            hint="esc cancels",
-        )
-
-    def _status_text(self) -> Text:
-        """What the progress line says when nothing is grading: the eval run on view, or what
-        to do next."""
-        live, evaluation, target = self.live, self.editor.eval, self.target
-        text = Text()
-        if live is not None:
-            info = live.info
-            status_style = {"done": "green", "cancelled": "yellow", "failed": "red"}
-            text.append(f"Eval run {info.id} ", style="bold")
-            text.append(info.status, style=status_style.get(info.status, "yellow"))
-            text.append(f" · {len(live.rows):,} completions × {len(live.graders)} graders")
-            text.append(f" · {info.created_at[:16].replace('T', ' ')}", style="dim")
-            if info.status != "done":
-                text.append("   R resumes", style="bold yellow")
-            text.append("   g grades again", style="dim")
-        elif evaluation is None:
-            text.append("No eval yet: ", style="bold")
-            text.append("p adds ready-made graders (command match + exact for the git task), ")
-            text.append("n creates an empty eval.")
-        elif not evaluation.graders:
-            text.append("This eval has no graders: a adds one, p adds ready-made ones.")
-        elif target is None:
-            text.append("No run to grade: generate one on the Generate screen (2).")
-        else:
-            text.append("Not graded yet: ", style="bold")
-            what = "the selection of run" if target.is_selection else "run"
-            text.append(f"g grades {what} {target.run_id} with {evaluation.name!r}.")
-        return text
+            progress.show(idle_text(self.live, self.editor.eval, self.target))

@@ -1,7 +1,8 @@
 """The Evals screen's panels, each mounted alone in a small app that binds the screen's keys
 to the panel's commands, over a real workspace: the eval editor (choose an eval, add
-ready-made graders, edit and delete a grader) and the results panel (fills while an eval
-runs, filter and sort, open an item, export)."""
+ready-made graders, edit and delete a grader), the results panel (fills while an eval runs,
+filter and sort, open an item, export) and the target line (what is graded, and choosing
+it)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static
 
 from screens.dialogs import ExportDialog
-from screens.evals.dialogs import PresetDialog, ResultItemDialog
+from screens.evals.dialogs import PresetDialog, ResultItemDialog, TargetDialog
 from screens.evals.editor import EvalEditor
 from screens.evals.grader_form import GraderDialog
 from screens.evals.results import ResultsPanel
+from screens.evals.status import TargetLine
 from tests.helpers.pilot import posted, settle
 from tests.tui.conftest import Db, plain
 from tests.tui.eval_data import GIT_GRADERS, build, percent
-from tui.engine.eval_views import FAILING, LiveResults
+from tui.engine.eval_views import FAILING, LiveResults, run_targets
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
 
@@ -250,3 +252,55 @@ async def test_results_filter_sort_open_and_export(store: Store) -> None:
         assert len(exported) == 1 and exported[0].count == 10
         with exported[0].path.open(encoding="utf-8") as fh:
             assert len(list(csv.DictReader(fh))) == 10
+
+
+# -- the target line ---------------------------------------------------------------------------
+
+
+class TargetApp(App[None]):
+    """The target line alone, with the Evals screen's key for choosing."""
+
+    BINDINGS = [Binding("o", "choose", "Run…")]
+
+    def __init__(self, store: Store) -> None:
+        super().__init__()
+        self.store = store
+        self.selection = None  # nothing handed over from the Completions screen
+
+    def compose(self) -> ComposeResult:
+        yield TargetLine(id="eval-target")
+
+    def action_choose(self) -> None:
+        self.query_one(TargetLine).choose()
+
+
+async def test_target_line_shows_what_is_graded_and_chooses_another_run(store: Store) -> None:
+    work = build(store)
+    evaluation = create_eval(store, "git commands", GIT_GRADERS)
+    messages: list[Message] = []
+    async with running(TargetApp(store), messages) as pilot:
+        line = pilot.app.query_one(TargetLine)
+        line.show(None)
+        assert " ".join(shown(line).split()) == "Eval none on no run yet o chooses"
+
+        # o lists every run with finished completions, newest first; enter picks one.
+        targets = run_targets(store)
+        assert [t.run_id for t in targets] == sorted(work.runs.values(), reverse=True)
+        await pilot.press("o")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, TargetDialog))
+        await pilot.press("down", "enter")
+        await wait_until(pilot, lambda: bool(posted(messages, TargetLine.Chosen)))
+        assert posted(messages, TargetLine.Chosen) == [TargetLine.Chosen(targets[1])]
+        assert line.target == targets[1]
+
+        line.show(store.get_eval(evaluation))
+        assert " ".join(shown(line).split()) == (
+            f"Eval git commands on {targets[1].label} o chooses"
+        )
+
+        # Esc in the dialog keeps the target and says nothing.
+        await pilot.press("o")
+        await wait_until(pilot, lambda: isinstance(pilot.app.screen, TargetDialog))
+        await pilot.press("escape")
+        await settle(pilot)
+        assert line.target == targets[1] and len(posted(messages, TargetLine.Chosen)) == 1
