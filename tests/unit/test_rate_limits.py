@@ -8,9 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import openai
 import pytest
 
 from tests.helpers.fake_openai import (
@@ -23,14 +21,12 @@ from tests.helpers.fake_openai import (
     stream_error,
     when,
 )
-from tui.engine.datasets import ItemDraft
+from tests.helpers.runs import client, new_run
 from tui.engine.generation import (
     ConcurrencyChanged,
     Event,
     Generator,
     ItemFinished,
-    RunSpec,
-    create_run,
 )
 from tui.engine.ratelimit import AdaptiveLimit, headroom, parse_duration
 from tui.engine.store import Store
@@ -40,24 +36,6 @@ from tui.engine.store import Store
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(token_delay=0.0, tokens_per_reply=5) as server:
         yield server
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
-def new_run(store: Store, requests: list[str]) -> int:
-    dataset = store.create_dataset(
-        f"d{time.monotonic_ns()}", items=[ItemDraft(r) for r in requests]
-    )
-    return create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
-
-
-def client(fake: FakeOpenAI) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, timeout=30)
 
 
 # -- the governor on its own ------------------------------------------------------------------
@@ -128,7 +106,7 @@ async def requests_per_second(store: Store, reply_seconds: float) -> float:
     """How many requests a second this machine's client and server manage right now."""
     run_id = new_run(store, [f"warm-up {i}" for i in range(256)])
     with FakeOpenAI(tokens_per_reply=5, token_delay=reply_seconds / 4, markers=False) as fake:
-        async with client(fake) as c:
+        async with client(fake, timeout=30) as c:
             started = time.monotonic()
             await Generator(store, c, concurrency=64).run(run_id)
             return 256 / (time.monotonic() - started)
@@ -159,7 +137,7 @@ async def test_a_budgeted_run_slows_down_instead_of_storming(store: Store) -> No
     with FakeOpenAI(
         tokens_per_reply=5, token_delay=reply_seconds / 4, markers=False, rate_limits=limits
     ) as fake:
-        async with client(fake) as c:
+        async with client(fake, timeout=30) as c:
             gen = Generator(store, c, concurrency=64, max_retries=5, backoff_base=0.05)
             started = time.monotonic()
             finished = await gen.run(run_id, on_event=on_event)
@@ -180,7 +158,7 @@ async def test_a_budgeted_run_slows_down_instead_of_storming(store: Store) -> No
 async def test_an_empty_account_stops_the_run_at_once(fake: FakeOpenAI, store: Store) -> None:
     fake.policy = lambda ctx: no_quota()
     run_id = new_run(store, [f"request {i}" for i in range(20)])
-    async with client(fake) as c:
+    async with client(fake, timeout=30) as c:
         gen = Generator(store, c, concurrency=4, max_retries=5, backoff_base=0.01)
         finished = await gen.run(run_id)
     assert finished.status == "failed"
@@ -197,7 +175,7 @@ async def test_an_empty_account_stops_the_run_at_once(fake: FakeOpenAI, store: S
 async def test_retry_after_ms_is_honoured(fake: FakeOpenAI, store: Store) -> None:
     fake.policy = fail_first(1, rate_limited(retry_after=None, retry_after_ms=400))
     run_id = new_run(store, ["only one"])
-    async with client(fake) as c:
+    async with client(fake, timeout=30) as c:
         # With no header to follow, backoff_base 0 would retry at once.
         await Generator(store, c, concurrency=1, backoff_base=0.0).run(run_id)
     first, second = fake.chat_requests[0], fake.chat_requests[1]
@@ -219,7 +197,7 @@ async def test_a_failure_inside_the_stream_fails_the_item_with_its_message(
     fake.policy = when("broken", action)  # type: ignore[arg-type]
     run_id = new_run(store, ["a fine request", "a broken request"])
     events: list[Event] = []
-    async with client(fake) as c:
+    async with client(fake, timeout=30) as c:
         finished = await Generator(store, c, concurrency=2, max_retries=3).run(
             run_id, on_event=events.append
         )

@@ -9,14 +9,12 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
-import openai
 import pytest
 
 from tests.helpers.fake_openai import Action, FakeOpenAI, RequestContext, fail_first
-from tui.engine.datasets import ItemDraft
-from tui.engine.generation import Generator, RunSpec, create_run
+from tests.helpers.runs import client, new_run
+from tui.engine.generation import Generator
 from tui.engine.graders import BackendError, GradingContext, parse_grader
 from tui.engine.store import GradeInput, Store
 
@@ -25,24 +23,6 @@ from tui.engine.store import GradeInput, Store
 def fake() -> Iterator[FakeOpenAI]:
     with FakeOpenAI(token_delay=0.0, tokens_per_reply=3) as server:
         yield server
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
-def new_run(store: Store, requests: list[str]) -> int:
-    dataset = store.create_dataset(
-        f"d{time.monotonic_ns()}", items=[ItemDraft(r) for r in requests]
-    )
-    return create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
-
-
-def client(fake: FakeOpenAI) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key)
 
 
 async def generate(fake: FakeOpenAI, store: Store, run_id: int, **kw: object) -> None:
@@ -159,8 +139,7 @@ def judge() -> Iterator[FakeOpenAI]:
 
 
 def judging(server: FakeOpenAI) -> GradingContext:
-    c = openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key)
-    return GradingContext(c, judge_model="judge", backoff_base=0.0)
+    return GradingContext(client(server), judge_model="judge", backoff_base=0.0)
 
 
 @pytest.mark.parametrize("status", [408, 409])
