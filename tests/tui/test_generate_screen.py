@@ -6,10 +6,10 @@ connection of its own."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import openai
 import pytest
@@ -81,14 +81,6 @@ async def open_generate(t: Driver, model: str = "fake-model") -> GenerateScreen:
     return screen
 
 
-async def wait_until(t: Driver, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    """The run streams in real time: let the app work until `condition` holds."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the live view"
-        await t.pilot.pause(0.05)
-
-
 def statuses(screen: GenerateScreen) -> list[str]:
     table = screen.items_table
     return [table._rows[i][1] for i in range(table.row_count)]
@@ -116,16 +108,16 @@ async def test_form_defaults_and_estimate(small_app: DistillApp, fake: FakeOpenA
 
         # The teacher role changes the metadata default; a priced model shows a cost.
         screen.query_one("#role", Select).value = "teacher"
-        await t.pilot.pause(0.4)
-        await t.settle()
-        assert screen.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=teacher"
+        await t.wait_until(
+            lambda: screen.query_one("#metadata", Input).value == f"task={SMALL_NAME} role=teacher"
+        )
         assert screen.query_one("#model", Input).value == "fake-model"  # typed: kept
         screen.query_one("#split", Select).value = "train"
         screen.query_one("#model", Input).value = "gpt-4o"
-        await t.pilot.pause(0.4)
+        # The estimate waits for typing to pause.
+        await t.wait_until(lambda: "4 items" in plain(screen.query_one("#estimate", Static)))
         await t.settle()
-        estimate = plain(screen.query_one("#estimate", Static))
-        assert "4 items" in estimate and "≈$" in estimate
+        assert "≈$" in plain(screen.query_one("#estimate", Static))
 
         # A wrong field says which and how, and nothing starts.
         screen.query_one("#temperature", Input).value = "hot"
@@ -146,8 +138,8 @@ async def test_start_streams_every_item_to_done(
         screen = await open_generate(t)
         await t.press("ctrl+s")
         # While it runs: rows stream, the panel shows the text as it arrives, esc means cancel.
-        await wait_until(t, lambda: "streaming" in statuses(screen))
-        await wait_until(t, lambda: stream_text(screen).startswith("echo:"))
+        await t.wait_until(lambda: "streaming" in statuses(screen))
+        await t.wait_until(lambda: stream_text(screen).startswith("echo:"))
         assert screen.query_one("#gen-form").disabled
         assert screen.check_action("cancel_run", ())
         # The requests in flight and the limit on them (the configured concurrency).
@@ -155,10 +147,10 @@ async def test_start_streams_every_item_to_done(
         assert re.search(rf"in flight \d+/{limit}\b", progress_text(screen))
 
         await t.settle()
-        await t.pilot.pause(0.2)  # one more repaint after the last event
+        # The view repaints after the last event.
+        await t.wait_until(lambda: f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen))
         assert statuses(screen) == ["done"] * N_ITEMS
         assert "echo: " in stream_text(screen)
-        assert f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen)
         assert not screen.query_one("#gen-form").disabled  # the form is back
         assert not screen.check_action("cancel_run", ())
 
@@ -183,20 +175,26 @@ async def test_escape_cancels_then_resume_generates_exactly_the_rest(
     async with drive(ten_app) as t:
         screen = await open_generate(t)
         await t.press("ctrl+s")
-        await wait_until(t, lambda: statuses(screen).count("done") >= 2)
-        await wait_until(t, lambda: "streaming" in statuses(screen))
+        await t.wait_until(lambda: statuses(screen).count("done") >= 2)
+        await t.wait_until(lambda: "streaming" in statuses(screen))
         await t.press("escape")
         await t.settle()
-        await t.pilot.pause(0.2)
-
-        assert t.app.current_mode == "generate", "esc during a run cancels, it does not leave"
-        assert not screen.query_one("#gen-form").disabled
-        assert not screen.query_one("#cancel", Button).display
         first = dict(
             db.rows("SELECT i.input, c.status FROM completions c JOIN items i ON i.id = c.item_id")
         )
         done_before = {k for k, v in first.items() if v == "done"}
         cancelled = {k for k, v in first.items() if v == "cancelled"}
+        # The view repaints after the last event.
+        await t.wait_until(
+            lambda: (
+                statuses(screen).count("cancelled") == len(cancelled)
+                and screen.runs_table._rows[0][4] == "cancelled"
+            )
+        )
+
+        assert t.app.current_mode == "generate", "esc during a run cancels, it does not leave"
+        assert not screen.query_one("#gen-form").disabled
+        assert not screen.query_one("#cancel", Button).display
         assert len(done_before) >= 2 and cancelled, first
         assert len(done_before) < len(TEN)
         assert set(first.values()) == {"done", "cancelled"}
@@ -214,8 +212,7 @@ async def test_escape_cancels_then_resume_generates_exactly_the_rest(
         # Resume the highlighted run (the latest): only what is not done is asked for again.
         await t.press("ctrl+r")
         await t.settle()
-        await t.pilot.pause(0.2)
-        assert statuses(screen) == ["done"] * len(TEN)
+        await t.wait_until(lambda: statuses(screen) == ["done"] * len(TEN))
         assert db.rows("SELECT COUNT(*), COUNT(DISTINCT item_id) FROM completions") == [
             (len(TEN), len(TEN))
         ]
@@ -266,14 +263,17 @@ async def test_quitting_mid_run_records_a_cancelled_run(
     async with drive(ten_app) as t:
         screen = await open_generate(t)
         await t.press("ctrl+s")
-        await wait_until(t, lambda: "streaming" in statuses(screen))
+        await t.wait_until(lambda: "streaming" in statuses(screen))
         await t.press("q")
     requested = len(fake.chat_requests)
     counts = dict(db.rows("SELECT status, COUNT(*) FROM completions GROUP BY status"))
     assert db.rows("SELECT status FROM runs") == [("cancelled",)]
     assert 0 < counts.get("cancelled", 0) <= 2
     assert requested <= sum(counts.values()) < len(TEN)  # started, maybe not yet sent
-    time.sleep(0.3)
+    # Nothing of the run is left to send a request later: every task the app started has
+    # ended with it (the fake server runs on a loop of its own).
+    others = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+    assert all(task.done() for task in others), others
     assert len(fake.chat_requests) == requested, "nothing is requested after quitting"
 
 
@@ -285,8 +285,7 @@ async def test_the_buttons_start_and_resume_like_the_keys(
         screen = await open_generate(t)
         await t.pilot.click("#start")
         await t.settle()
-        await t.pilot.pause(0.2)
-        assert statuses(screen) == ["done"] * N_ITEMS
+        await t.wait_until(lambda: statuses(screen) == ["done"] * N_ITEMS)
         assert db.rows("SELECT status FROM runs") == [("done",)]
         assert f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen)
         await t.pilot.click("#resume")
@@ -314,15 +313,18 @@ async def test_a_teacher_run_with_samples_under_a_rate_limit(
         await t.press("enter", "up", "enter")
         assert vote.value == "command_match"
         await t.press("ctrl+s")
-        await wait_until(t, lambda: "rate limited ×" in progress_text(screen))
+        await t.wait_until(lambda: "rate limited ×" in progress_text(screen))
         assert re.search(
             r"in flight \d+/\d+( of \d+)? \(rate limited ×\d+\)", progress_text(screen)
         )
         assert "3 samples, vote command_match" in plain(screen.query_one("#run-title", Static))
 
         await t.settle()
-        await t.pilot.pause(0.2)
-        assert statuses(screen) == ["done"] * N_ITEMS
+        await t.wait_until(
+            lambda: (
+                statuses(screen) == ["done"] * N_ITEMS and "in flight" not in progress_text(screen)
+            )
+        )
         # Every 429 the server sent is counted, and still said once the run is over.
         refused = sum(1 for r in fake.chat_requests if r.status == 429)
         assert refused >= N_ITEMS  # (two items share a request, and so their two refusals)
