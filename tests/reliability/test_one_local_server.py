@@ -16,13 +16,12 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from tests.helpers.processes import child_env, wait_for
 from tests.helpers.tiny_model import build_tiny_gguf
 from tests.local.server_harness import (
     KEY,
@@ -35,22 +34,7 @@ from tui.engine import local_instance
 from tui.engine.backend import LocalServer, make_client
 from tui.engine.host import pid_alive
 
-ROOT = Path(__file__).resolve().parents[2]
 FAST = ["--preload", "none"]  # no model load: these tests are about processes
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def _jsonl(n: int) -> bytes:
@@ -97,9 +81,9 @@ async def test_a_second_server_is_refused_and_the_first_ones_job_goes_on(
             second = subprocess.Popen(
                 [sys.executable, "-m", "tui.local.serve", "--port", "0", "--port-file",
                  str(port_file), "--workspace", str(ws), *FAST],
-                env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
-            _wait(
+            wait_for(
                 lambda: second.poll() is not None or port_file.exists(),
                 120,
                 "the second server to refuse or to listen",
@@ -161,7 +145,7 @@ _APP = textwrap.dedent(
 def first_window(tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _APP, str(tmp_path / "ws")],
-        env=_env(),
+        env=child_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -193,7 +177,7 @@ async def test_windows_share_one_server_which_outlives_the_one_that_started_it(
         clients = ws / "local" / "clients"
         first_window.send_signal(signal.SIGKILL)
         first_window.wait(timeout=30)
-        _wait(
+        wait_for(
             lambda: not any(p.name.startswith(f"{first_window.pid}-") for p in clients.iterdir()),
             30,
             "the server to drop the killed window",
@@ -204,7 +188,7 @@ async def test_windows_share_one_server_which_outlives_the_one_that_started_it(
     finally:
         await second.stop()
     # The last user left: the server stops and unpublishes itself.
-    _wait(lambda: not pid_alive(server_pid), 30, "the server to stop")
+    wait_for(lambda: not pid_alive(server_pid), 30, "the server to stop")
     assert not (ws / "local" / "server.json").exists()
 
 
@@ -216,13 +200,13 @@ async def test_a_killed_servers_address_file_is_ignored(
     old_pid = int(first_window.stdout.readline().split()[0])
     # The server and its window die at once, without any cleanup.
     os.kill(old_pid, signal.SIGKILL)
-    _wait(lambda: not pid_alive(old_pid), 30, "the killed server to go")
+    wait_for(lambda: not pid_alive(old_pid), 30, "the killed server to go")
     first_window.send_signal(signal.SIGKILL)
     first_window.wait(timeout=30)
     assert local_instance.read_info(ws) is not None  # left behind by the kill
     # but its lock went with it (released as the kernel tears the process down, which can
     # trail the pid check under load)
-    _wait(lambda: local_instance.running(ws) is None, 30, "the killed server's lock to go")
+    wait_for(lambda: local_instance.running(ws) is None, 30, "the killed server's lock to go")
     second = LocalServer()
     try:
         await second.start(ws, [], extra_args=FAST)

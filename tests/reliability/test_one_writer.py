@@ -9,14 +9,12 @@ claim behind, and claiming an item is atomic, so no interleaving sends a request
 from __future__ import annotations
 
 import asyncio
-import os
 import re
 import signal
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,31 +24,17 @@ import openai
 import pytest
 
 from tests.helpers.fake_openai import OPENAI_MODELS, FakeOpenAI
+from tests.helpers.processes import child_env, wait_for
 from tui import cli
 from tui.engine.datasets import ItemDraft
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.generation import Generator, RunSpec, create_run
 from tui.engine.store import LOCK_NAME, Store, StoreError, WorkspaceBusy
 
-ROOT = Path(__file__).resolve().parents[2]
 BUSY = re.compile(
     r"the workspace is in use by (?P<command>[^,]+), pid (?P<pid>\d+), since "
     r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d; open it read-only or wait"
 )
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 def _items(n: int) -> list[ItemDraft]:
@@ -105,7 +89,7 @@ def test_two_runs_at_the_same_moment_one_refuses_and_no_request_is_sent_twice(
         "[recipe.finetune]\nn_epochs = 1\n",
         encoding="utf-8",
     )
-    env = _env() | {"DISTILL_BASE_URL": fake.base_url, "DISTILL_API_KEY": fake.api_key}
+    env = child_env() | {"DISTILL_BASE_URL": fake.base_url, "DISTILL_API_KEY": fake.api_key}
     command = [sys.executable, "-m", "tui.cli", "--workspace", str(ws), "run", "--yes"]
     command += ["--config", str(config)]
     procs = [
@@ -115,7 +99,7 @@ def test_two_runs_at_the_same_moment_one_refuses_and_no_request_is_sent_twice(
     try:
         # Whichever loses the race for the workspace exits while the winner's requests are
         # held at the server: the two overlap however the machine schedules them.
-        _wait(lambda: any(p.poll() is not None for p in procs), 180, "one run to exit")
+        wait_for(lambda: any(p.poll() is not None for p in procs), 180, "one run to exit")
         loser = next(p for p in procs if p.poll() is not None)
         winner = next(p for p in procs if p is not loser)
         _, err = loser.communicate(timeout=30)
@@ -168,7 +152,7 @@ _HOLD = textwrap.dedent(
 def _holder(ws: Path, *claims: str) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
         [sys.executable, "-c", _HOLD, str(ws), *claims],
-        env=_env(),
+        env=child_env(),
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
     )
@@ -188,7 +172,7 @@ def test_run_refuses_a_workspace_another_process_holds(tmp_path: Path) -> None:
         before = (ws / "distill.db").read_bytes()
         r = subprocess.run(
             [sys.executable, "-m", "tui.cli", "--workspace", str(ws), "run", "--yes"],
-            env=_env(),
+            env=child_env(),
             capture_output=True,
             text=True,
             timeout=120,
@@ -322,7 +306,7 @@ def test_claims_are_atomic_between_processes(tmp_path: Path) -> None:
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", _CLAIMER, str(ws), str(run_id), json.dumps(ids)],
-            env=_env(),
+            env=child_env(),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
