@@ -4,6 +4,8 @@ backend settings, so a developer's own key, .env or config can never leak into a
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,3 +27,16 @@ def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     monkeypatch.setenv("DISTILL_CONFIG", str(home / "config.toml"))
     monkeypatch.chdir(tmp_path)
     yield tmp_path
+
+
+@pytest.fixture
+def reachable_dir() -> Iterator[Path]:
+    """A directory an unprivileged child can reach (pytest's tmp_path is private to us): for
+    checks run as nobody (tests/helpers/unprivileged.py)."""
+    path = Path(tempfile.mkdtemp(prefix="distill-nobody-"))
+    path.chmod(0o755)
+    yield path
+    for p in [path, *path.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o755)
+    shutil.rmtree(path)

@@ -8,37 +8,28 @@ child is unprivileged already."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import sqlite3
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.unprivileged import BECOME_NOBODY, NOBODY, run_as_nobody
 from tui.engine.datasets import ItemDraft
 from tui.engine.store import SCHEMA_VERSION, Store, WorkspaceError
 from tui.local.db import LocalDB, LocalDBError
 
-ROOT = Path(__file__).resolve().parents[2]
-NOBODY = 65534
-
-# Run by the unprivileged child: open the workspace (for writing, then read-only) and the
-# local server's database, and report what happened and which files exist afterwards.
-CHILD = """
-import json, os, sys
+# Run as nobody: open the workspace (for writing, then read-only) and the local server's
+# database, and report what happened and which files exist afterwards.
+CHILD = (
+    """
+import json, sys
 from pathlib import Path
 from tui.engine.store import Store, WorkspaceError
 from tui.local.db import LocalDB, LocalDBError
-
-if os.geteuid() == 0:  # everything is imported: now become nobody for the rest
-    os.setgroups([])
-    os.setgid(int(sys.argv[2]))
-    os.setuid(int(sys.argv[2]))
+"""
+    + BECOME_NOBODY
+    + """
 ws = Path(sys.argv[1])
 out = {}
 try:
@@ -65,31 +56,11 @@ except LocalDBError as exc:
 out["files"] = sorted(str(p.relative_to(ws)) for p in ws.rglob("*"))
 print(json.dumps(out))
 """
-
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A directory an unprivileged child can reach (pytest's own tmp_path is private to us)."""
-    path = Path(tempfile.mkdtemp(prefix="distill-ro-"))
-    path.chmod(0o755)
-    yield path
-    for p in [path, *path.rglob("*")]:
-        if p.is_dir():
-            p.chmod(0o755)
-    shutil.rmtree(path)
+)
 
 
 def as_unprivileged(workspace: Path) -> dict[str, object]:
-    result = subprocess.run(
-        [sys.executable, "-c", CHILD, str(workspace), str(NOBODY)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)  # type: ignore[no-any-return]
+    return run_as_nobody(CHILD, str(workspace))  # type: ignore[no-any-return]
 
 
 def make_workspace(directory: Path) -> None:
@@ -102,8 +73,8 @@ def make_workspace(directory: Path) -> None:
             os.chown(p, NOBODY, NOBODY)
 
 
-def test_a_read_only_directory_is_read_only_not_corrupt(shared_dir: Path) -> None:
-    ws = shared_dir / "ws"
+def test_a_read_only_directory_is_read_only_not_corrupt(reachable_dir: Path) -> None:
+    ws = reachable_dir / "ws"
     make_workspace(ws)
     for p in [ws, *ws.rglob("*")]:
         if p.is_dir():
@@ -129,8 +100,8 @@ def test_a_read_only_directory_is_read_only_not_corrupt(shared_dir: Path) -> Non
     assert out["files"] == files  # nothing left beside the databases
 
 
-def test_a_read_only_database_file_is_read_only_and_leaves_nothing(shared_dir: Path) -> None:
-    ws = shared_dir / "ws"
+def test_a_read_only_database_file_is_read_only_and_leaves_nothing(reachable_dir: Path) -> None:
+    ws = reachable_dir / "ws"
     make_workspace(ws)
     (ws / "distill.db").chmod(0o444)
     (ws / "local" / "server.db").chmod(0o444)

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 import sqlite3
-import subprocess
-import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers.unprivileged import BECOME_NOBODY, run_as_nobody
 from tui.engine.datasets import ItemDraft
 from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset, load_git_requests
 from tui.engine.store import SCHEMA_VERSION, Store, StoreError, WorkspaceError
@@ -108,21 +103,16 @@ def test_workspace_path_that_cannot_be_a_directory(tmp_path: Path) -> None:
         Store.open(blocker)
 
 
-# Root writes anywhere, so the read-only cases run in a child that becomes an unprivileged
-# user once its imports are done (CI runs as root); run by anyone else it is unprivileged
-# already. It tries to open each workspace given and prints what happened and what exists.
-NOBODY = 65534
-OPEN_AS_NOBODY = """
-import json, os, sys
-from pathlib import Path
+# Tries to open each workspace given, as nobody, and prints what happened.
+OPEN_AS_NOBODY = (
+    """
+import json, sys
 from tui.engine.store import Store, WorkspaceError
-
-if os.geteuid() == 0:
-    os.setgroups([])
-    os.setgid(int(sys.argv[1]))
-    os.setuid(int(sys.argv[1]))
+"""
+    + BECOME_NOBODY
+    + """
 out = {}
-for ws in sys.argv[2:]:
+for ws in sys.argv[1:]:
     try:
         Store.open(ws).close()
         out[ws] = "opened"
@@ -130,18 +120,7 @@ for ws in sys.argv[2:]:
         out[ws] = str(exc)
 print(json.dumps(out))
 """
-
-
-@pytest.fixture
-def reachable_dir() -> Iterator[Path]:
-    """A directory an unprivileged child can reach (pytest's tmp_path is private to us)."""
-    path = Path(tempfile.mkdtemp(prefix="distill-store-"))
-    path.chmod(0o755)
-    yield path
-    for p in [path, *path.rglob("*")]:
-        if p.is_dir():
-            p.chmod(0o755)
-    shutil.rmtree(path)
+)
 
 
 def test_read_only_workspace_directory(reachable_dir: Path) -> None:
@@ -149,16 +128,7 @@ def test_read_only_workspace_directory(reachable_dir: Path) -> None:
     ro.mkdir()
     ro.chmod(0o555)
     nested = ro / "new" / "ws"
-    result = subprocess.run(
-        [sys.executable, "-c", OPEN_AS_NOBODY, str(NOBODY), str(ro), str(nested)],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr
-    out = json.loads(result.stdout)
+    out = run_as_nobody(OPEN_AS_NOBODY, str(ro), str(nested))
     assert out[str(ro)].startswith(
         f"{ro}: the workspace is read-only (the directory is not writable: "
     ), out
