@@ -49,11 +49,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import cProfile
 import json
 import os
+import re
 import statistics
 import sys
+import sysconfig
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -278,25 +283,320 @@ async def timed_sequential(make: Any, requests: list[str], sample: int | None, t
     return row
 
 
-async def tui_event_loop_lag(
-    server: Any, requests: list[str], concurrency: int = 64, size: tuple[int, int] = (160, 50)
-) -> Row:
-    """The event-loop lag p99 inside the running TUI while the Generate screen runs at
-    `concurrency` (goal, issue 4: < 50 ms).
+# -- the TUI: lag, where its CPU goes, keys typed during the run ---------------------------
+
+# What the profiled pass sorts the CPU of each thread into, by the code that spent it (the
+# first rule whose path fragment is in the function's file wins; C functions count for the
+# code that called them).
+PHASES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("benchmark (lag ticker, CPU sampler)", ("/bench/",)),
+    (
+        "HTTP + SSE parsing (openai SDK, httpx2, json)",
+        (
+            "/openai/",
+            "/httpx2/",
+            "/httpcore",
+            "/h11/",
+            "/anyio/",
+            "/sniffio/",
+            "/json/",
+            "/pydantic",
+            "/idna/",
+            "/certifi/",
+            "/ssl.py",
+            "/socket.py",
+            "/email/",
+            "/http/",
+        ),
+    ),
+    ("store (SQLite commits and reads)", ("/tui/engine/store.py", "sqlite3", "/concurrent/")),
+    ("engine bookkeeping (tui/engine)", ("/tui/engine/",)),
+    ("live view: events, table, stream panel (screens/, widgets/)", ("/screens/", "/tui/widgets/")),
+    (
+        "Textual rendering + compositor (and rich)",
+        (
+            "textual/_compositor",
+            "textual/strip",
+            "textual/_styles_cache",
+            "textual/_segment",
+            "textual/filter",
+            "textual/renderables/",
+            "textual/content",
+            "textual/visual",
+            "textual/_border",
+            "textual/_spatial_map",
+            "textual/_cells",
+            "/rich/",
+        ),
+    ),
+    ("Textual messages, timers, layout, CSS", ("/textual/",)),
+    ("asyncio loop + sockets", ("/asyncio/", "/selectors.py", "/threading.py", "/queue.py")),
+)
+OTHER = "other"
+
+
+# The standard library's helpers (typing, contextlib, enum, functools...) count for the code
+# that called them, like C functions: the SDK's request building is mostly typing's work.
+STDLIB = sysconfig.get_paths()["stdlib"]
+STDLIB_OWN = (
+    "/asyncio/",
+    "/selectors.py",
+    "/threading.py",
+    "/queue.py",
+    "/json/",
+    "/ssl.py",
+    "/socket.py",
+    "/sqlite3/",
+    "/concurrent/",
+)
+
+
+def phase_of(filename: str) -> str | None:
+    """The phase of a Python function's file; None for a C function ('~') or a standard
+    library helper, which count for their callers."""
+    if filename == "~":
+        return None
+    stdlib = filename.startswith(STDLIB) and "site-packages" not in filename
+    if stdlib and not any(f in filename for f in STDLIB_OWN):
+        return None
+    for name, fragments in PHASES:
+        if any(f in filename for f in fragments):
+            return name
+    return OTHER
+
+
+def profile_phases(
+    stats: dict[Any, Any], top: dict[str, dict[str, float]] | None = None
+) -> dict[str, float]:
+    """CPU seconds by phase from a cProfile's raw stats (self time of each function; a C
+    function's self time split among its callers' phases by what each caller spent in it).
+    With `top`, also the seconds of each function within its phase."""
+    totals: dict[str, float] = {}
+
+    def add(key: Any, seconds: float, label: str, depth: int = 0) -> None:
+        phase = phase_of(key[0])
+        if phase is None:
+            callers = stats.get(key, (0, 0, 0, 0, {}))[4]
+            spent = sum(c[2] for c in callers.values())
+            if depth > 4 or not callers or spent <= 0:
+                phase = OTHER
+            else:
+                for caller, c in callers.items():
+                    add(caller, seconds * c[2] / spent, label, depth + 1)
+                return
+        totals[phase] = totals.get(phase, 0.0) + seconds
+        if top is not None:
+            functions = top.setdefault(phase, {})
+            functions[label] = functions.get(label, 0.0) + seconds
+
+    for key, (_cc, _nc, tt, _ct, _callers) in stats.items():
+        if tt > 0:
+            filename, line, function = key
+            where = "/".join(Path(filename).parts[-2:]) if filename != "~" else ""
+            add(key, tt, f"{where}:{line}({function})" if where else function)
+    return totals
+
+
+class ThreadProfiles:
+    """cProfile on the calling thread and on every thread started while it is on, each with
+    its thread's own CPU clock (time.thread_time): time spent waiting for a CPU on a loaded
+    machine, or for the GIL, is not counted, so the phases' shares hold under load."""
+
+    def __init__(self) -> None:
+        self.profiles: dict[str, cProfile.Profile] = {}
+
+    def _bootstrap(self, frame: Any, event: str, arg: Any) -> None:
+        # The first profile event of a new thread: hand the thread to a profiler of its own
+        # (enable() replaces this hook for that thread).
+        profile = cProfile.Profile(time.thread_time)
+        self.profiles[threading.current_thread().name] = profile
+        profile.enable()
+
+    def __enter__(self) -> ThreadProfiles:
+        main = cProfile.Profile(time.thread_time)
+        self.profiles[threading.current_thread().name] = main
+        threading.setprofile(self._bootstrap)
+        main.enable()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.profiles[threading.current_thread().name].disable()
+        threading.setprofile(None)  # type: ignore[arg-type]
+
+    def phases(
+        self, top: dict[str, dict[str, dict[str, float]]] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """Each thread's CPU seconds by phase; with `top`, by function within each phase."""
+        out: dict[str, dict[str, float]] = {}
+        for name, profile in self.profiles.items():
+            profile.snapshot_stats()
+            functions = top.setdefault(name, {}) if top is not None else None
+            out[name] = profile_phases(profile.stats, functions)  # type: ignore[attr-defined]
+        return out
+
+
+def _thread_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of each of this process's threads, by native id, from
+    /proc (Linux): the kernel's own accounting, untouched by how loaded the machine is."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[int, float] = {}
+    for entry in os.scandir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{entry.name}/stat") as f:
+                rest = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the thread ended meanwhile
+        out[int(entry.name)] = (int(rest[11]) + int(rest[12])) / tick
+    return out
+
+
+class ThreadCpu:
+    """Each thread's CPU over a stretch, by thread name, sampled every `interval` s so that
+    threads which end before the stretch does (an engine thread) are counted too."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        self.interval = interval
+        self._first: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._names: dict[int, str] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def _sample(self) -> None:
+        for thread in threading.enumerate():
+            if thread.native_id is not None:
+                self._names[thread.native_id] = thread.name
+        self._last.update(_thread_cpu())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            self._sample()
+
+    def __enter__(self) -> ThreadCpu:
+        self._first = _thread_cpu()
+        self._sample()
+        self._task = asyncio.get_running_loop().create_task(self._loop())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        self._sample()
+
+    def by_name(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for tid, seconds in self._last.items():
+            name = self._names.get(tid, f"thread {tid}")
+            # Executor threads are numbered (store_0, asyncio_3): one figure per pool.
+            name = re.sub(r"_\d+$", "", name)
+            out[name] = out.get(name, 0.0) + seconds - self._first.get(tid, 0.0)
+        return {k: v for k, v in out.items() if v >= 0.005}
+
+
+@dataclass
+class TuiFigures:
+    """One TUI run's figures beyond its Row."""
+
+    threads: dict[str, float] = field(default_factory=dict)  # CPU s by thread
+    counts: dict[str, int] = field(default_factory=dict)  # events, repaints, frames, commits
+    phases: dict[str, dict[str, float]] = field(default_factory=dict)  # profiled pass only
+    functions: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)  # by phase
+    keys: int = 0  # keys typed into the filter during the run
+    key_ms: list[float] = field(default_factory=list)  # key sent → filter box changed
+    profiled: bool = False
+
+
+@contextmanager
+def counting(counts: dict[str, int]) -> Iterator[None]:
+    """Count, per run, the live view's events and repaints, the screen's frames and the
+    store's commits, by wrapping those methods (a counter each; restored afterwards)."""
+    from textual.screen import Screen
+
+    from screens.generate.live import LiveRun, LiveRunView
+
+    def wrap(owner: Any, attr: str, name: str, when: Any = None) -> Any:
+        original = getattr(owner, attr)
+
+        def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
+            if when is None or when(self):
+                counts[name] = counts.get(name, 0) + 1
+            return original(self, *args, **kwargs)
+
+        setattr(owner, attr, counted)
+        return original
+
+    def changed(view: Any) -> bool:
+        return view.live is not None and view.live.version != view._painted
+
+    patched = [
+        (LiveRun, "on_event", wrap(LiveRun, "on_event", "events applied to the live view")),
+        (LiveRunView, "_repaint", wrap(LiveRunView, "_repaint", "repaints", changed)),
+        (Screen, "_compositor_refresh", wrap(Screen, "_compositor_refresh", "frames")),
+        (Store, "save_completion", wrap(Store, "save_completion", "commits")),
+    ]
+    try:
+        yield
+    finally:
+        for owner, attr, original in patched:
+            setattr(owner, attr, original)
+
+
+async def type_keys(app: Any, box: Any, rate: float, figures: TuiFigures) -> None:
+    """Type into `box` at `rate` keys a second on a fixed schedule, as a terminal delivers
+    keys (sent to the driver, not waiting for the app to go idle as Pilot.press does): a word,
+    then backspaces, over and over. Records when each key changed the box's value."""
+    from textual import events
+
+    word = "branch"
+    keys = [*word, *["backspace"] * len(word)]
+    sent: list[float] = []
+
+    def changed(_value: str) -> None:
+        if sent:
+            figures.key_ms.append((time.perf_counter() - sent.pop(0)) * 1000)
+
+    app.watch(box, "value", changed, init=False)
+    started = time.perf_counter()
+    n = 0
+    while True:
+        await asyncio.sleep(max(0.0, started + n / rate - time.perf_counter()))
+        key = keys[n % len(keys)]
+        event = events.Key(key, key if len(key) == 1 else None)
+        event.set_sender(app)
+        sent.append(time.perf_counter())
+        app._driver.send_message(event)
+        n += 1
+        figures.keys = n
+
+
+async def tui_run(
+    server: Any,
+    requests: list[str],
+    concurrency: int = 64,
+    *,
+    size: tuple[int, int] = (160, 50),
+    profile: bool = False,
+    keys_per_second: float = 0.0,
+    dump: str | None = None,
+) -> tuple[Row, TuiFigures]:
+    """The Generate screen running `requests` at `concurrency`, and the app's event-loop lag
+    p99 meanwhile (goal, issue 15: < 50 ms).
 
     DistillApp runs headless (`run_test`: the whole app, layout and rendering included, only
     the terminal writes are skipped) on a fresh workspace holding the requests, connected to
     the fake server as an OpenAI-compatible URL. The Generate screen's form gets the model,
     then its start action runs; the LagMonitor ticks on the app's own event loop until the
-    run ends."""
-    import os
-
+    run ends. Also: each thread's CPU, the live view's events and repaints, the screen's
+    frames and the store's commits; with `profile`, every thread's CPU by phase (cProfile
+    with thread clocks: it slows the run, so read its shares, not its wall time); with
+    `keys_per_second`, keys typed into the item filter while the run goes."""
     from textual.widgets import Input
 
     from screens.generate import GenerateScreen
     from tui.app import DistillApp
     from tui.engine.settings import Settings
 
+    figures = TuiFigures(profiled=profile)
     with tempfile.TemporaryDirectory(prefix="bench-tui-") as tmp:
         # Never the user's own config file (it could name another backend or key).
         os.environ["DISTILL_CONFIG"] = str(Path(tmp) / "config.toml")
@@ -312,7 +612,10 @@ async def tui_event_loop_lag(
             workspace=Path(tmp) / "ws",
         )
         app = DistillApp(settings=settings, store=store, start_backend=True)
-        async with app.run_test(size=size) as pilot:
+        # Wrapped before the screen mounts (its repaint timer holds the method it was given).
+        async with contextlib.AsyncExitStack() as stack:
+            stack.enter_context(counting(figures.counts))
+            pilot = await stack.enter_async_context(app.run_test(size=size))
             while app.backend is None:
                 await pilot.pause(0.05)
             await app.action_switch_mode("generate")
@@ -321,17 +624,42 @@ async def tui_event_loop_lag(
             assert isinstance(screen, GenerateScreen), screen
             screen.query_one("#model", Input).value = MODEL
             await pilot.pause()
-            with LagMonitor() as lag:
+            typing: asyncio.Task[None] | None = None
+            profiles = ThreadProfiles()
+            figures.counts.clear()
+            with (
+                ThreadCpu() as threads,
+                profiles if profile else contextlib.nullcontext(),
+                LagMonitor() as lag,
+            ):
                 started, cpu = time.perf_counter(), time.process_time()
                 await screen.action_start()
                 await pilot.pause()
+                if keys_per_second:
+                    box = screen.query_one("#item-filter", Input)
+                    box.focus()
+                    typing = asyncio.create_task(type_keys(app, box, keys_per_second, figures))
                 while screen.generator is not None:
                     await asyncio.sleep(0.05)
                 seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
+                if typing is not None:
+                    typing.cancel()
+                    await pilot.pause()  # the keys sent so far, handled while the app is up
+            figures.threads = threads.by_name()
+            if profile:
+                figures.phases = profiles.phases(figures.functions)
+                if dump:
+                    for thread, prof in profiles.profiles.items():
+                        prof.dump_stats(f"{dump}.{concurrency}.{thread}.pstats")
             stats = screen.stats
         store.close()
-    return Row(
-        f"TUI generate, concurrency {concurrency}",
+    name = f"TUI generate, concurrency {concurrency}"
+    if keys_per_second:
+        name += f", {keys_per_second:g} keys/s"
+    if profile:
+        name += " (profiled)"
+    row = Row(
+        name,
         seconds,
         completion_tokens=stats.completion_tokens if stats else 0,
         retries=stats.retries if stats else 0,
@@ -339,6 +667,41 @@ async def tui_event_loop_lag(
         lag_p99_ms=lag.p99_ms(),
         cpu_seconds=cpu,
     )
+    return row, figures
+
+
+def print_tui_figures(row: Row, figures: TuiFigures, engine: Row | None, top: int = 0) -> None:
+    """Where the TUI's CPU went: per thread, per phase (profiled pass) and per second."""
+    print(f"{row.name}:")
+    if engine is not None and not figures.profiled:
+        print(
+            f"  wall {row.seconds:.1f} s vs {engine.seconds:.1f} s for the engine alone "
+            f"({(row.seconds / engine.seconds - 1) * 100:+.0f} %, goal within 10 %); "
+            f"CPU {row.cpu_seconds or 0:.1f} s vs {engine.cpu_seconds or 0:.1f} s"
+        )
+    threads = ", ".join(f"{k} {v:.2f} s" for k, v in sorted(figures.threads.items()))
+    print(f"  CPU by thread: {threads}")
+    per_s = ", ".join(f"{v / row.seconds:,.0f} {k}" for k, v in figures.counts.items())
+    print(f"  a second: {row.completion_tokens / row.seconds:,.0f} chunks, {per_s}")
+    if figures.keys:
+        keys = sorted(figures.key_ms)
+        p99 = statistics.quantiles(keys, n=100)[98] if len(keys) > 1 else None
+        print(
+            f"  {figures.keys} keys typed into the filter; key → filter changed: p50 "
+            f"{fmt_ms(statistics.median(keys) if keys else None)} ms, p99 {fmt_ms(p99)} ms, "
+            f"max {fmt_ms(keys[-1] if keys else None)} ms"
+        )
+    for thread, phases in sorted(figures.phases.items()):
+        total = sum(phases.values())
+        if total < 0.05:
+            continue
+        print(f"  thread {thread}: {total:.2f} s of CPU (profiled), by phase:")
+        for phase, seconds in sorted(phases.items(), key=lambda kv: -kv[1]):
+            if seconds / total >= 0.005:
+                print(f"    {seconds / total * 100:5.1f} %  {seconds:6.2f} s  {phase}")
+                functions = figures.functions.get(thread, {}).get(phase, {})
+                for function, spent in sorted(functions.items(), key=lambda kv: -kv[1])[:top]:
+                    print(f"{'':18}{spent / total * 100:5.1f} %  {function}")
 
 
 async def budget_run(args: argparse.Namespace) -> str:
@@ -426,8 +789,7 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
     for row in rows:
         for error, n in row.errors.items():
             print(f"{row.name}: retried {n}× after: {error}")
-    tui = next((r for r in rows if r.name.startswith("TUI")), None)
-    if tui is not None:
+    for tui in (r for r in rows if r.name.startswith("TUI") and "profiled" not in r.name):
         print(f"event-loop lag p99 in the {tui.name}: {fmt_ms(tui.lag_p99_ms)} ms (goal < 50)")
     at32 = next((r for r in rows if r.name == "engine, concurrency 32"), None)
     if at32 is not None:
@@ -487,11 +849,29 @@ async def main_async(args: argparse.Namespace) -> None:
             for concurrency in args.raw_sse or []:
                 print(f"raw SSE at concurrency {concurrency}…", flush=True)
                 rows.append(await raw_sse_run(client, requests, concurrency))
+            # The engine alone at each TUI concurrency, for the TUI's wall time to be held to.
+            for concurrency in args.tui:
+                if not any(r.name == f"engine, concurrency {concurrency}" for r in rows):
+                    print(f"engine at concurrency {concurrency}…", flush=True)
+                    rows.append(await engine_run(store, dataset_id, client, concurrency))
         store.close()
-        if args.tui:
-            print(f"TUI Generate screen at concurrency {args.tui}…", flush=True)
-            rows.append(await tui_event_loop_lag(server, requests, args.tui))
+        tui: list[tuple[Row, TuiFigures]] = []
+        for concurrency in args.tui:
+            passes = [{}]
+            if args.keys:
+                passes.append({"keys_per_second": args.keys})
+            if args.profile:
+                passes.append({"profile": True, "dump": args.profile_dump})
+            for options in passes:
+                what = ", ".join(f"{k} {v}" for k, v in options.items())
+                print(f"TUI Generate screen at concurrency {concurrency} {what}…", flush=True)
+                tui.append(await tui_run(server, requests, concurrency, **options))
+    rows += [row for row, _ in tui]
     print_table(rows, baseline, args)
+    for row, figures in tui:
+        concurrency = int(re.findall(r"concurrency (\d+)", row.name)[0])
+        engine = next((r for r in rows if r.name == f"engine, concurrency {concurrency}"), None)
+        print_tui_figures(row, figures, engine, args.profile_top)
     if budget_line:
         print(budget_line)
 
@@ -515,9 +895,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tui",
         type=int,
-        default=64,
+        nargs="*",
+        default=[64, 128],
         metavar="C",
-        help="also run the Generate screen headless at concurrency C (0: skip)",
+        help="also run the Generate screen headless at these concurrencies (none: skip)",
+    )
+    parser.add_argument(
+        "--keys",
+        type=float,
+        default=10.0,
+        metavar="RATE",
+        help="a TUI pass more, typing into the item filter at RATE keys/s (0: skip)",
+    )
+    parser.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the profiled TUI pass that splits each thread's CPU into phases",
+    )
+    parser.add_argument(
+        "--profile-top",
+        type=int,
+        default=0,
+        metavar="N",
+        help="in the profiled TUI pass, also the N functions that spent most in each phase",
+    )
+    parser.add_argument(
+        "--profile-dump",
+        metavar="PREFIX",
+        help="write the profiled pass's stats per thread to PREFIX.<C>.<thread>.pstats",
     )
     parser.add_argument(
         "--sequential-sample",

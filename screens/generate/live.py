@@ -3,22 +3,25 @@
 of its progress line (`run_figures`). A run sent as batches also shows its batches' status,
 request counts and window (`batch_text`); its items fill in as each batch's results arrive.
 
-With 64 replies streaming at once the engine reports thousands of tokens a second. Its events
-only write into `LiveRun` (dict and list operations); the view redraws the table and the stream
-panel REPAINT_HZ times a second, and only when something changed."""
+With 64 replies streaming at once the engine reports thousands of tokens a second, from a
+thread of its own (tui/engine/offloop.py). Its events wait in the run's inbox; the view takes
+them all REPAINT_HZ times a second (`LiveRun.catch_up`: dict and list operations), then
+redraws the table and the stream panel, and only when something changed."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Vertical, VerticalScroll
-from textual.widgets import Static
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.geometry import Size
+from textual.widgets import Input, Static
 
 from tui.engine.batch import TERMINAL, BatchUpdate
 from tui.engine.generation import (
@@ -32,6 +35,7 @@ from tui.engine.generation import (
     RunStats,
     cost_of,
 )
+from tui.engine.offloop import Inbox
 from tui.engine.run_form import format_metadata
 from tui.engine.settings import Price
 from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
@@ -47,6 +51,7 @@ ITEM_COLUMNS = (
     Column("ms", width=6, justify="right"),
 )
 FLAGGED = ("failed", "cancelled", "retrying")
+NO_SIZE = Size(0, 0)  # get_content_height's container and viewport: unused by a Static
 # What the stream panel says for an item with no text yet.
 EMPTY_BODY = {
     "streaming": "… (waiting for the first token)",
@@ -59,7 +64,9 @@ EMPTY_BODY = {
 
 class LiveRun:
     """The run on view: its items and what is known of each. Engine events write here and
-    nothing else happens per event; the view reads it when it repaints."""
+    nothing else happens per event; the view reads it when it repaints. Only the UI's thread
+    touches it: a run generated on another thread puts its events in `receive()`'s inbox,
+    applied by `catch_up()`."""
 
     def __init__(
         self,
@@ -77,13 +84,17 @@ class LiveRun:
         self.tokens: dict[int, int] = {}
         self.latency: dict[int, float] = {}
         self.streaming: dict[int, None] = {}  # items streaming now, in the order they started
-        self.idle = "pending"  # what an item with no completion shows: "queued" while running
+        self._idle = "pending"  # what an item with no completion shows: "queued" while running
         self.version = 0  # bumped by every change; the view repaints when it moved
+        # The items changed since the view last took them (`take_changed`); None: any item
+        # may have (the run ended, a batch moved, idle items say something else).
+        self._changed: set[int] | None = set()
         self.finished: RunFinished | None = None
         # The last change of the in-flight limit (its ceiling, and why it moved).
         self.concurrency: ConcurrencyChanged | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self._counts: tuple[int, dict[str, int]] = (-1, {})
+        self.inbox: Inbox[Event | BatchUpdate] | None = None
         # A batch run's batches (their last update, by the workspace's id) and the items
         # that batches still at the backend hold.
         self.batches: dict[int, BatchUpdate] = {}
@@ -114,9 +125,36 @@ class LiveRun:
             self.prompt_tokens += c.prompt_tokens or 0
             self.completion_tokens += c.completion_tokens or 0
 
+    @property
+    def idle(self) -> str:
+        return self._idle
+
+    @idle.setter
+    def idle(self, value: str) -> None:
+        self._idle = value
+        self._changed = None
+        self.version += 1
+
+    def take_changed(self) -> set[int] | None:
+        """The items changed since the last call (None: any item may have)."""
+        changed, self._changed = self._changed, set()
+        return changed
+
+    def receive(self) -> Inbox[Event | BatchUpdate]:
+        """The inbox for the events of a run generated on another thread."""
+        self.inbox = Inbox()
+        return self.inbox
+
+    def catch_up(self) -> None:
+        """Apply the events put in the inbox since the last time."""
+        if self.inbox is not None:
+            for event in self.inbox.drain():
+                self.on_event(event)
+
     def on_event(self, event: Event | BatchUpdate) -> None:
         if isinstance(event, BatchUpdate):
             self.batches[event.batch_id] = event
+            self._changed = None
             self.version += 1
             return
         if isinstance(event, ConcurrencyChanged):
@@ -152,6 +190,12 @@ class LiveRun:
         elif isinstance(event, RunFinished):
             self.finished = event
             self.idle = "pending"
+        if self._changed is not None:
+            touched: int | None = getattr(event, "item_id", None)
+            if touched is None:
+                self._changed = None
+            else:
+                self._changed.add(touched)
         self.version += 1
 
     def status_of(self, item_id: int) -> str:
@@ -183,6 +227,46 @@ class LiveRun:
                 counts[status] = counts.get(status, 0) + 1
             self._counts = (self.version, counts)
         return counts
+
+
+# What an item's status can be in the table (`LiveRun.status_of`), for the filter's status: words.
+STATUSES = ("done", "failed", "cancelled", "streaming", "retrying", "queued", "pending", "batch")
+FILTER_HELP = "words of the request, status:failed (or done, streaming, queued…)"
+
+
+@dataclass(frozen=True)
+class ItemFilter:
+    """The item filter box: `status:<status>` words keep items in any of those statuses
+    ("batch" for "in batch"); every other word must be in the request (any case). Parsed
+    from the box by `parse`; `problems` lists what it could not use."""
+
+    words: tuple[str, ...] = ()
+    statuses: frozenset[str] = frozenset()
+    problems: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, query: str) -> ItemFilter:
+        words: list[str] = []
+        statuses: set[str] = set()
+        problems: list[str] = []
+        for word in query.split():
+            kind, sep, value = word.partition(":")
+            if not sep or kind.casefold() != "status":
+                words.append(word.casefold())
+            elif value.casefold() in STATUSES:
+                statuses.add("in batch" if value.casefold() == "batch" else value.casefold())
+            else:
+                problems.append(f"{word}: use one of {', '.join(STATUSES)}")
+        return cls(tuple(words), frozenset(statuses), tuple(problems))
+
+    def __bool__(self) -> bool:
+        return bool(self.words or self.statuses)
+
+    def keeps(self, live: LiveRun, item: Item) -> bool:
+        if self.statuses and live.status_of(item.id) not in self.statuses:
+            return False
+        request = item.input.casefold()
+        return all(word in request for word in self.words)
 
 
 def item_cells(live: LiveRun, item: Item) -> Row:
@@ -314,10 +398,17 @@ class LiveRunView(Vertical):
         self._painted = -1
         self._stream_key: tuple[Any, ...] = ()
         self._skip_highlights = 0  # cursor moves made by code, not by the user
+        self.filter = ItemFilter()
+        self._shown: list[Item] | None = None  # the items the filter keeps (None: all)
+        self._filtered = (-1, 0.0)  # the run's version and the time the filter last ran
+        self._count_width = 0
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-title")
         yield Static("", id="batch-status", markup=False)
+        with Horizontal(id="item-filter-row"):
+            yield Input(placeholder=f"/ filter: {FILTER_HELP}", id="item-filter", compact=True)
+            yield Static("", id="item-filter-count", markup=False)
         yield VirtualTable(ITEM_COLUMNS, flagged=self._row_flagged, id="items")
         with VerticalScroll(id="stream"):
             yield Static("", id="stream-text", markup=False)
@@ -336,11 +427,7 @@ class LiveRunView(Vertical):
         self.follow = True
         self._painted = -1
         self._stream_key = ()
-        if live.items:
-            self._skip_highlights += 1
-        self.items_table.set_rows(
-            RowView(live.items, lambda item: item_cells(live, item)), keep_cursor=False
-        )
+        self._apply_filter(keep_cursor=False)
         run = live.run
         parts = [f"run {run.id}", run.model]
         if run.role:
@@ -361,6 +448,7 @@ class LiveRunView(Vertical):
 
     def clear(self, message: str) -> None:
         self.live = None
+        self._shown = None
         self.items_table.set_rows([])
         self.query_one("#run-title", Static).update(Text(message))
         self.query_one("#stream-text", Static).update("")
@@ -376,11 +464,72 @@ class LiveRunView(Vertical):
         """Draw everything on the next tick, changed or not."""
         self._painted = -1
 
+    # -- the item filter ---------------------------------------------------------------
+
+    @property
+    def filter_box(self) -> Input:
+        return self.query_one("#item-filter", Input)
+
+    @property
+    def shown_items(self) -> Sequence[Item]:
+        """The items in the table, in its order: those the filter keeps."""
+        if self._shown is not None:
+            return self._shown
+        return self.live.items if self.live is not None else ()
+
+    @on(Input.Changed, "#item-filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
+        event.stop()
+        self.filter = ItemFilter.parse(event.value)
+        self._apply_filter(keep_cursor=False)
+
+    @on(Input.Submitted, "#item-filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.items_table.focus()
+
+    def on_key(self, event: Any) -> None:
+        # esc in the filter box goes back to the table (keeping the filter); it must not
+        # reach the screen, where it cancels the run.
+        if event.key == "escape" and self.filter_box.has_focus:
+            event.stop()
+            event.prevent_default()
+            self.items_table.focus()
+
+    def _apply_filter(self, *, keep_cursor: bool) -> None:
+        live = self.live
+        if live is None:
+            return
+        keep = self.filter
+        self._shown = [item for item in live.items if keep.keeps(live, item)] if keep else None
+        self._filtered = (live.version, time.monotonic())
+        rows = RowView(self.shown_items, lambda item: item_cells(live, item))
+        if len(rows):
+            self._skip_highlights += 1  # set_rows moves the cursor: not the user's doing
+        self.items_table.set_rows(rows, keep_cursor=keep_cursor)
+        count = Text(f"{len(rows):,} of {len(live.items):,} items" if keep else "")
+        if keep.problems:
+            count.append(f"{' · ' if keep else ''}{'; '.join(keep.problems)}", style="red")
+        label = self.query_one("#item-filter-count", Static)
+        # A new layout only when the label's width changes (a status filter runs twice a
+        # second while a run goes).
+        label.update(count, layout=count.cell_len != self._count_width)
+        self._count_width = count.cell_len
+
+    def _refilter(self, live: LiveRun) -> None:
+        """Statuses move while the run goes: a status filter is applied again, at most
+        twice a second (the request words never change, and need no second look)."""
+        if not self.filter.statuses or self._filtered[0] == live.version:
+            return
+        if time.monotonic() - self._filtered[1] >= 0.5:
+            self._apply_filter(keep_cursor=True)
+
     def _row_flagged(self, row: int) -> bool:
         live = self.live
-        if live is None or row >= len(live.items):
+        items = self.shown_items
+        if live is None or row >= len(items):
             return False
-        return live.status_of(live.items[row].id) in FLAGGED
+        return live.status_of(items[row].id) in FLAGGED
 
     @on(VirtualTable.Highlighted, "#items")
     def _item_highlighted(self) -> None:
@@ -398,9 +547,10 @@ class LiveRunView(Vertical):
         live = self.live
         if live is None or not live.items:
             return None
+        shown = self.shown_items
         if not self.follow:
             cursor = self.items_table.cursor
-            return live.items[cursor] if cursor < len(live.items) else None
+            return shown[cursor] if cursor < len(shown) else None
         # Stay on one reply until it ends, then take the one that started last: readable
         # even with 64 streams, where "the latest delta" would jump 64 times a second.
         followed = self._followed
@@ -409,17 +559,29 @@ class LiveRunView(Vertical):
             candidates = list(reversed(live.streaming))
             followed = next((i for i in candidates[:64] if live.text.get(i)), candidates[0])
         if followed is None:
-            return live.items[self.items_table.cursor]
+            cursor = self.items_table.cursor
+            return shown[cursor] if cursor < len(shown) else None
         self._followed = followed
         return live.items[live.row_of[followed]]
 
     def _repaint(self) -> None:
         """The only place the live view is drawn (REPAINT_HZ times a second at most)."""
         live = self.live
-        if live is None or live.version == self._painted:
+        if live is None:
             return
+        live.catch_up()
+        self._refilter(live)
+        changed = live.take_changed()
+        if live.version == self._painted:
+            return
+        table = self.items_table
+        if changed is None or self._painted == -1:
+            table.refresh()
+        else:
+            # Only the rows on screen whose item changed: the rest are drawn already.
+            shown = self.shown_items
+            table.refresh_rows(r for r in table.visible_rows if shown[r].id in changed)
         self._painted = live.version
-        self.items_table.refresh()
         self._paint_batches(live)
         self._paint_stream(live)
 
@@ -443,7 +605,14 @@ class LiveRunView(Vertical):
         mode = "following" if self.follow else "selected"
         panel.border_title = f"#{item.position} · {status} · {mode}"
         panel.border_subtitle = item.input[:60]
-        self.query_one("#stream-text", Static).update(
-            body or EMPTY_BODY.get(status, "(empty reply)")
-        )
+        text = self.query_one("#stream-text", Static)
+        text.update(body or EMPTY_BODY.get(status, "(empty reply)"), layout=False)
+        # The screen is laid out again only when the reply needs another height: it fills
+        # the panel at least (min-height), so a reply shorter than the panel never does,
+        # and a longer one once a line, not on every token it grows by.
+        width, height = text.content_size
+        floor = panel.scrollable_content_region.height
+        needed = max(text.get_content_height(NO_SIZE, NO_SIZE, width), floor) if width else 0
+        if not width or needed != height:
+            text.refresh(layout=True)
         panel.scroll_end(animate=False)

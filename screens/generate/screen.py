@@ -12,6 +12,7 @@ are in."""
 
 from __future__ import annotations
 
+from openai import AsyncOpenAI
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -21,8 +22,10 @@ from screens.base import DistillScreen
 from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView, run_figures
 from screens.generate.runs import RunsPanel
+from tui.engine.backend import client_for_thread
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
 from tui.engine.generation import Generator, RunFinished, RunStats, create_run
+from tui.engine.offloop import EngineThread
 from tui.engine.run_form import FormError, RunForm
 from tui.engine.store import DatasetInfo, RunInfo
 from tui.widgets.progress_line import Figures, ProgressLine
@@ -36,6 +39,7 @@ class GenerateScreen(DistillScreen):
         Binding("ctrl+r", "resume", "Resume run", id="generate.resume"),
         Binding("escape", "cancel_run", "Cancel run", id="generate.cancel"),
         Binding("f", "follow", "Follow latest", id="generate.follow"),
+        Binding("slash", "filter", "Filter items", key_display="/", id="generate.filter"),
     ]
 
     # A batch's first poll, and the longest wait between two (the wait grows between them).
@@ -44,6 +48,8 @@ class GenerateScreen(DistillScreen):
     def __init__(self) -> None:
         super().__init__()
         self.generator: Generator | BatchRunner | None = None
+        # The thread the generator runs on (its own event loop: see _begin).
+        self.engine: EngineThread[RunFinished] | None = None
         self.stats: RunStats | None = None  # of the last generator, kept after it ends
 
     # -- layout --------------------------------------------------------------------------
@@ -74,7 +80,7 @@ class GenerateScreen(DistillScreen):
         if action == "cancel_run":
             # Not running: esc falls through to the app's "back".
             return self.generator is not None
-        if action == "follow":
+        if action in ("follow", "filter"):
             return self.live is not None
         return True
 
@@ -214,12 +220,15 @@ class GenerateScreen(DistillScreen):
         await self._resume(self.run_form.read_form())
 
     def action_cancel_run(self) -> None:
-        if isinstance(self.generator, BatchRunner):
-            self.generator.stop()
-            self.run_form.cancelling()
-        elif self.generator is not None:
-            self.generator.cancel()
-            self.run_form.cancelling()
+        generator, engine = self.generator, self.engine
+        if generator is None or engine is None:
+            return
+        # On the generator's own loop (it runs on a thread of its own).
+        engine.call(generator.stop if isinstance(generator, BatchRunner) else generator.cancel)
+        self.run_form.cancelling()
+
+    def action_filter(self) -> None:
+        self.live_view.filter_box.focus()
 
     def action_follow(self) -> None:
         self.live_view.follow_latest()
@@ -288,6 +297,10 @@ class GenerateScreen(DistillScreen):
         return False
 
     def _begin(self, run_id: int, budget: float | None, *, batch: bool = False) -> None:
+        """Generate the run on a thread of its own with its own event loop (EngineThread):
+        at 64 streams reading the replies is most of a core, which on the UI's loop would
+        stall every key and repaint. The UI reads its totals and drains its events at the
+        live view's repaint rate."""
         settings = self.distill.settings
         run = self.distill.store.get_run(run_id)
         # The backend the model was picked from (a teacher on OpenAI, a student served
@@ -298,12 +311,13 @@ class GenerateScreen(DistillScreen):
         price = settings.price(run.model, target.price_role)
         # Stored completions (and their metadata) exist on OpenAI and the local backend.
         store_completions = backend.spec.kind in ("openai", "local")
+        client = client_for_thread(backend.client)  # the UI loop's pool is not the thread's
         generator: Generator | BatchRunner
         if batch:
             first, longest = self.BATCH_POLL
             generator = BatchRunner(
                 self.distill.store,
-                backend.client,
+                client,
                 price=batch_price(price, settings.batch_discount),
                 budget=budget,
                 store_completions=store_completions,
@@ -313,7 +327,7 @@ class GenerateScreen(DistillScreen):
         else:
             generator = Generator(
                 self.distill.store,
-                backend.client,
+                client,
                 concurrency=settings.concurrency,
                 max_retries=settings.max_retries,
                 price=price,
@@ -321,21 +335,38 @@ class GenerateScreen(DistillScreen):
                 store_completions=store_completions,
             )
         self.generator = generator
+        self.engine = EngineThread(f"generate-run-{run_id}")
         self._view_run(run_id)
         live = self.live
         assert live is not None
         live.idle = "in batch" if batch else "queued"
         self.runs_panel.track(run_id, lambda: generator.stats)
         self._set_running(True)
-        self._generate(generator, live)
+        self._generate(generator, self.engine, live, client)
 
     @work(exclusive=True, group="generate", exit_on_error=False)
-    async def _generate(self, generator: Generator | BatchRunner, live: LiveRun) -> None:
+    async def _generate(
+        self,
+        generator: Generator | BatchRunner,
+        engine: EngineThread[RunFinished],
+        live: LiveRun,
+        client: AsyncOpenAI,
+    ) -> None:
+        inbox = live.receive()
+
+        async def job() -> RunFinished:
+            try:
+                return await generator.run(live.run.id, on_event=inbox.put)
+            finally:
+                await client.close()
+
         try:
-            finished = await generator.run(live.run.id, on_event=live.on_event)
+            finished = await engine.run(job)
         finally:
+            live.catch_up()  # every event in, before the view says the run ended
             self.stats = generator.stats
             self.generator = None
+            self.engine = None
             if self.is_mounted:
                 self.runs_panel.untrack()
                 self._set_running(False)

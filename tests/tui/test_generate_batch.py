@@ -56,6 +56,9 @@ async def test_a_run_sent_as_a_batch(small_app: DistillApp, fake: FakeOpenAI, db
         assert f"≈${live:,.4f} live · ≈${live / 2:,.4f} batch" in estimate, estimate
 
         screen.query_one("#model", Input).value = "fake-model"
+        # The batch stays in progress until the test has looked: it is followed on a thread
+        # of its own, and a slow UI could otherwise first look once it has ended.
+        fake.batch_api.batch_seconds = 60.0  # validating for 6 s, in progress for 48
         await t.press("ctrl+s")
         # While it goes: the batch's status, counts and window; items wait in the batch.
         await t.wait_until(lambda: "in_progress" in batch_line(screen))
@@ -63,6 +66,8 @@ async def test_a_run_sent_as_a_batch(small_app: DistillApp, fake: FakeOpenAI, db
         assert f"/{N_ITEMS} answered" in line and "24h window, ends" in line
         assert set(statuses(screen)) == {"in batch"}
         assert screen.query_one("#gen-form").disabled
+        for batch in fake.batch_api.batches.values():
+            batch.seconds = 0.5  # it began more than that ago: it ends at the next poll
         # When it ends, its results fill the items in.
         await t.wait_until(lambda: statuses(screen) == ["done"] * N_ITEMS)
         await t.settle()

@@ -369,3 +369,60 @@ async def test_live_view_follows_the_stream_until_the_user_picks_an_item(
         view.follow_latest()
         await h.pilot.pause(0.2)
         assert plain(text) == "git tag"
+
+
+async def test_item_filter_keeps_request_words_and_statuses_as_the_run_goes(
+    store: Store, small: int
+) -> None:
+    """/ filters the run's items: words of the request (any case), status: words (applied
+    again as statuses move), a status it does not know said in red; the stream panel and the
+    flagged rows follow the filtered table; esc in the box goes back to the table."""
+    (run_id,) = make_runs(store, small, 1)
+    live = LiveRun(store.get_run(run_id), store.run_items(run_id), [])
+    items = live.items
+    view = LiveRunView(id="live-run")
+    async with host(view, store) as h:
+        view.show_run(live)
+        await h.pilot.pause()
+        count = view.query_one("#item-filter-count", Static)
+        table = view.items_table
+
+        def requests() -> list[str]:
+            return [table._rows[i][2] for i in range(table.row_count)]
+
+        view.filter_box.focus()
+        await h.pilot.press(*"WORKING tree")
+        await h.pilot.pause()
+        working = [i.input for i in items if "working tree" in i.input.casefold()]
+        assert requests() == working and len(working) == 3
+        assert plain(count) == f"3 of {len(items)} items"
+
+        # Statuses: the engine's events arrive (here straight into the run) and the filter
+        # is applied again on a later repaint.
+        await h.pilot.press(*" status:failed")
+        await h.pilot.pause()
+        assert requests() == []
+        live.on_event(ItemStarted(items[1].id, 1))
+        live.on_event(
+            ItemFinished(items[1].id, "failed", "", "HTTP 500", None, None, None, 9.0, None, 0.0)
+        )
+        await h.wait_until(lambda: requests() == [items[1].input])
+        assert table._flagged is not None and table._flagged(0)  # the failed row, in yellow
+        assert plain(count) == f"1 of {len(items)} items"
+
+        # The user picks the one row shown: the stream panel shows that item's error.
+        await h.pilot.press("escape")
+        assert table.has_focus and view.filter_box.value.endswith("status:failed")
+        await h.pilot.press("home")
+        await h.wait_until(lambda: not view.follow)
+        assert view.shown_item() is items[1]
+        assert plain(view.query_one("#stream-text", Static)) == "HTTP 500"
+
+        # A status the table never shows is named; nothing is filtered by it.
+        view.filter_box.value = "status:finished"
+        await h.pilot.pause()
+        assert requests() == [i.input for i in items]
+        assert "status:finished: use one of done, failed" in plain(count)
+        view.filter_box.value = ""
+        await h.pilot.pause()
+        assert requests() == [i.input for i in items] and plain(count) == ""

@@ -136,6 +136,13 @@ def make_client(
     )
 
 
+def client_for_thread(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
+    """The same client (address, key, timeout, retries) with a connection pool of its own,
+    for a job on another thread's event loop (tui/engine/offloop.py): a pool's connections
+    belong to the loop that opened them. The job closes it when it ends."""
+    return client.copy(http_client=openai.DefaultAsyncHttpxClient())
+
+
 class LocalServer:
     """The workspace's embedded backend, `python -m tui.local.serve`: the one already running
     for this workspace if there is one (another window's, a `distill-tui web` session's, one

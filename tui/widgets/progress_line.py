@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual.timer import Timer
 from textual.widgets import Static
@@ -149,6 +150,7 @@ class ProgressLine(Static):
         self._shown: Text | str = ""
         self._source: Source | None = None
         self._timer: Timer | None = None
+        self._lines: tuple[bool, bool] | None = None  # (wider than the line, several lines)
 
     def show(self, what: Shown) -> None:
         """Show `what` now; the line stops following a source."""
@@ -189,4 +191,11 @@ class ProgressLine(Static):
         text = what.text() if isinstance(what, Figures) else what
         if text != self._shown:
             self._shown = text
-            self.update(text)
+            # A new layout of the whole screen only when the line may take another height
+            # (one line or two): the figures change REPAINT_HZ times a second, their height
+            # hardly ever.
+            width = self.content_size.width
+            plain = text.plain if isinstance(text, Text) else text
+            lines = (cell_len(plain) > width, "\n" in plain) if width else None
+            self.update(text, layout=lines is None or lines != self._lines)
+            self._lines = lines

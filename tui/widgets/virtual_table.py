@@ -7,7 +7,7 @@ without copying them: a row's cells are computed when the row is drawn."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Generic, TypeVar, overload
@@ -157,6 +157,20 @@ class VirtualTable(ScrollView, can_focus=True):
         cursor = self.cursor if keep_cursor else 0
         self.cursor = max(0, min(cursor, len(rows) - 1))
         self.refresh()
+
+    @property
+    def visible_rows(self) -> range:
+        """The indices of the rows on screen."""
+        top = int(self.scroll_y)
+        return range(top, min(top + self._page, len(self._rows)))
+
+    def refresh_rows(self, rows: Iterable[int]) -> None:
+        """Draw these rows again (those on screen), not the whole table: a live view whose
+        few rows change many times a second redraws only those."""
+        shown = self.visible_rows
+        for row in rows:
+            if row in shown:
+                self.refresh_line(row + 1)  # the header is line 0
 
     def set_columns(self, columns: Sequence[Column]) -> None:
         """Change the columns (e.g. one per grader of the eval on view)."""
