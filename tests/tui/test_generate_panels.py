@@ -114,7 +114,8 @@ async def test_form_estimate_and_a_wrong_field(store: Store, small: int) -> None
     panel = RunFormPanel(id="gen-left")
     async with host(panel, store) as h:
         panel.load_datasets()
-        await h.pilot.pause(0.4)  # the estimate waits for typing to pause
+        # The estimate waits for typing to pause.
+        await h.wait_until(lambda: "items" in plain(panel.query_one("#estimate", Static)))
         await h.settle()
         estimate = plain(panel.query_one("#estimate", Static))
         # No backend and no key: the local backend's runs cost nothing.
@@ -122,9 +123,11 @@ async def test_form_estimate_and_a_wrong_field(store: Store, small: int) -> None
 
         await h.pilot.click("#temperature")
         await h.pilot.press(*"hot")
-        await h.pilot.pause(0.4)
-        await h.settle()
-        assert "temperature: 'hot' is not a number" in plain(panel.query_one("#estimate", Static))
+        await h.wait_until(
+            lambda: (
+                "temperature: 'hot' is not a number" in plain(panel.query_one("#estimate", Static))
+            )
+        )
 
         # The screen hands a refused form back: the cursor goes to the field at fault.
         panel.query_one("#model").focus()
@@ -180,7 +183,9 @@ async def test_teacher_options_samples_vote_and_the_recipes_pool(store: Store, s
     panel = RunFormPanel(id="gen-left")
     async with host(panel, store) as h:
         panel.load_datasets()
-        await h.pilot.pause(0.4)
+        await h.wait_until(
+            lambda: "completion tokens" in plain(panel.query_one("#estimate", Static))
+        )
         await h.settle()
         vote_row, examples_row = panel.query_one("#vote-row"), panel.query_one("#examples-from-row")
         assert not vote_row.display and not examples_row.display
@@ -188,7 +193,9 @@ async def test_teacher_options_samples_vote_and_the_recipes_pool(store: Store, s
 
         panel.query_one("#samples").focus()
         await h.pilot.press("end", "ctrl+u", "4")
-        await h.pilot.pause(0.4)
+        await h.wait_until(
+            lambda: "(4 samples a request)" in plain(panel.query_one("#estimate", Static))
+        )
         await h.settle()
         assert vote_row.display
         estimate = plain(panel.query_one("#estimate", Static))
@@ -305,8 +312,7 @@ async def test_runs_panel_posts_user_moves_and_shows_a_running_run(
         await h.pilot.pause()
         assert table._rows[0][4:7] == ("running", "0", "0")
         stats.done, stats.failed = 5, 1
-        await h.pilot.pause(1.2)
-        assert table._rows[0][4:7] == ("running", "5", "1")
+        await h.wait_until(lambda: table._rows[0][4:7] == ("running", "5", "1"))
         panel.untrack()
         panel.show_runs(store.list_runs(small), dataset)
         await h.pilot.pause()
@@ -340,35 +346,31 @@ async def test_live_view_follows_the_stream_until_the_user_picks_an_item(
         live.on_event(ItemStarted(first, 1))
         live.on_event(ItemDelta(first, "git "))
         live.on_event(ItemDelta(first, "status"))
-        await h.pilot.pause(0.2)
-        assert plain(text) == "git status"
+        await h.wait_until(lambda: plain(text) == "git status")
         assert "following" in str(stream.border_title)
 
         # A reply that starts later is not jumped to while the followed one streams.
         live.on_event(ItemStarted(second, 1))
         live.on_event(ItemDelta(second, "git branch"))
-        await h.pilot.pause(0.2)
+        await h.wait_until(lambda: view.items_table._rows[1][1] == "streaming")  # repainted
         assert plain(text) == "git status"
         live.on_event(finished(first, "git status"))
-        await h.pilot.pause(0.2)
-        assert plain(text) == "git branch"
+        await h.wait_until(lambda: plain(text) == "git branch")
         assert view.items_table._rows[0][1] == "done"
 
         # The user moves the cursor: the panel stays on that item, whatever streams.
         view.items_table.focus()
         await h.pilot.press("down", "down")
-        await h.pilot.pause(0.2)
-        assert view.shown_item() is live.items[2]
+        await h.wait_until(lambda: view.shown_item() is live.items[2])
         assert plain(text) == "(not generated yet)"
         assert "selected" in str(stream.border_title)
         live.on_event(ItemStarted(fourth, 1))
         live.on_event(ItemDelta(fourth, "git tag"))
-        await h.pilot.pause(0.2)
+        await h.wait_until(lambda: view.items_table._rows[3][1] == "streaming")  # repainted
         assert plain(text) == "(not generated yet)"
 
         view.follow_latest()
-        await h.pilot.pause(0.2)
-        assert plain(text) == "git tag"
+        await h.wait_until(lambda: plain(text) == "git tag")
 
 
 async def test_item_filter_keeps_request_words_and_statuses_as_the_run_goes(
