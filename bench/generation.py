@@ -514,23 +514,20 @@ def counting(counts: dict[str, int]) -> Iterator[None]:
 
     from screens.generate.live import LiveRun, LiveRunView
 
-    def wrap(owner: Any, attr: str, name: str, when: Any = None) -> Any:
+    def wrap(owner: Any, attr: str, name: str) -> Any:
         original = getattr(owner, attr)
 
         def counted(self: Any, *args: Any, **kwargs: Any) -> Any:
-            if when is None or when(self):
-                counts[name] = counts.get(name, 0) + 1
+            counts[name] = counts.get(name, 0) + 1
             return original(self, *args, **kwargs)
 
         setattr(owner, attr, counted)
         return original
 
-    def changed(view: Any) -> bool:
-        return view.live is not None and view.live.version != view._painted
-
     patched = [
         (LiveRun, "on_event", wrap(LiveRun, "on_event", "events applied to the live view")),
-        (LiveRunView, "_repaint", wrap(LiveRunView, "_repaint", "repaints", changed)),
+        # Called once by each repaint that found the run changed.
+        (LiveRunView, "_paint_batches", wrap(LiveRunView, "_paint_batches", "repaints")),
         (Screen, "_compositor_refresh", wrap(Screen, "_compositor_refresh", "frames")),
         (Store, "save_completion", wrap(Store, "save_completion", "commits")),
     ]

@@ -224,6 +224,8 @@ class ResultsPanel(Vertical):
         """The only place the results are redrawn: when the eval run on view, its version,
         the filter or the sort changed since the last time."""
         live = self.live
+        if live is not None:
+            live.catch_up()  # a runner on its own thread: its events since the last repaint
         key = (id(live), live.version if live else -1, self.filter, self.sort)
         if key == self._painted and not force:
             return

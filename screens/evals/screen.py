@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from openai import AsyncOpenAI
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -19,6 +20,7 @@ from screens.base import DistillScreen
 from screens.evals.editor import EvalEditor
 from screens.evals.results import ResultsPanel
 from screens.evals.status import TargetLine, grading_figures, idle_text
+from tui.engine.backend import client_for_thread
 from tui.engine.eval_views import (
     LiveResults,
     Target,
@@ -30,6 +32,7 @@ from tui.engine.eval_views import (
 )
 from tui.engine.evals import EvalFinished, EvalRunner, start_eval_run
 from tui.engine.graders import GraderConfigError, parse_graders
+from tui.engine.offloop import EngineThread
 from tui.engine.selection import CompletionSelection
 from tui.engine.store import StoreError
 from tui.widgets.progress_line import ProgressLine
@@ -58,6 +61,7 @@ class EvalsScreen(DistillScreen):
     def __init__(self) -> None:
         super().__init__()
         self.runner: EvalRunner | None = None
+        self.engine: EngineThread[EvalFinished] | None = None  # the thread the runner runs on
         self._seen_selection: CompletionSelection | None = None
         self._starting = False  # between "g" and the runner existing: a second g waits
 
@@ -303,19 +307,38 @@ class EvalsScreen(DistillScreen):
             )
             self._show_status()
             return
-        self.runner = EvalRunner.from_settings(
-            store, backend.client if backend else None, self.distill.settings
-        )
+        # The runner grades on a thread of its own with its own event loop, so judges
+        # answering 64 at a time do not stall this screen; it has a client of its own.
+        client = client_for_thread(backend.client) if backend else None
+        self.runner = EvalRunner.from_settings(store, client, self.distill.settings)
+        self.engine = EngineThread(f"eval-run-{eval_run_id}")
         self._set_running(True)
-        self._grade(self.runner, live)
+        self._grade(self.runner, self.engine, live, client)
 
     @work(exclusive=True, group="eval-run", exit_on_error=False)
-    async def _grade(self, runner: EvalRunner, live: LiveResults) -> None:
+    async def _grade(
+        self,
+        runner: EvalRunner,
+        engine: EngineThread[EvalFinished],
+        live: LiveResults,
+        client: AsyncOpenAI | None,
+    ) -> None:
         store = self.distill.store
+        inbox = live.receive()
+
+        async def job() -> EvalFinished:
+            try:
+                return await runner.run(live.info.id, on_event=inbox.put)
+            finally:
+                if client is not None:
+                    await client.close()
+
         try:
-            finished = await runner.run(live.info.id, on_event=live.on_event)
+            finished = await engine.run(job)
         finally:
+            live.catch_up()  # every grade in, before the screen says the run ended
             self.runner = None
+            self.engine = None
             live.info = await store.in_thread(store.get_eval_run, live.info.id)
             live.version += 1
             if self.is_mounted:
@@ -341,8 +364,8 @@ class EvalsScreen(DistillScreen):
         self._show_status()
 
     def action_cancel_grading(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
+        if self.runner is not None and self.engine is not None:
+            self.engine.call(self.runner.cancel)  # on the runner's own loop
 
     # -- the target and progress lines -----------------------------------------------------
 

@@ -39,7 +39,7 @@ from tui.engine.offloop import Inbox
 from tui.engine.run_form import format_metadata
 from tui.engine.settings import Price
 from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
-from tui.widgets.progress_line import REPAINT_HZ, Figures
+from tui.widgets.progress_line import Figures, on_repaint
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 ITEM_COLUMNS = (
@@ -95,6 +95,7 @@ class LiveRun:
         self.prompt_tokens = self.completion_tokens = 0
         self._counts: tuple[int, dict[str, int]] = (-1, {})
         self.inbox: Inbox[Event | BatchUpdate] | None = None
+        self._folded: list[str] | None = None
         # A batch run's batches (their last update, by the workspace's id) and the items
         # that batches still at the backend hold.
         self.batches: dict[int, BatchUpdate] = {}
@@ -134,6 +135,12 @@ class LiveRun:
         self._idle = value
         self._changed = None
         self.version += 1
+
+    def folded_requests(self) -> list[str]:
+        """The items' requests in lower case (casefolded), for the filter: made once."""
+        if self._folded is None:
+            self._folded = [item.input.casefold() for item in self.items]
+        return self._folded
 
     def take_changed(self) -> set[int] | None:
         """The items changed since the last call (None: any item may have)."""
@@ -262,11 +269,17 @@ class ItemFilter:
     def __bool__(self) -> bool:
         return bool(self.words or self.statuses)
 
-    def keeps(self, live: LiveRun, item: Item) -> bool:
-        if self.statuses and live.status_of(item.id) not in self.statuses:
-            return False
-        request = item.input.casefold()
-        return all(word in request for word in self.words)
+    def apply(self, live: LiveRun) -> list[Item]:
+        """The run's items this filter keeps, in order."""
+        items = live.items
+        if self.words:
+            words = self.words
+            folded = live.folded_requests()
+            kept = zip(items, folded, strict=True)
+            items = [item for item, text in kept if all(w in text for w in words)]
+        if self.statuses:
+            items = [i for i in items if live.status_of(i.id) in self.statuses]
+        return items
 
 
 def item_cells(live: LiveRun, item: Item) -> Row:
@@ -385,6 +398,16 @@ def run_figures(
     )
 
 
+class FilterBox(Input):
+    """The item filter's box. Textual's Input sizes its scroll area to its text, and a new
+    size lays the whole screen out again on every key; while the text fits, the area is
+    the box's own width and typing only redraws the box."""
+
+    @property
+    def content_width(self) -> int:
+        return max(super().content_width, self.scrollable_content_region.width)
+
+
 class LiveRunView(Vertical):
     """The run on view: its title, the item table and the stream panel, which follows the
     reply that started last (or, once the user moves the item cursor, stays on that item
@@ -407,7 +430,7 @@ class LiveRunView(Vertical):
         yield Static("", id="run-title")
         yield Static("", id="batch-status", markup=False)
         with Horizontal(id="item-filter-row"):
-            yield Input(placeholder=f"/ filter: {FILTER_HELP}", id="item-filter", compact=True)
+            yield FilterBox(placeholder=f"/ filter: {FILTER_HELP}", id="item-filter", compact=True)
             yield Static("", id="item-filter-count", markup=False)
         yield VirtualTable(ITEM_COLUMNS, flagged=self._row_flagged, id="items")
         with VerticalScroll(id="stream"):
@@ -415,7 +438,7 @@ class LiveRunView(Vertical):
 
     def on_mount(self) -> None:
         self.query_one("#stream", VerticalScroll).border_title = "Stream"
-        self.set_interval(1 / REPAINT_HZ, self._repaint)
+        on_repaint(self, self._repaint)
 
     @property
     def items_table(self) -> VirtualTable:
@@ -501,13 +524,15 @@ class LiveRunView(Vertical):
         if live is None:
             return
         keep = self.filter
-        self._shown = [item for item in live.items if keep.keeps(live, item)] if keep else None
+        self._shown = keep.apply(live) if keep else None
         self._filtered = (live.version, time.monotonic())
         rows = RowView(self.shown_items, lambda item: item_cells(live, item))
         if len(rows):
             self._skip_highlights += 1  # set_rows moves the cursor: not the user's doing
         self.items_table.set_rows(rows, keep_cursor=keep_cursor)
-        count = Text(f"{len(rows):,} of {len(live.items):,} items" if keep else "")
+        total = f"{len(live.items):,}"
+        # As wide whatever the count, so typing does not lay the screen out again for it.
+        count = Text(f"{len(rows):>{len(total)},} of {total} items" if keep else "")
         if keep.problems:
             count.append(f"{' · ' if keep else ''}{'; '.join(keep.problems)}", style="red")
         label = self.query_one("#item-filter-count", Static)
@@ -615,4 +640,7 @@ class LiveRunView(Vertical):
         needed = max(text.get_content_height(NO_SIZE, NO_SIZE, width), floor) if width else 0
         if not width or needed != height:
             text.refresh(layout=True)
-        panel.scroll_end(animate=False)
+        if not width or needed > floor:
+            # Only a reply taller than the panel scrolls (a scroll is a frame of its own,
+            # after this one).
+            panel.scroll_end(animate=False)

@@ -31,6 +31,11 @@ API
     whether a source is followed. The widget is refreshed only when what it shows changed,
     so a screen may call ``show`` as often as it likes.
 ``REPAINT_HZ``: the repaint rate of every live view (15 a second).
+``on_repaint(widget, callback)``: ``callback`` REPAINT_HZ times a second from the one
+    repaint timer of the widget's screen, which calls every widget's in the same turn, so a
+    screen's live view and its progress line change in one frame, not two (a frame costs a
+    compositor pass over the whole screen, whatever changed). Returns a function that stops
+    it; it stops by itself once the widget is gone.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ from typing import Any
 
 from rich.cells import cell_len
 from rich.text import Text
-from textual.timer import Timer
+from textual.widget import Widget
 from textual.widgets import Static
 
 from tui.engine.progress import Progress
@@ -49,6 +54,37 @@ from tui.engine.progress import Progress
 REPAINT_HZ = 15
 BAR_WIDTH = 12
 SEPARATOR = " · "
+
+
+class _RepaintClock:
+    """A screen's one repaint timer and the callbacks it calls, each with its widget."""
+
+    def __init__(self, screen: Widget) -> None:
+        self.callbacks: dict[int, tuple[Widget, Callable[[], object]]] = {}
+        self._next = 0
+        self.timer = screen.set_interval(1 / REPAINT_HZ, self._tick)
+
+    def add(self, widget: Widget, callback: Callable[[], object]) -> Callable[[], None]:
+        key, self._next = self._next, self._next + 1
+        self.callbacks[key] = (widget, callback)
+        return lambda: self.callbacks.pop(key, None) and None
+
+    def _tick(self) -> None:
+        for key, (widget, callback) in list(self.callbacks.items()):
+            if not widget.is_attached:
+                del self.callbacks[key]
+            elif widget.is_mounted:
+                callback()
+
+
+def on_repaint(widget: Widget, callback: Callable[[], object]) -> Callable[[], None]:
+    """Call `callback` on each tick of the repaint timer of `widget`'s screen (mounted)."""
+    screen = widget.screen
+    clock = getattr(screen, "_distill_repaint_clock", None)
+    if clock is None:
+        clock = _RepaintClock(screen)
+        screen._distill_repaint_clock = clock  # type: ignore[attr-defined]
+    return clock.add(widget, callback)
 
 
 def clock(seconds: float | None) -> str:
@@ -149,7 +185,7 @@ class ProgressLine(Static):
         super().__init__("", id=id, classes=classes, markup=False)
         self._shown: Text | str = ""
         self._source: Source | None = None
-        self._timer: Timer | None = None
+        self._stop_ticks: Callable[[], None] | None = None
         self._lines: tuple[bool, bool] | None = None  # (wider than the line, several lines)
 
     def show(self, what: Shown) -> None:
@@ -161,13 +197,13 @@ class ProgressLine(Static):
         """Repaint from `source()` REPAINT_HZ times a second (None: stop)."""
         self._source = source
         if source is None:
-            if self._timer is not None:
-                self._timer.stop()
-                self._timer = None
+            if self._stop_ticks is not None:
+                self._stop_ticks()
+                self._stop_ticks = None
             return
         self._tick()
-        if self._timer is None:
-            self._timer = self.set_interval(1 / REPAINT_HZ, self._tick)
+        if self._stop_ticks is None:
+            self._stop_ticks = on_repaint(self, self._tick)
 
     @property
     def following(self) -> bool:

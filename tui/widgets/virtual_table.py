@@ -153,7 +153,7 @@ class VirtualTable(ScrollView, can_focus=True):
 
     def set_rows(self, rows: Sequence[Sequence[str]], *, keep_cursor: bool = True) -> None:
         self._rows = rows
-        self.virtual_size = Size(self.size.width, len(rows) + 1)
+        self._set_virtual_size(Size(self.size.width, len(rows) + 1))
         cursor = self.cursor if keep_cursor else 0
         self.cursor = max(0, min(cursor, len(rows) - 1))
         self.refresh()
@@ -181,6 +181,22 @@ class VirtualTable(ScrollView, can_focus=True):
         self.refresh()
 
     # -- geometry ------------------------------------------------------------------------
+
+    def _set_virtual_size(self, size: Size) -> None:
+        """A new number of rows. Setting `virtual_size` lays the whole screen out again, which
+        costs a frame tens of milliseconds: a filter typed into sets rows on every key. When
+        the vertical scrollbar stays as it is (shown, or not needed, before and after), the
+        size and the scrollbar's thumb are updated in place, as a layout would."""
+        height = self.container_size.height
+        old = self.virtual_size
+        if size == old:
+            return
+        if not self.is_mounted or not height or (old.height > height) != (size.height > height):
+            self.virtual_size = size
+            return
+        self.set_reactive(VirtualTable.virtual_size, size)
+        self._scroll_update(size)
+        self.refresh()
 
     def on_resize(self, event: events.Resize) -> None:
         self._layout_columns(self.scrollable_content_region.width)
