@@ -11,9 +11,7 @@ import json
 import re
 from collections.abc import Iterator
 
-import openai
 import pytest
-from pydantic import SecretStr
 from textual.widgets import Button, Input, Select, Static, TextArea
 
 from screens.generate import GenerateScreen
@@ -23,13 +21,12 @@ from tests.tui.conftest import (
     SMALL_NAME,
     SMALL_PROMPT,
     Db,
-    Driver,
     drive,
     make_app,
     plain,
 )
+from tests.tui.generating import backend_for, open_generate, statuses
 from tui.app import DistillApp
-from tui.engine.backend import Backend, BackendSpec
 from tui.engine.datasets import ItemDraft
 from tui.engine.store import Store
 
@@ -49,41 +46,6 @@ def fake() -> Iterator[FakeOpenAI]:
 def ten_app(store: Store) -> DistillApp:
     store.create_dataset("ten", SMALL_PROMPT, [ItemDraft(r, "") for r in TEN])
     return make_app(store)
-
-
-def backend_for(fake: FakeOpenAI, api_key: str | None = None) -> Backend:
-    key = api_key or fake.api_key
-    spec = BackendSpec("url", fake.base_url, SecretStr(key), "test")
-    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=key, max_retries=0, timeout=10)
-    return Backend(spec, client, "test")
-
-
-def generate_screen(t: Driver) -> GenerateScreen:
-    screen = t.app.screen
-    assert isinstance(screen, GenerateScreen), screen
-    return screen
-
-
-async def open_generate(t: Driver, model: str = "fake-model") -> GenerateScreen:
-    await t.press("2")
-    await t.settle()
-    screen = generate_screen(t)
-    # The dataset open on the Dataset screen is the default.
-    assert screen.dataset is not None
-    assert screen.dataset.id == t.app.current_dataset_id
-    # The runs table has the focus (number keys still switch screens); click the model box
-    # and replace the default with the fake server's model.
-    assert t.app.focused is screen.runs_table
-    await t.pilot.click("#model")
-    assert t.app.focused is screen.query_one("#model", Input)
-    await t.press("end", "ctrl+u")
-    await t.type(model)
-    return screen
-
-
-def statuses(screen: GenerateScreen) -> list[str]:
-    table = screen.items_table
-    return [table._rows[i][1] for i in range(table.row_count)]
 
 
 def stream_text(screen: GenerateScreen) -> str:
