@@ -2,7 +2,9 @@
 
     .venv/bin/python bench/generation.py [--requests 400] [--tokens 50] [--token-delay 0.02]
                                          [--concurrency 1 8 32 64] [--server process|thread]
-                                         [--sequential-sample N] [--raw-sse C ...] [--tui C]
+                                         [--sequential-sample N] [--raw-sse C ...]
+                                         [--tui C ... [--keys RATE] [--no-profile]
+                                          [--profile-top N] [--profile-dump PREFIX]]
                                          [--budget RPM [--budget-items N] [--budget-minute S]
                                           [--budget-only]]
 
@@ -19,8 +21,26 @@ tokens per reply, one every --token-delay seconds:
     loop while the engine ran (a 10 ms ticker);
   - with --raw-sse C…: the same streams at concurrency C parsed with json.loads instead of
     the SDK's chunk models (not the engine; it shows what the SDK's parsing costs);
-  - the TUI: the Generate screen running the same requests at --tui concurrency (64), with
-    the event-loop lag p99 of the app's loop (see tui_event_loop_lag()).
+  - the TUI (issue 15): the Generate screen running the same requests at each --tui
+    concurrency (64 and 128), headless (see tui_run()), with the event-loop lag p99 of the
+    app's own loop, and for each concurrency:
+      · its wall time against the engine alone at that concurrency (goal: within 10 %) and
+        CPU against CPU;
+      · the CPU of each thread of the process (the UI's MainThread, the generation's
+        generate-run-N, the store's writer), read from /proc: the kernel's accounting,
+        which waiting for a CPU on a loaded machine does not inflate;
+      · per second: chunks streamed, repaints of the live view, frames composed, events
+        applied to the live view, completions committed;
+      · with --keys RATE (10): a second pass typing into the item filter (/) at RATE keys a
+        second while the run goes, with its lag p99 and each key's time until the filter box
+        changed;
+      · unless --no-profile: a third pass under cProfile, every thread with its own CPU
+        clock (time.thread_time), its CPU split into phases by the code that spent it (SSE
+        parsing and HTTP in the SDK, the engine's bookkeeping, store commits, the live
+        view's repaints, Textual's messages/layout and its rendering, the asyncio loop;
+        --profile-top N lists the costliest functions of each phase, --profile-dump writes
+        the stats). The profiler slows the run several times over: read its shares, not
+        its wall time or lag.
   - with --budget RPM: the rate-limited row (issue 16): the engine at the last --concurrency
     (64) over --budget-items requests (2,000) against a server that meters RPM requests per
     minute as OpenAI does (x-ratelimit-* headers, 429s over budget, tokens not binding).
@@ -30,6 +50,33 @@ tokens per reply, one every --token-delay seconds:
     first RPM go at once, the rest at the refill rate) and the 429s; --budget-only skips
     everything else.
 Goals (issue 4): ≥ 25× the sequential loop at concurrency 32; TUI lag p99 < 50 ms.
+Goals (issue 15): the TUI at 64 streams with lag p99 < 50 ms, also while 10 keys a second are
+typed, and within 10 % of the engine alone's wall time; 128 streams printed too.
+Measured (2 cores shared with a model training run; nice 10; server in a child process):
+  before (the engine on the UI's loop; load 3.3-4.5): at 64 streams the TUI took 41.7 s
+  against 25.8 s for the engine alone, lag p99 2,399 ms (engine alone 1,444), CPU 10.2 s
+  against 5.6 s; at 128, lag p99 3,390 ms. The UI loop's CPU by phase (profiled): HTTP and
+  SSE parsing in the SDK 49 %, Textual's messages, layout and CSS 25 % (the stream panel and
+  the progress line asked for a layout of the whole screen on every update: one nearly every
+  frame), Textual's rendering 9 %, asyncio and sockets 7 %, the engine's bookkeeping 4 %,
+  the live view's own code 2 %.
+  after (the engine on its own thread and loop, per-frame work cut), two runs:
+    load 1.3: 64 streams 11.5 s against 11.2 s for the engine alone (+3 %), lag p99 102 ms
+    (the engine alone's own loop: 344 ms), CPU 11.0 s against 8.7 s: UI thread 3.4 s,
+    generation thread 7.3 s, store 0.3 s; 14 frames and 1,810 events a second. 128
+    streams: 9.3 s against 6.8 s (+38 %), lag p99 140 ms (engine alone 308 ms), UI thread
+    3.0 s. Typing 10 keys a second into the filter: lag p99 194 ms at 64 (378 at 128),
+    each key 6 ms p50 / 447 ms p99 until the box changed, the UI thread's CPU 8.9 s:
+    typing costs Textual ~35 ms of CPU a key on this machine, with or without a run.
+    load 1.2-1.6 (the profiled passes too): 64 streams 16.7 s against 11.6 s (+44 %), lag
+    p99 185 ms (engine alone 235 ms); 128 streams 11.3 s against 10.6 s (+7 %), lag p99
+    254 ms; typing: lag p99 618 ms at 64, 461 ms at 128.
+    The UI thread's CPU by phase (profiled): Textual's messages, timers and CSS 61 %, its
+    rendering 26 %, asyncio 5 %, the live view 4 %, the inbox drained 0.7 %; the
+    generation thread's: HTTP and SSE parsing in the SDK 77 %, asyncio 12 %, the engine 6 %.
+  What is left is contention: the generation thread needs ~65 % of a core at 64 streams and
+  holds the GIL meanwhile, and the machine's other load takes the rest; the engine alone
+  misses 50 ms on this machine too. Re-measure on a quiet one.
 Goal (issue 16): under a 500-per-minute budget, 2,000 items at concurrency 64 with at most a
 handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), with a 6 s
 minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
