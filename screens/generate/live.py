@@ -35,7 +35,7 @@ from tui.engine.generation import (
     RunStats,
     cost_of,
 )
-from tui.engine.offloop import Inbox
+from tui.engine.offloop import Receiver
 from tui.engine.run_form import format_metadata
 from tui.engine.settings import Price
 from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
@@ -62,7 +62,7 @@ EMPTY_BODY = {
 }
 
 
-class LiveRun:
+class LiveRun(Receiver[Event | BatchUpdate]):
     """The run on view: its items and what is known of each. Engine events write here and
     nothing else happens per event; the view reads it when it repaints. Only the UI's thread
     touches it: a run generated on another thread puts its events in `receive()`'s inbox,
@@ -94,7 +94,6 @@ class LiveRun:
         self.concurrency: ConcurrencyChanged | None = None
         self.prompt_tokens = self.completion_tokens = 0
         self._counts: tuple[int, dict[str, int]] = (-1, {})
-        self.inbox: Inbox[Event | BatchUpdate] | None = None
         self._folded: list[str] | None = None
         # A batch run's batches (their last update, by the workspace's id) and the items
         # that batches still at the backend hold.
@@ -146,17 +145,6 @@ class LiveRun:
         """The items changed since the last call (None: any item may have)."""
         changed, self._changed = self._changed, set()
         return changed
-
-    def receive(self) -> Inbox[Event | BatchUpdate]:
-        """The inbox for the events of a run generated on another thread."""
-        self.inbox = Inbox()
-        return self.inbox
-
-    def catch_up(self) -> None:
-        """Apply the events put in the inbox since the last time."""
-        if self.inbox is not None:
-            for event in self.inbox.drain():
-                self.on_event(event)
 
     def on_event(self, event: Event | BatchUpdate) -> None:
         if isinstance(event, BatchUpdate):

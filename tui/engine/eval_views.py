@@ -22,7 +22,7 @@ from tui.engine.evals import (
     result_rows,
 )
 from tui.engine.graders import criteria_match, custom_prompt, parse_graders
-from tui.engine.offloop import Inbox
+from tui.engine.offloop import Receiver
 from tui.engine.report import ROW_ORDER, row_name, row_rank
 from tui.engine.selection import CompletionSelection
 from tui.engine.store import EvalRunInfo, GradeRow, GraderSummary, RunInfo, Store
@@ -182,7 +182,7 @@ class Tally:
         return tally
 
 
-class LiveResults:
+class LiveResults(Receiver[EvalEvent]):
     """An eval run's result table as the screen shows it: the rows, each grader's running
     tally, and a version that moves when something changed. Runner events only write here;
     the screen redraws from it at its own pace. A runner on another thread (offloop.py) puts
@@ -199,7 +199,6 @@ class LiveResults:
         self.retries = 0
         self.last_retry = ""
         self.finished: EvalFinished | None = None
-        self.inbox: Inbox[EvalEvent] | None = None
 
     @classmethod
     def load(cls, store: Store, eval_run_id: int) -> LiveResults:
@@ -208,17 +207,6 @@ class LiveResults:
         items = store.items(dataset_id) if dataset_id is not None else []
         positions = {item.id: item.position for item in items}
         return cls(info, result_rows(store, eval_run_id), positions)
-
-    def receive(self) -> Inbox[EvalEvent]:
-        """The inbox for the events of a runner on another thread."""
-        self.inbox = Inbox()
-        return self.inbox
-
-    def catch_up(self) -> None:
-        """Apply the events put in the inbox since the last time."""
-        if self.inbox is not None:
-            for event in self.inbox.drain():
-                self.on_event(event)
 
     def on_event(self, event: EvalEvent) -> None:
         if isinstance(event, GradesRecorded):

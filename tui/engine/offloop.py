@@ -52,6 +52,28 @@ class Inbox(Generic[E]):
         return len(self._events)
 
 
+class Receiver(Generic[E]):
+    """What a live view fed by a job on another thread has in common: the job puts its
+    events in ``receive()``'s inbox, and the view applies them (``on_event``) when it
+    repaints (``catch_up``), on its own thread, however many arrived meanwhile."""
+
+    inbox: Inbox[E] | None = None
+
+    def receive(self) -> Inbox[E]:
+        """A fresh inbox for the events of a job on another thread."""
+        self.inbox = Inbox()
+        return self.inbox
+
+    def catch_up(self) -> None:
+        """Apply the events put in the inbox since the last time."""
+        if self.inbox is not None:
+            for event in self.inbox.drain():
+                self.on_event(event)
+
+    def on_event(self, event: E) -> None:
+        raise NotImplementedError
+
+
 class EngineThread(Generic[T]):
     """Runs one job (`run`) on a new thread with its own event loop."""
 
