@@ -92,13 +92,6 @@ def judge(server: FakeOpenAI) -> Iterator[FakeOpenAI]:
     yield server
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
 def client_for(server: FakeOpenAI) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=server.base_url, api_key=server.api_key)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,13 +29,6 @@ from tui.engine.settings import Price
 from tui.engine.store import Store
 
 STUDENT_PROMPT = "Reply with one git command."
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def teacher_run(store: Store, n: int = 40, eval_every: int = 0) -> tuple[int, int]:

@@ -4,7 +4,6 @@ over real HTTP: every item committed, usage recorded, completions stored server-
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,13 +33,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     running = start_thread_server(root / "ws", [gguf])
     yield running
     running.stop()
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 async def test_run_against_the_local_backend(server: Any, store: Store) -> None:

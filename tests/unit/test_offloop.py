@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import openai
 import pytest
@@ -29,13 +27,6 @@ from tui.engine.generation import (
 )
 from tui.engine.offloop import EngineThread, Inbox
 from tui.engine.store import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 async def wait_for(condition: object, what: str, timeout: float = 60) -> None:

@@ -5,9 +5,6 @@ before any paid request; fine-tuned models are priced at their own rates."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
 
@@ -19,13 +16,6 @@ from tui.engine.preflight import NotFineTunable, fine_tune_base
 from tui.engine.recipe import Recipe, RecipeConfig, RecipeError
 from tui.engine.settings import Settings
 from tui.engine.store import Store
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def git_dataset(store: Store, n: int = 20, eval_fraction: float = 0.25) -> int:

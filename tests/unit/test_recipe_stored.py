@@ -5,7 +5,6 @@ logged answers, and what matched nothing is reported. Against the fake server as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
@@ -18,13 +17,6 @@ from tui.engine.settings import Settings
 from tui.engine.store import Store
 
 PROMPT = "Reply with a git command."
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def git_dataset(store: Store) -> int:

@@ -5,8 +5,6 @@ recipe's labelled pool), and an estimate that pays for every sample."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -17,13 +15,6 @@ from tui.engine.settings import Price
 from tui.engine.store import Store
 
 PRICE = Price(input=2.5, output=10.0)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 @pytest.fixture

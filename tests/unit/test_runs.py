@@ -13,13 +13,6 @@ from tui.engine.store import Store, StoreError
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
-@pytest.fixture
 def dataset(store: Store) -> int:
     items = [
         ItemDraft("Show the status.", "git status", "eval"),

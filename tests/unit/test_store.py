@@ -13,13 +13,6 @@ from tui.engine.examples import GIT_DATASET_NAME, ensure_shipped_dataset, load_g
 from tui.engine.store import SCHEMA_VERSION, Store, StoreError, WorkspaceError
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
-
-
 def drafts(*texts: str) -> list[ItemDraft]:
     return [ItemDraft(t, f"git {i}") for i, t in enumerate(texts)]
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -34,13 +32,6 @@ from tui.engine.stored_import import (
 
 SYSTEM = "Reply with the git command."
 T0 = 1_740_000_000  # unix seconds: when the seeded logs start
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def client(fake: FakeOpenAI) -> openai.AsyncOpenAI:

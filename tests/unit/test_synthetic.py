@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
@@ -60,13 +59,6 @@ def fake() -> Iterator[FakeOpenAI]:
     # Word tokens as the reply is written (no fixed length: that would reshape the JSON).
     with FakeOpenAI(token_delay=0.0) as server:
         yield server
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 @pytest.fixture

@@ -5,9 +5,6 @@ teacher, the labelled pool's references beside a run's labels, and Distill's sel
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tui.engine.datasets import ItemDraft
@@ -27,13 +24,6 @@ from tui.engine.finetune import (
 from tui.engine.store import Store
 
 N = 20
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    s = Store.open(tmp_path / "ws")
-    yield s
-    s.close()
 
 
 def examples(store: Store, source: Source) -> int:
