@@ -23,6 +23,7 @@ from textual.pilot import Pilot
 from textual.screen import Screen
 from textual.widget import Widget
 
+from tests.helpers.fake_openai import FakeOpenAI
 from tui.app import DistillApp
 from tui.engine.datasets import ItemDraft
 from tui.engine.examples import ensure_shipped_dataset
@@ -46,6 +47,8 @@ SMALL_ITEMS = (
     ItemDraft("Push the main branch to origin", "git push origin main", ""),
     ItemDraft("SHOW THE WORKING TREE STATUS.", "", "train"),
 )
+# Distinct requests, so the fake server's per-message counts are per item.
+TEN = [f"Create a branch called feature-{i}" for i in range(10)]
 
 
 class Db:
@@ -190,6 +193,22 @@ def small_app(store: Store) -> DistillApp:
     """The app on a workspace holding only the small hand-made dataset."""
     store.create_dataset(SMALL_NAME, SMALL_PROMPT, SMALL_ITEMS)
     return make_app(store)
+
+
+@pytest.fixture
+def ten_app(store: Store) -> DistillApp:
+    """The app on a workspace holding only the ten distinct requests of TEN (no references)."""
+    store.create_dataset("ten", SMALL_PROMPT, [ItemDraft(r, "") for r in TEN])
+    return make_app(store)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeOpenAI]:
+    """The fault-injecting fake OpenAI server on 127.0.0.1, 12 tokens a reply; tests that
+    watch a run slow the tokens down (token_delay). A test module needing another server
+    defines its own."""
+    with FakeOpenAI(tokens_per_reply=12, token_delay=0.01) as server:
+        yield server
 
 
 @asynccontextmanager

@@ -7,30 +7,11 @@ connection of its own."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-
-import pytest
 
 from tests.helpers.fake_openai import FakeOpenAI
-from tests.tui.conftest import SMALL_PROMPT, Db, drive, make_app
+from tests.tui.conftest import TEN, Db, drive
 from tests.tui.generating import backend_for, open_generate, statuses
 from tui.app import DistillApp
-from tui.engine.datasets import ItemDraft
-from tui.engine.store import Store
-
-TEN = [f"Create a branch called feature-{i}" for i in range(10)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    with FakeOpenAI(tokens_per_reply=12, token_delay=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def ten_app(store: Store) -> DistillApp:
-    store.create_dataset("ten", SMALL_PROMPT, [ItemDraft(r, "") for r in TEN])
-    return make_app(store)
 
 
 async def test_the_run_goes_on_while_the_ui_loop_is_held(

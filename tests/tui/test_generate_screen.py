@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import Iterator
 
-import pytest
 from textual.widgets import Button, Input, Select, Static, TextArea
 
 from screens.generate import GenerateScreen
@@ -20,32 +18,15 @@ from tests.tui.conftest import (
     SMALL_ITEMS,
     SMALL_NAME,
     SMALL_PROMPT,
+    TEN,
     Db,
     drive,
-    make_app,
     plain,
 )
 from tests.tui.generating import backend_for, open_generate, statuses
 from tui.app import DistillApp
-from tui.engine.datasets import ItemDraft
-from tui.engine.store import Store
 
 N_ITEMS = len(SMALL_ITEMS)
-# Distinct requests, so the server's per-message counts are per item.
-TEN = [f"Create a branch called feature-{i}" for i in range(10)]
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeOpenAI]:
-    # 12 tokens a reply; tests that watch a run slow the tokens down (token_delay).
-    with FakeOpenAI(tokens_per_reply=12, token_delay=0.01) as server:
-        yield server
-
-
-@pytest.fixture
-def ten_app(store: Store) -> DistillApp:
-    store.create_dataset("ten", SMALL_PROMPT, [ItemDraft(r, "") for r in TEN])
-    return make_app(store)
 
 
 def stream_text(screen: GenerateScreen) -> str:
