@@ -1,29 +1,29 @@
-"""The run on view: what is known of each item (`LiveRun`), the view that draws it
-(`LiveRunView`: the item table, the stream panel and which item it follows), and the figures
-of its progress line (`run_figures`). A run sent as batches also shows its batches' status,
-request counts and window (`batch_text`); its items fill in as each batch's results arrive.
+"""The run on view: what is known of each item (`LiveRun`), and the view that draws it
+(`LiveRunView`), composed of panels: the title and batch lines (run_header.py), the `/` filter
+bar (item_filter.py), the items table (items_table.py) and the stream panel, which shows one
+item's text as it streams (stream_panel.py). The progress line's figures are progress.py's.
 
 With 64 replies streaming at once the engine reports thousands of tokens a second, from a
 thread of its own (tui/engine/offloop.py). Its events wait in the run's inbox; the view takes
 them all REPAINT_HZ times a second (`LiveRun.catch_up`: dict and list operations), then
-redraws the table and the stream panel, and only when something changed."""
+redraws the table and the stream panel, and only when something changed: the panels draw
+what they are told, the view alone decides when."""
 
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any
 
-from rich.text import Text
 from textual import on
 from textual.app import ComposeResult
-from textual.containers import Horizontal, Vertical, VerticalScroll
-from textual.geometry import Size
-from textual.widgets import Input, Static
+from textual.containers import Vertical
+from textual.widgets import Input
 
-from tui.engine.batch import TERMINAL, BatchUpdate
+from screens.generate.item_filter import ItemFilter, ItemFilterBar
+from screens.generate.items_table import ItemsTable
+from screens.generate.run_header import BatchLine, RunTitle
+from screens.generate.stream_panel import StreamPanel, reply_to_follow
+from tui.engine.batch import BatchUpdate
 from tui.engine.generation import (
     ConcurrencyChanged,
     Event,
@@ -32,34 +32,10 @@ from tui.engine.generation import (
     ItemRetry,
     ItemStarted,
     RunFinished,
-    RunStats,
-    cost_of,
 )
 from tui.engine.offloop import Receiver
-from tui.engine.run_form import format_metadata
-from tui.engine.settings import Price
 from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
-from tui.widgets.progress_line import Figures, on_repaint
-from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
-
-ITEM_COLUMNS = (
-    Column("#", width=5, justify="right"),
-    Column("Status", width=9),
-    Column("Request", weight=2),
-    Column("Output / error", weight=3),
-    Column("Tok", width=5, justify="right"),
-    Column("ms", width=6, justify="right"),
-)
-FLAGGED = ("failed", "cancelled", "retrying")
-NO_SIZE = Size(0, 0)  # get_content_height's container and viewport: unused by a Static
-# What the stream panel says for an item with no text yet.
-EMPTY_BODY = {
-    "streaming": "… (waiting for the first token)",
-    "cancelled": "(cancelled before the reply finished)",
-    "pending": "(not generated yet)",
-    "queued": "(queued)",
-    "in batch": "(sent in a batch: its answer comes when the batch ends)",
-}
+from tui.widgets.progress_line import on_repaint
 
 
 class LiveRun(Receiver[Event | BatchUpdate]):
@@ -224,178 +200,6 @@ class LiveRun(Receiver[Event | BatchUpdate]):
         return counts
 
 
-# What an item's status can be in the table (`LiveRun.status_of`), for the filter's status: words.
-STATUSES = ("done", "failed", "cancelled", "streaming", "retrying", "queued", "pending", "batch")
-FILTER_HELP = "words of the request, status:failed (or done, streaming, queued…)"
-
-
-@dataclass(frozen=True)
-class ItemFilter:
-    """The item filter box: `status:<status>` words keep items in any of those statuses
-    ("batch" for "in batch"); every other word must be in the request (any case). Parsed
-    from the box by `parse`; `problems` lists what it could not use."""
-
-    words: tuple[str, ...] = ()
-    statuses: frozenset[str] = frozenset()
-    problems: tuple[str, ...] = ()
-
-    @classmethod
-    def parse(cls, query: str) -> ItemFilter:
-        words: list[str] = []
-        statuses: set[str] = set()
-        problems: list[str] = []
-        for word in query.split():
-            kind, sep, value = word.partition(":")
-            if not sep or kind.casefold() != "status":
-                words.append(word.casefold())
-            elif value.casefold() in STATUSES:
-                statuses.add("in batch" if value.casefold() == "batch" else value.casefold())
-            else:
-                problems.append(f"{word}: use one of {', '.join(STATUSES)}")
-        return cls(tuple(words), frozenset(statuses), tuple(problems))
-
-    def __bool__(self) -> bool:
-        return bool(self.words or self.statuses)
-
-    def apply(self, live: LiveRun) -> list[Item]:
-        """The run's items this filter keeps, in order."""
-        items = live.items
-        if self.words:
-            words = self.words
-            folded = live.folded_requests()
-            kept = zip(items, folded, strict=True)
-            items = [item for item, text in kept if all(w in text for w in words)]
-        if self.statuses:
-            items = [i for i in items if live.status_of(i.id) in self.statuses]
-        return items
-
-
-def item_cells(live: LiveRun, item: Item) -> Row:
-    """An item's row of the table, made when it is drawn: only the visible ones ever are."""
-    tokens = live.tokens.get(item.id)
-    latency = live.latency.get(item.id)
-    return (
-        str(item.position),
-        live.status_of(item.id),
-        item.input,
-        live.output_of(item.id),
-        "" if tokens is None else str(tokens),
-        "" if latency is None else f"{latency:.0f}",
-    )
-
-
-def _duration(seconds: float) -> str:
-    minutes = max(0, int(seconds // 60))
-    return f"{minutes // 60} h {minutes % 60:02d} m" if minutes >= 60 else f"{minutes} m"
-
-
-def batch_text(batches: Iterable[BatchUpdate], now: float | None = None) -> Text:
-    """A batch run's line: its batch (or how many), their status, the requests answered and
-    failed of all, and the window: "batch batch_abc · in_progress · 120/1,000 answered, 3
-    failed · 24h window, ends 14:03 (in 23 h 12 m)"."""
-    updates = list(batches)
-    if not updates:
-        return Text("")
-    now = time.time() if now is None else now
-    head = f"batch {updates[0].remote_id or '(being created)'}"
-    if len(updates) > 1:
-        head = f"{len(updates)} batches"
-    statuses = Counter(u.status for u in updates)
-    text = Text(f"{head} · ")
-    text.append(", ".join(s if n == 1 else f"{s} ×{n}" for s, n in statuses.items()), style="bold")
-    total = sum(u.total for u in updates)
-    text.append(f" · {sum(u.completed for u in updates):,}/{total:,} answered")
-    failed = sum(u.failed for u in updates)
-    if failed:
-        text.append(f", {failed:,} failed", style="red")
-    going = [u.expires_at for u in updates if u.expires_at and u.status not in TERMINAL]
-    if going:
-        ends = max(going)
-        clock = time.strftime("%H:%M", time.localtime(ends))
-        text.append(f" · {updates[0].window} window, ends {clock} (in {_duration(ends - now)})")
-    errors = [u.error for u in updates if u.error]
-    if errors:
-        text.append(f" · {errors[0]}", style="red")
-    return text
-
-
-def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Text:
-    """The requests in flight and the limit on them: "in flight 12/64". A limit the backend's
-    rate limits lowered below the configured concurrency reads "in flight 12/32 of 64" (in
-    yellow), followed by the 429s so far, "(rate limited ×3)", or else why it was lowered."""
-    ceiling = changed.ceiling if changed is not None else stats.concurrency_limit
-    limit = stats.concurrency_limit or ceiling
-    lowered = limit < ceiling
-    text = Text(f"in flight {stats.in_flight}/{limit}")
-    if lowered:
-        text.append(f" of {ceiling}")
-        text.stylize("yellow")
-    if stats.rate_limited:
-        text.append(f" (rate limited ×{stats.rate_limited})", style="yellow")
-    elif lowered and changed is not None:
-        text.append(f" ({changed.reason})", style="yellow")
-    return text
-
-
-def run_figures(
-    live: LiveRun, stats: RunStats | None, *, running: bool, price: Price, local: bool
-) -> Figures:
-    """The progress line of the run on view: the engine's totals while it runs (and after,
-    until another run is viewed), else the counts of what the store holds."""
-    if stats is not None:
-        done = stats.done_before + stats.done
-        failed, cancelled = stats.failed, stats.cancelled
-        cost = stats.cost
-    else:
-        counts = live.counts()
-        done = counts.get("done", 0)
-        failed, cancelled = counts.get("failed", 0), counts.get("cancelled", 0)
-        cost = cost_of(price, live.prompt_tokens, live.completion_tokens)
-    parts: list[str | Text] = []
-    if failed:
-        parts.append(Text(f"{failed:,} failed", style="red"))
-    if cancelled:
-        parts.append(Text(f"{cancelled:,} cancelled", style="yellow"))
-    if stats is not None and running:
-        parts.append(concurrency_text(stats, live.concurrency))
-    elif stats is not None and stats.rate_limited:
-        parts.append(Text(f"rate limited ×{stats.rate_limited}", style="yellow"))
-    notes: list[str | Text] = []
-    if price.input or price.output:
-        notes.append(f"${cost:,.4f}")
-    else:
-        notes.append("free (local)" if local else "unpriced")
-    if not running:
-        status = live.finished.status if live.finished else live.run.status
-        if status == "running":
-            status = "interrupted"  # nothing generates here: a session ended mid-run
-        notes.append(Text(status, style="bold"))
-    figures = Figures(done=done, total=len(live.items), counts=tuple(parts), notes=tuple(notes))
-    if stats is None:
-        return figures
-    return Figures.of(
-        stats,
-        done=figures.done,
-        total=figures.total,
-        counts=figures.counts,
-        notes=figures.notes,
-        rate=stats.tokens_per_second,
-        rate_unit=" tok/s",
-        running=running,
-        eta=stats.eta if running else None,
-    )
-
-
-class FilterBox(Input):
-    """The item filter's box. Textual's Input sizes its scroll area to its text, and a new
-    size lays the whole screen out again on every key; while the text fits, the area is
-    the box's own width and typing only redraws the box."""
-
-    @property
-    def content_width(self) -> int:
-        return max(super().content_width, self.scrollable_content_region.width)
-
-
 class LiveRunView(Vertical):
     """The run on view: its title, the item table and the stream panel, which follows the
     reply that started last (or, once the user moves the item cursor, stays on that item
@@ -407,127 +211,94 @@ class LiveRunView(Vertical):
         self.follow = True
         self._followed: int | None = None
         self._painted = -1
-        self._stream_key: tuple[Any, ...] = ()
-        self._skip_highlights = 0  # cursor moves made by code, not by the user
         self.filter = ItemFilter()
-        self._shown: list[Item] | None = None  # the items the filter keeps (None: all)
         self._filtered = (-1, 0.0)  # the run's version and the time the filter last ran
-        self._count_width = 0
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="run-title")
-        yield Static("", id="batch-status", markup=False)
-        with Horizontal(id="item-filter-row"):
-            yield FilterBox(placeholder=f"/ filter: {FILTER_HELP}", id="item-filter", compact=True)
-            yield Static("", id="item-filter-count", markup=False)
-        yield VirtualTable(ITEM_COLUMNS, flagged=self._row_flagged, id="items")
-        with VerticalScroll(id="stream"):
-            yield Static("", id="stream-text", markup=False)
+        yield RunTitle("", id="run-title")
+        yield BatchLine(id="batch-status")
+        yield ItemFilterBar(id="item-filter-row")
+        yield ItemsTable(id="items")
+        yield StreamPanel(id="stream")
 
     def on_mount(self) -> None:
-        self.query_one("#stream", VerticalScroll).border_title = "Stream"
         on_repaint(self, self._repaint)
 
+    # -- the panels ----------------------------------------------------------------------
+
     @property
-    def items_table(self) -> VirtualTable:
-        return self.query_one("#items", VirtualTable)
+    def items_table(self) -> ItemsTable:
+        return self.query_one("#items", ItemsTable)
 
-    def show_run(self, live: LiveRun) -> None:
-        self.live = live
-        self._followed = None
-        self.follow = True
-        self._painted = -1
-        self._stream_key = ()
-        self._apply_filter(keep_cursor=False)
-        run = live.run
-        parts = [f"run {run.id}", run.model]
-        if run.role:
-            parts.append(run.role)
-        parts.append(run.split or "all items")
-        k = int(run.params.get("retrieve_k", 0))
-        if k:
-            where = "the labelled pool" if "retrieve_from" in run.params else "train"
-            parts.append(f"{k} examples from {where}")
-        samples = int(run.params.get("samples", 1))
-        if samples > 1:
-            parts.append(f"{samples} samples, vote {run.params.get('vote', 'normalised')}")
-        if run.metadata:
-            parts.append(format_metadata(run.metadata))
-        self.query_one("#run-title", Static).update(Text(" · ".join(parts), style="bold"))
-        self._paint_batches(live)
-        self._repaint()
-
-    def clear(self, message: str) -> None:
-        self.live = None
-        self._shown = None
-        self.items_table.set_rows([])
-        self.query_one("#run-title", Static).update(Text(message))
-        self.query_one("#stream-text", Static).update("")
-        self.query_one("#batch-status", Static).display = False
-
-    def follow_latest(self) -> None:
-        self.follow = True
-        self._followed = None
-        self._stream_key = ()
-        self._painted = -1  # shown on the next tick, even if no event comes
-
-    def invalidate(self) -> None:
-        """Draw everything on the next tick, changed or not."""
-        self._painted = -1
-
-    # -- the item filter ---------------------------------------------------------------
+    @property
+    def filter_bar(self) -> ItemFilterBar:
+        return self.query_one("#item-filter-row", ItemFilterBar)
 
     @property
     def filter_box(self) -> Input:
         return self.query_one("#item-filter", Input)
 
     @property
+    def stream_panel(self) -> StreamPanel:
+        return self.query_one("#stream", StreamPanel)
+
+    @property
     def shown_items(self) -> Sequence[Item]:
         """The items in the table, in its order: those the filter keeps."""
-        if self._shown is not None:
-            return self._shown
-        return self.live.items if self.live is not None else ()
+        return self.items_table.shown
 
-    @on(Input.Changed, "#item-filter")
-    def _filter_changed(self, event: Input.Changed) -> None:
+    # -- what the screen asks --------------------------------------------------------------
+
+    def show_run(self, live: LiveRun) -> None:
+        self.live = live
+        self._followed = None
+        self.follow = True
+        self._painted = -1
+        self.stream_panel.reset()
+        self._apply_filter(keep_cursor=False)
+        self.query_one("#run-title", RunTitle).show_run(live.run)
+        self._paint_batches(live)
+        self._repaint()
+
+    def clear(self, message: str) -> None:
+        self.live = None
+        self.items_table.clear()
+        self.query_one("#run-title", RunTitle).say(message)
+        self.stream_panel.clear()
+        self.query_one("#batch-status", BatchLine).hide()
+
+    def follow_latest(self) -> None:
+        self.follow = True
+        self._followed = None
+        self.stream_panel.reset()
+        self._painted = -1  # shown on the next tick, even if no event comes
+
+    def invalidate(self) -> None:
+        """Draw everything on the next tick, changed or not."""
+        self._painted = -1
+
+    # -- the item filter -------------------------------------------------------------------
+
+    @on(ItemFilterBar.Changed)
+    def _filter_changed(self, event: ItemFilterBar.Changed) -> None:
         event.stop()
-        self.filter = ItemFilter.parse(event.value)
+        self.filter = event.filter
         self._apply_filter(keep_cursor=False)
 
-    @on(Input.Submitted, "#item-filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
+    @on(ItemFilterBar.Done)
+    def _filter_done(self, event: ItemFilterBar.Done) -> None:
         event.stop()
         self.items_table.focus()
-
-    def on_key(self, event: Any) -> None:
-        # esc in the filter box goes back to the table (keeping the filter); it must not
-        # reach the screen, where it cancels the run.
-        if event.key == "escape" and self.filter_box.has_focus:
-            event.stop()
-            event.prevent_default()
-            self.items_table.focus()
 
     def _apply_filter(self, *, keep_cursor: bool) -> None:
         live = self.live
         if live is None:
             return
         keep = self.filter
-        self._shown = keep.apply(live) if keep else None
+        shown = keep.apply(live) if keep else live.items
         self._filtered = (live.version, time.monotonic())
-        rows = RowView(self.shown_items, lambda item: item_cells(live, item))
-        if len(rows):
-            self._skip_highlights += 1  # set_rows moves the cursor: not the user's doing
-        self.items_table.set_rows(rows, keep_cursor=keep_cursor)
-        total = f"{len(live.items):,}"
-        # As wide whatever the count, so typing does not lay the screen out again for it.
-        count = Text(f"{len(rows):>{len(total)},} of {total} items" if keep else "")
-        if keep.problems:
-            count.append(f"{' · ' if keep else ''}{'; '.join(keep.problems)}", style="red")
-        label = self.query_one("#item-filter-count", Static)
-        # A new layout only when the label's width changes (a status filter runs twice a
-        # second while a run goes).
-        label.update(count, layout=count.cell_len != self._count_width)
-        self._count_width = count.cell_len
+        self.items_table.show(live, shown, keep_cursor=keep_cursor)
+        self.filter_bar.show_count(len(shown), len(live.items), keep)
 
     def _refilter(self, live: LiveRun) -> None:
         """Statuses move while the run goes: a status filter is applied again, at most
@@ -537,21 +308,14 @@ class LiveRunView(Vertical):
         if time.monotonic() - self._filtered[1] >= 0.5:
             self._apply_filter(keep_cursor=True)
 
-    def _row_flagged(self, row: int) -> bool:
-        live = self.live
-        items = self.shown_items
-        if live is None or row >= len(items):
-            return False
-        return live.status_of(items[row].id) in FLAGGED
+    # -- the stream panel's item -------------------------------------------------------------
 
-    @on(VirtualTable.Highlighted, "#items")
-    def _item_highlighted(self) -> None:
+    @on(ItemsTable.Picked)
+    def _item_picked(self, event: ItemsTable.Picked) -> None:
         # Moving the cursor by hand pins the stream panel to that item; f follows again.
-        if self._skip_highlights:
-            self._skip_highlights -= 1
-            return
+        event.stop()
         live = self.live
-        if live is not None and self.items_table.has_focus:
+        if live is not None:
             self.follow = False
             self._paint_stream(live)
 
@@ -560,22 +324,15 @@ class LiveRunView(Vertical):
         live = self.live
         if live is None or not live.items:
             return None
-        shown = self.shown_items
         if not self.follow:
-            cursor = self.items_table.cursor
-            return shown[cursor] if cursor < len(shown) else None
-        # Stay on one reply until it ends, then take the one that started last: readable
-        # even with 64 streams, where "the latest delta" would jump 64 times a second.
-        followed = self._followed
-        if (followed is None or followed not in live.streaming) and live.streaming:
-            # The latest that has begun to answer (a new batch starts with no text yet).
-            candidates = list(reversed(live.streaming))
-            followed = next((i for i in candidates[:64] if live.text.get(i)), candidates[0])
+            return self.items_table.item_at_cursor()
+        followed = reply_to_follow(live, self._followed)
         if followed is None:
-            cursor = self.items_table.cursor
-            return shown[cursor] if cursor < len(shown) else None
+            return self.items_table.item_at_cursor()
         self._followed = followed
         return live.items[live.row_of[followed]]
+
+    # -- drawing ---------------------------------------------------------------------------
 
     def _repaint(self) -> None:
         """The only place the live view is drawn (REPAINT_HZ times a second at most)."""
@@ -599,10 +356,7 @@ class LiveRunView(Vertical):
         self._paint_stream(live)
 
     def _paint_batches(self, live: LiveRun) -> None:
-        line = self.query_one("#batch-status", Static)
-        line.display = bool(live.batches)
-        if live.batches:
-            line.update(batch_text(live.batches.values()))
+        self.query_one("#batch-status", BatchLine).show(live.batches.values())
 
     def _paint_stream(self, live: LiveRun) -> None:
         item = self.shown_item()
@@ -610,25 +364,4 @@ class LiveRunView(Vertical):
             return
         status = live.status_of(item.id)
         body = live.output_of(item.id)  # the error, for a failed or retrying item
-        key = (item.id, status, len(body))
-        if key == self._stream_key:
-            return
-        self._stream_key = key
-        panel = self.query_one("#stream", VerticalScroll)
-        mode = "following" if self.follow else "selected"
-        panel.border_title = f"#{item.position} · {status} · {mode}"
-        panel.border_subtitle = item.input[:60]
-        text = self.query_one("#stream-text", Static)
-        text.update(body or EMPTY_BODY.get(status, "(empty reply)"), layout=False)
-        # The screen is laid out again only when the reply needs another height: it fills
-        # the panel at least (min-height), so a reply shorter than the panel never does,
-        # and a longer one once a line, not on every token it grows by.
-        width, height = text.content_size
-        floor = panel.scrollable_content_region.height
-        needed = max(text.get_content_height(NO_SIZE, NO_SIZE, width), floor) if width else 0
-        if not width or needed != height:
-            text.refresh(layout=True)
-        if not width or needed > floor:
-            # Only a reply taller than the panel scrolls (a scroll is a frame of its own,
-            # after this one).
-            panel.scroll_end(animate=False)
+        self.stream_panel.show(item, status, body, following=self.follow)

@@ -20,7 +20,8 @@ from textual.containers import Horizontal, Vertical
 
 from screens.base import DistillScreen
 from screens.generate.form import RunFormPanel
-from screens.generate.live import LiveRun, LiveRunView, run_figures
+from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.progress import run_figures
 from screens.generate.runs import RunsPanel
 from tui.engine.backend import client_for_thread
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches

@@ -19,7 +19,8 @@ from textual.widgets import Button, Input, Select, Static, TextArea
 
 import screens.generate
 from screens.generate.form import RunFormPanel
-from screens.generate.live import LiveRun, LiveRunView, run_figures
+from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.progress import run_figures
 from screens.generate.runs import RunsPanel
 from tests.helpers.pilot import Harness
 from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
