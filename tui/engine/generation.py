@@ -11,7 +11,8 @@ limits (`ratelimit.AdaptiveLimit`: lowered as the x-ratelimit-* headers near zer
 `RunStats.concurrency_limit`. What retrying cannot fix ends at once: an account with no quota
 left stops the run; an error event or a malformed chunk inside a stream fails that item with
 the server's message. Whether a failed request is sent again is decided in one place
-(`request_failure`), which the request synthesizer (synthetic.py) follows too; what a start of
+(`retry.request_failure`, importable from here too), which the request synthesizer
+(synthetic.py) and the graders' judge calls (graders.py) follow too; what a start of
 a run has to do (`open_run`) is read the same way by the batch path (batch.py)."""
 
 from __future__ import annotations
@@ -29,16 +30,13 @@ import openai
 from tui.engine.progress import Progress, Stoppable
 from tui.engine.ratelimit import AdaptiveLimit
 from tui.engine.retrieval import SimilarExamples
-from tui.engine.retry import (
-    FATAL,
-    NO_QUOTA,
-    backoff_delay,
-    no_quota,
-    not_retried,
-    retry_after,
-    should_retry,
-)
-from tui.engine.retry import describe as _describe
+from tui.engine.retry import NO_QUOTA, no_quota, retry_after
+
+# Decided in retry.py; imported from here by the request synthesizer and the tests.
+from tui.engine.retry import RequestFailure as RequestFailure
+from tui.engine.retry import StreamBroken as StreamBroken
+from tui.engine.retry import describe_break as describe_break
+from tui.engine.retry import request_failure as request_failure
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
 from tui.engine.voting import rule, vote
@@ -444,10 +442,6 @@ class PromptBuilder:
 # -- one streamed reply ---------------------------------------------------------------------
 
 
-class StreamBroken(Exception):
-    """The stream ended without a finish_reason: the reply is incomplete (worth retrying)."""
-
-
 class StreamFailed(Exception):
     """The backend said inside the stream that the reply failed (an error event), or sent a
     chunk that is not JSON: this reply fails with that message, not retried."""
@@ -544,54 +538,6 @@ async def stream_chat(
     if reply.finish_reason is None:
         raise StreamBroken("the stream ended before the reply was complete")
     return ["".join(others[i]) for i in sorted(others)]
-
-
-# -- a request that failed ------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RequestFailure:
-    """What to do about a streamed request that failed (the rules of tui/engine/retry.py),
-    decided the same way for a run's items here and for synthetic requests (synthetic.py):
-    "retry" after `delay` seconds, or give up with `message` — "gave up" after the retries,
-    "not retried" (this request is wrong, or the server said not to), "no quota"."""
-
-    kind: Literal["retry", "gave up", "not retried", "no quota"]
-    message: str  # the error for a person: why it was not retried, or how many attempts
-    delay: float = 0.0  # before the next attempt, for "retry"
-    fatal: bool = False  # a bad key, forbidden, an unknown model: no other request can do better
-
-
-def request_failure(
-    error: openai.APIStatusError | openai.APIConnectionError | StreamBroken,
-    attempt: int,
-    *,
-    model: str,
-    max_retries: int,
-    backoff_base: float,
-    backoff_cap: float,
-) -> RequestFailure:
-    """`attempt`: the attempts made so far, this one included."""
-    if no_quota(error):
-        # Waiting does not refill an account: nothing sent to it will do better.
-        return RequestFailure("no quota", f"{NO_QUOTA} ({_describe(error)})", fatal=True)
-    if not (isinstance(error, StreamBroken) or should_retry(error)):
-        # A bad key, forbidden, an unknown model: fatal. 400/413/422…: this request is wrong,
-        # retrying would fail the same way (or the server said not to).
-        message = _describe(error) + not_retried(error)
-        if isinstance(error, openai.NotFoundError):
-            message = f"model {model!r} not found at the backend ({message})"
-        return RequestFailure("not retried", message, fatal=isinstance(error, FATAL))
-    last = describe_break(error)
-    if attempt > max_retries:
-        return RequestFailure("gave up", f"{last} (gave up after {attempt} attempts)")
-    delay = backoff_delay(error, attempt, backoff_base, backoff_cap)
-    return RequestFailure("retry", last, delay=delay)
-
-
-def describe_break(error: BaseException) -> str:
-    """One line for a person: what went wrong with the request, or with its stream."""
-    return str(error) if isinstance(error, StreamBroken) else _describe(error)
 
 
 # -- the engine ----------------------------------------------------------------------------

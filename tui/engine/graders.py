@@ -61,15 +61,7 @@ from pydantic import (
 )
 
 from tui.engine.extras import metric_missing
-from tui.engine.retry import (
-    FATAL,
-    NO_QUOTA,
-    backoff_delay,
-    describe,
-    no_quota,
-    not_retried,
-    should_retry,
-)
+from tui.engine.retry import request_failure
 from tui.engine.shell import ShellSyntaxError, compare_commands, extract_command, parse_command
 from tui.engine.store import GradeInput
 
@@ -1183,27 +1175,24 @@ class GradingContext:
             try:
                 return await make()
             except (openai.APIStatusError, openai.APIConnectionError) as error:
-                status = getattr(error, "status_code", None)
-                if no_quota(error):
-                    message = f"{NO_QUOTA} ({describe(error)})"
-                    raise BackendError(message, fatal=True, status=429) from error
-                if not should_retry(error):
-                    message = describe(error) + not_retried(error)
-                    # A bad key, forbidden, unknown model: fatal. 400/413/422…: this request
-                    # is wrong; repeating it would fail the same way (or the server said not to).
+                failure = request_failure(
+                    error,
+                    attempt,
+                    max_retries=self.max_retries,
+                    backoff_base=self.backoff_base,
+                    backoff_cap=self.backoff_cap,
+                )
+                if failure.kind != "retry":
+                    # chat() words an unknown judge model itself; embed() falls back on it.
                     raise BackendError(
-                        message, fatal=isinstance(error, FATAL), status=status
+                        failure.message,
+                        fatal=failure.fatal,
+                        transient=failure.kind == "gave up",
+                        status=getattr(error, "status_code", None),
                     ) from error
-                if attempt > self.max_retries:
-                    raise BackendError(
-                        f"{describe(error)} (gave up after {attempt} attempts)",
-                        transient=True,
-                        status=status,
-                    ) from error
-                delay = backoff_delay(error, attempt, self.backoff_base, self.backoff_cap)
                 if self.on_retry is not None:
-                    self.on_retry(attempt, describe(error), delay)
-                await asyncio.sleep(delay)
+                    self.on_retry(attempt, failure.message, failure.delay)
+                await asyncio.sleep(failure.delay)
 
     async def chat(
         self, model: str | None, messages: list[dict[str, str]], params: dict[str, Any]

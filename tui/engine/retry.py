@@ -15,7 +15,11 @@ openai SDK's rules instead (`_base_client._should_retry`, `_parse_retry_after_he
 
 What retrying cannot fix stops the whole run: a bad key, a forbidden request, an unknown
 model, an account with no quota left (a 429 whose code is `insufficient_quota`: waiting does
-not refill it). Any other 4xx is this request's own fault and is not repeated."""
+not refill it). Any other 4xx is this request's own fault and is not repeated.
+
+`request_failure` makes that decision for one failed request, the same way for a run's items
+(generation.py), synthetic requests (synthetic.py) and judge and embedding calls
+(graders.py)."""
 
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ import email.utils
 import math
 import random
 import time
+from dataclasses import dataclass
+from typing import Literal
 
 import openai
 
@@ -124,3 +130,53 @@ def describe(error: BaseException) -> str:
     if isinstance(error, openai.APIConnectionError):
         return f"connection error: {error.__cause__ or error}"
     return f"{type(error).__name__}: {error}"
+
+
+class StreamBroken(Exception):
+    """The stream ended without a finish_reason: the reply is incomplete (worth retrying)."""
+
+
+def describe_break(error: BaseException) -> str:
+    """One line for a person: what went wrong with the request, or with its stream."""
+    return str(error) if isinstance(error, StreamBroken) else describe(error)
+
+
+@dataclass(frozen=True)
+class RequestFailure:
+    """What to do about a request that failed (the rules above): "retry" after `delay`
+    seconds, or give up with `message` — "gave up" after the retries, "not retried" (this
+    request is wrong, or the server said not to), "no quota"."""
+
+    kind: Literal["retry", "gave up", "not retried", "no quota"]
+    message: str  # the error for a person: why it was not retried, or how many attempts
+    delay: float = 0.0  # before the next attempt, for "retry"
+    fatal: bool = False  # a bad key, forbidden, an unknown model: no other request can do better
+
+
+def request_failure(
+    error: openai.APIStatusError | openai.APIConnectionError | StreamBroken,
+    attempt: int,
+    *,
+    max_retries: int,
+    backoff_base: float,
+    backoff_cap: float,
+    model: str | None = None,
+) -> RequestFailure:
+    """`attempt`: the attempts made so far, this one included. `model`, when given, is named
+    in the message of a 404 (the backend does not know it); without it the caller words
+    that case itself."""
+    if no_quota(error):
+        # Waiting does not refill an account: nothing sent to it will do better.
+        return RequestFailure("no quota", f"{NO_QUOTA} ({describe(error)})", fatal=True)
+    if not (isinstance(error, StreamBroken) or should_retry(error)):
+        # A bad key, forbidden, an unknown model: fatal. 400/413/422…: this request is wrong,
+        # retrying would fail the same way (or the server said not to).
+        message = describe(error) + not_retried(error)
+        if model is not None and isinstance(error, openai.NotFoundError):
+            message = f"model {model!r} not found at the backend ({message})"
+        return RequestFailure("not retried", message, fatal=isinstance(error, FATAL))
+    last = describe_break(error)
+    if attempt > max_retries:
+        return RequestFailure("gave up", f"{last} (gave up after {attempt} attempts)")
+    delay = backoff_delay(error, attempt, backoff_base, backoff_cap)
+    return RequestFailure("retry", last, delay=delay)
