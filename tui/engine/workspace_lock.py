@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -124,7 +125,7 @@ def acquire(path: Path, command: str | None = None, *, reentrant: bool = True) -
         entry = _held.get(key)
         if entry is not None:
             if not reentrant:
-                raise LockHeld(path, read_holder(path))
+                raise LockHeld(path, _holder_of_held(path))
             entry.count += 1
             return Lock(path, key, fresh=False)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -133,7 +134,7 @@ def acquire(path: Path, command: str | None = None, *, reentrant: bool = True) -
         except OSError as exc:
             os.close(fd)
             if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise LockHeld(path, read_holder(path)) from None
+                raise LockHeld(path, _holder_of_held(path)) from None
             raise
         try:
             holder = {
@@ -171,6 +172,20 @@ def is_held(path: Path) -> bool:
         # process holds through another descriptor (flock locks belong to the open file).
         os.close(fd)
     return False
+
+
+def _holder_of_held(path: Path) -> Holder | None:
+    """Who holds a lock we were just refused. A new holder truncates the file, then writes
+    itself into it, after taking the lock: a refusal in between reads an empty file. Seen in
+    a test of two runs started together (the refusal said "another process"), so an
+    unreadable file is read again for up to 0.2 s before the holder is called unknown."""
+    holder = read_holder(path)
+    for _ in range(20):
+        if holder is not None:
+            break
+        time.sleep(0.01)
+        holder = read_holder(path)
+    return holder
 
 
 def read_holder(path: Path) -> Holder | None:
