@@ -20,7 +20,7 @@ seed), and always in the train split, never eval: a model's own inventions must 
 the student.
 
 Requests go one batch at a time (the preview streams one reply); a failed request is retried
-or given up as the generation engine decides for an item (`generation.request_failure`, on
+or given up as the generation engine decides for an item (`retry.request_failure`, on
 the rules of tui/engine/retry.py); `cancel()` stops at once, keeping what was proposed so far."""
 
 from __future__ import annotations
@@ -39,16 +39,9 @@ from typing import Any, Literal
 import openai
 
 from tui.engine.datasets import INPUT_KEYS, ItemDraft, normalise_request, validate_request
-from tui.engine.generation import (
-    StreamBroken,
-    StreamedReply,
-    StreamFailed,
-    cost_of,
-    describe_break,
-    request_failure,
-    stream_chat,
-)
+from tui.engine.generation import StreamedReply, StreamFailed, cost_of, stream_chat
 from tui.engine.progress import Progress, Stoppable
+from tui.engine.retry import StreamBroken, describe_break, request_failure
 from tui.engine.settings import Price
 from tui.engine.store import Item, Store
 
