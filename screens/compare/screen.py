@@ -6,12 +6,20 @@ pool-only student, fine-tuned student — with its pass rate per grader against 
 latency, tokens per request and cost per 1,000 requests, and the business case in one line);
 below, the items panel (the runs' outputs side by side, filtered to where they differ,
 regressions or improvements, and the highlighted item's differences marked). The screen loads
-the comparison, routes the keys and grades the runs that have no grades yet."""
+the comparison, routes the keys and grades the runs that have no grades yet.
+
+Grading runs on a thread of its own with its own event loop (tui/engine/offloop.py), as on
+the Evals screen: judges answering many at a time would otherwise stall every key and frame.
+The progress line reads the runner's totals, plain numbers, a few times a second."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterable
+from functools import partial
 
+from openai import AsyncOpenAI
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -22,8 +30,17 @@ from screens.compare.choose import CompareDialog, CompareRequest
 from screens.compare.dialog import CompareItemDialog
 from screens.compare.items import CompareItems
 from screens.compare.summary import FILTERS, CompareSummary
+from tui.engine.backend import client_for_thread
 from tui.engine.eval_views import default_comparison, ungraded_runs
-from tui.engine.evals import CompareFilter, Comparison, EvalRunner, compare, start_eval_run
+from tui.engine.evals import (
+    CompareFilter,
+    Comparison,
+    EvalFinished,
+    EvalRunner,
+    compare,
+    start_eval_run,
+)
+from tui.engine.offloop import EngineThread
 from tui.engine.report import price_by_role
 from tui.engine.store import StoreError
 from tui.widgets.virtual_table import VirtualTable
@@ -48,6 +65,7 @@ class CompareScreen(DistillScreen):
         self.filter: CompareFilter = "all"
         self.counts: dict[str, int] = {}
         self.runner: EvalRunner | None = None
+        self.engine: EngineThread[EvalFinished] | None = None  # the thread the runner runs on
         self.grading_note = ""
 
     # -- layout --------------------------------------------------------------------------
@@ -230,14 +248,16 @@ class CompareScreen(DistillScreen):
                     eval_run_id = await store.in_thread(
                         start_eval_run, store, comparison.eval_id, run_id
                     )
-                runner = EvalRunner.from_settings(
-                    store, backend.client if backend else None, self.distill.settings
-                )
-                self.runner = runner
+                # Each run's runner on a thread (and loop) of its own, with a client of its
+                # own: a client's connections belong to the loop that opened them.
+                client = client_for_thread(backend.client) if backend else None
+                runner = EvalRunner.from_settings(store, client, self.distill.settings)
+                engine: EngineThread[EvalFinished] = EngineThread(f"compare-grade-{eval_run_id}")
+                self.runner, self.engine = runner, engine
                 self.grading_note = f"run {run_id} ({n} of {len(run_ids)})"
                 self._show_grading()
                 self.refresh_bindings()
-                finished = await runner.run(eval_run_id)
+                finished = await engine.run(partial(_grade_run, runner, eval_run_id, client))
                 if finished.status != "done":
                     self.notify(
                         finished.message,
@@ -250,9 +270,31 @@ class CompareScreen(DistillScreen):
             self.notify(str(error), title="Cannot grade", severity="error", markup=False)
         finally:
             self.runner = None
+            self.engine = None
             if self.is_mounted:
                 self._load()
 
     def action_cancel_grading(self) -> None:
-        if self.runner is not None:
-            self.runner.cancel()
+        if self.runner is not None and self.engine is not None:
+            self.engine.call(self.runner.cancel)  # on the runner's own loop
+
+
+async def _grade_run(
+    runner: EvalRunner, eval_run_id: int, client: AsyncOpenAI | None
+) -> EvalFinished:
+    """One eval run graded on the engine thread's loop, its client closed there. Cancelled
+    (the app quits mid-grading), it stops the way esc stops it: `runner.cancel()`, then waits
+    for the eval run to be recorded as cancelled. Cancelling the runner's task instead would
+    not stop it at once: each of its graders takes the cancelled grade for one that
+    `runner.cancel()` dropped, and goes on with the next."""
+    grading = asyncio.ensure_future(runner.run(eval_run_id))
+    try:
+        return await asyncio.shield(grading)
+    except asyncio.CancelledError:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await grading
+        raise
+    finally:
+        if client is not None:
+            await client.close()
