@@ -437,7 +437,12 @@ class EvalRunner(Stoppable):
             try:
                 await task
             except asyncio.CancelledError:
-                if not task.cancelled():
+                # A grade cancelled by _stop() is dropped and the worker goes on to see the
+                # flag; but when this worker is the one being cancelled (the task running the
+                # eval run was cancelled: the app quits, Ctrl-C of `run`), it must stop, not
+                # take the next grade. run() then records the eval run as cancelled.
+                current = asyncio.current_task()
+                if not task.cancelled() or (current is not None and current.cancelling()):
                     raise
             finally:
                 self._tasks.discard(task)
