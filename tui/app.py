@@ -27,6 +27,11 @@ if TYPE_CHECKING:
     from tui.engine.finetune import JobUpdate
     from tui.engine.selection import CompletionSelection
 
+# Worker groups that write how they ended (a generation's in-flight items and run status, an
+# eval run's status) and that quitting waits for after cancelling them: the Generate
+# screen's run, the Evals screen's grading, the Compare screen's grading.
+WAIT_ON_QUIT = frozenset({"generate", "eval-run", "compare-grade"})
+
 
 class DistillApp(App[int]):
     CSS_PATH = "app.tcss"
@@ -142,9 +147,10 @@ class DistillApp(App[int]):
             self.screen.prefill(model=model, role="fine-tuned", system_prompt=system_prompt)
 
     async def action_quit(self) -> None:
-        """q: a generation going on is cancelled first and given a moment to record its
-        in-flight items and its status, so the next session sees a cancelled run."""
-        running = [w for w in self.workers if w.group == "generate" and not w.is_finished]
+        """q: a generation or a grading going on is cancelled first and given a moment to
+        record its in-flight items and its status, so the next session sees a cancelled run
+        or eval run (not one still "running" that no one runs)."""
+        running = [w for w in self.workers if w.group in WAIT_ON_QUIT and not w.is_finished]
         for worker in running:
             worker.cancel()
         if running:
