@@ -7,8 +7,8 @@ Each variant is the real recipe (`distill-tui run`'s engine) on the embedded loc
 with the shipped git dataset, judged on its eval split (never tuned on):
 
     default      the recipe's defaults: labelled pool; the teacher is the pool-only
-                 student, 5 samples at T 0.6 with a command_match vote, only labels 4 of 5
-                 samples agree on, passing the git gate; one round
+                 student, 5 samples at T 0.6 with a command_match vote, every voted label
+                 the git gate passes; one round
     two-rounds   the same with expert iteration: 20 % of the pool held out to judge the
                  rounds, round 2 taught by round 1's student
     greedy       one greedy label a request, every label the gate passes, one round
