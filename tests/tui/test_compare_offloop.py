@@ -20,6 +20,7 @@ from pydantic import SecretStr
 
 from screens.compare import CompareScreen
 from tests.helpers.fake_openai import FakeOpenAI, last_user
+from tests.helpers.judges import JUDGE
 from tests.tui.conftest import Db, Driver, drive, make_app
 from tests.tui.eval_data import build
 from tui.app import DistillApp
@@ -27,13 +28,6 @@ from tui.engine.backend import Backend, BackendSpec
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
 
-JUDGE = {
-    "type": "label_model",
-    "name": "judge",
-    "input": [{"role": "user", "content": "Answer: {{sample.output_text}}"}],
-    "labels": ["pass", "fail"],
-    "passing_labels": ["pass"],
-}
 ENGINE = "compare-grade-"  # the name of the thread a run is graded on, then its eval run id
 
 

@@ -16,19 +16,12 @@ from pydantic import SecretStr
 
 from screens.evals import EvalsScreen
 from tests.helpers.fake_openai import FakeOpenAI, last_user
+from tests.helpers.judges import JUDGE
 from tests.tui.conftest import Db, drive, make_app
 from tests.tui.eval_data import build
 from tui.engine.backend import Backend, BackendSpec
 from tui.engine.evals import create_eval
 from tui.engine.store import Store
-
-JUDGE = {
-    "type": "label_model",
-    "name": "judge",
-    "input": [{"role": "user", "content": "Answer: {{sample.output_text}}"}],
-    "labels": ["pass", "fail"],
-    "passing_labels": ["pass"],
-}
 
 
 def judge_reply(messages: Sequence[Any]) -> str:

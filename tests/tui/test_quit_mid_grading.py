@@ -24,6 +24,7 @@ from textual.messages import ExitApp
 from screens.compare import CompareScreen
 from screens.evals import EvalsScreen
 from tests.helpers.fake_openai import Action, FakeOpenAI, RequestContext, hang, last_user
+from tests.helpers.judges import JUDGE
 from tests.tui.conftest import SIZE, Db, Driver, make_app
 from tests.tui.eval_data import build
 from tui.app import DistillApp
@@ -33,13 +34,6 @@ from tui.engine.store import Store
 
 CONCURRENCY = 2
 LET_THROUGH = 3  # judge replies answered before the rest are held
-JUDGE = {
-    "type": "label_model",
-    "name": "judge",
-    "input": [{"role": "user", "content": "Answer: {{sample.output_text}}"}],
-    "labels": ["pass", "fail"],
-    "passing_labels": ["pass"],
-}
 
 
 def judge_reply(messages: Sequence[Any]) -> str:

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from tests.helpers.fake_openai import Action, FakeOpenAI, RequestContext, hang, last_user
+from tests.helpers.judges import JUDGE
 from tui.engine.datasets import ItemDraft
 from tui.engine.evals import EvalRunner, create_eval, start_eval_run
 from tui.engine.store import Store
@@ -24,13 +25,6 @@ from tui.engine.store import Store
 N = 12
 CONCURRENCY = 2
 LET_THROUGH = 3  # judge replies answered before the gate shuts on the rest
-JUDGE = {
-    "type": "label_model",
-    "name": "judge",
-    "input": [{"role": "user", "content": "Answer: {{sample.output_text}}"}],
-    "labels": ["pass", "fail"],
-    "passing_labels": ["pass"],
-}
 
 
 def judge_reply(messages: Sequence[dict[str, Any]]) -> str:
