@@ -14,12 +14,9 @@ The progress line reads the runner's totals, plain numbers, a few times a second
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import Iterable
 from functools import partial
 
-from openai import AsyncOpenAI
 from textual import on, work
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
@@ -30,7 +27,7 @@ from screens.compare.choose import CompareDialog, CompareRequest
 from screens.compare.dialog import CompareItemDialog
 from screens.compare.items import CompareItems
 from screens.compare.summary import FILTERS, CompareSummary
-from tui.engine.backend import client_for_thread
+from tui.engine.backend import client_for_thread, closing
 from tui.engine.eval_views import default_comparison, ungraded_runs
 from tui.engine.evals import (
     CompareFilter,
@@ -257,7 +254,8 @@ class CompareScreen(DistillScreen):
                 self.grading_note = f"run {run_id} ({n} of {len(run_ids)})"
                 self._show_grading()
                 self.refresh_bindings()
-                finished = await engine.run(partial(_grade_run, runner, eval_run_id, client))
+                grading = partial(runner.run, eval_run_id)
+                finished = await engine.run(partial(closing, client, grading))
                 if finished.status != "done":
                     self.notify(
                         finished.message,
@@ -277,24 +275,3 @@ class CompareScreen(DistillScreen):
     def action_cancel_grading(self) -> None:
         if self.runner is not None and self.engine is not None:
             self.engine.call(self.runner.cancel)  # on the runner's own loop
-
-
-async def _grade_run(
-    runner: EvalRunner, eval_run_id: int, client: AsyncOpenAI | None
-) -> EvalFinished:
-    """One eval run graded on the engine thread's loop, its client closed there. Cancelled
-    (the app quits mid-grading), it stops the way esc stops it: `runner.cancel()`, then waits
-    for the eval run to be recorded as cancelled. Cancelling the runner's task instead would
-    not stop it at once: each of its graders takes the cancelled grade for one that
-    `runner.cancel()` dropped, and goes on with the next."""
-    grading = asyncio.ensure_future(runner.run(eval_run_id))
-    try:
-        return await asyncio.shield(grading)
-    except asyncio.CancelledError:
-        runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await grading
-        raise
-    finally:
-        if client is not None:
-            await client.close()

@@ -9,6 +9,7 @@ selection handed over, runs the grading, and routes what the panels report."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import partial
 
 from openai import AsyncOpenAI
 from textual import on, work
@@ -20,7 +21,7 @@ from screens.base import DistillScreen
 from screens.evals.editor import EvalEditor
 from screens.evals.results import ResultsPanel
 from screens.evals.status import TargetLine, grading_figures, idle_text
-from tui.engine.backend import client_for_thread
+from tui.engine.backend import client_for_thread, closing
 from tui.engine.eval_views import (
     LiveResults,
     Target,
@@ -326,15 +327,10 @@ class EvalsScreen(DistillScreen):
         store = self.distill.store
         inbox = live.receive()
 
-        async def job() -> EvalFinished:
-            try:
-                return await runner.run(live.info.id, on_event=inbox.put)
-            finally:
-                if client is not None:
-                    await client.close()
-
         try:
-            finished = await engine.run(job)
+            finished = await engine.run(
+                partial(closing, client, partial(runner.run, live.info.id, on_event=inbox.put))
+            )
         finally:
             live.catch_up()  # every grade in, before the screen says the run ended
             self.runner = None

@@ -12,6 +12,8 @@ are in."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from openai import AsyncOpenAI
 from textual import on, work
 from textual.app import ComposeResult
@@ -23,7 +25,7 @@ from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView
 from screens.generate.progress import run_figures
 from screens.generate.runs import RunsPanel
-from tui.engine.backend import client_for_thread
+from tui.engine.backend import client_for_thread, closing
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
 from tui.engine.generation import Generator, RunFinished, RunStats, create_run
 from tui.engine.offloop import EngineThread
@@ -355,14 +357,10 @@ class GenerateScreen(DistillScreen):
     ) -> None:
         inbox = live.receive()
 
-        async def job() -> RunFinished:
-            try:
-                return await generator.run(live.run.id, on_event=inbox.put)
-            finally:
-                await client.close()
-
         try:
-            finished = await engine.run(job)
+            finished = await engine.run(
+                partial(closing, client, partial(generator.run, live.run.id, on_event=inbox.put))
+            )
         finally:
             live.catch_up()  # every event in, before the view says the run ended
             self.stats = generator.stats

@@ -21,10 +21,10 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import openai
 from pydantic import SecretStr
@@ -141,6 +141,20 @@ def client_for_thread(client: openai.AsyncOpenAI) -> openai.AsyncOpenAI:
     for a job on another thread's event loop (tui/engine/offloop.py): a pool's connections
     belong to the loop that opened them. The job closes it when it ends."""
     return client.copy(http_client=openai.DefaultAsyncHttpxClient())
+
+
+T = TypeVar("T")
+
+
+async def closing(client: openai.AsyncOpenAI | None, start: Callable[[], Awaitable[T]]) -> T:
+    """A job for another thread's loop (`EngineThread.run(partial(closing, client, start))`):
+    it awaits `start()`, then closes the client made for it (`client_for_thread`) on that same
+    loop, however the work ends."""
+    try:
+        return await start()
+    finally:
+        if client is not None:
+            await client.close()
 
 
 class LocalServer:
