@@ -1,5 +1,5 @@
 """What the generation engine and the request synthesizer do about a failed request
-(`generation.request_failure`): retried after the server's wait or a backoff, given up after
+(`retry.request_failure`): retried after the server's wait or a backoff, given up after
 the retries with how many attempts, not retried when the request itself is wrong or the
 server says not to, and the run stopped when no request can do better (no quota, a bad key,
 an unknown model). Each failure is the real one: a streamed request through the openai SDK
@@ -15,14 +15,8 @@ import openai
 import pytest
 
 from tests.helpers.fake_openai import Action, FakeOpenAI, cut, no_quota, server_error
-from tui.engine.generation import (
-    RequestFailure,
-    StreamBroken,
-    StreamedReply,
-    request_failure,
-    stream_chat,
-)
-from tui.engine.retry import NO_QUOTA
+from tui.engine.generation import StreamedReply, stream_chat
+from tui.engine.retry import NO_QUOTA, RequestFailure, StreamBroken, request_failure
 
 
 @pytest.fixture

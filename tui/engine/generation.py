@@ -11,9 +11,9 @@ limits (`ratelimit.AdaptiveLimit`: lowered as the x-ratelimit-* headers near zer
 `RunStats.concurrency_limit`. What retrying cannot fix ends at once: an account with no quota
 left stops the run; an error event or a malformed chunk inside a stream fails that item with
 the server's message. Whether a failed request is sent again is decided in one place
-(`retry.request_failure`, importable from here too), which the request synthesizer
-(synthetic.py) and the graders' judge calls (graders.py) follow too; what a start of
-a run has to do (`open_run`) is read the same way by the batch path (batch.py)."""
+(`retry.request_failure`), which the request synthesizer (synthetic.py) and the graders'
+judge calls (graders.py) follow too; what a start of a run has to do (`open_run`) is read
+the same way by the batch path (batch.py)."""
 
 from __future__ import annotations
 
@@ -30,13 +30,7 @@ import openai
 from tui.engine.progress import Progress, Stoppable
 from tui.engine.ratelimit import AdaptiveLimit
 from tui.engine.retrieval import SimilarExamples
-from tui.engine.retry import NO_QUOTA, no_quota, retry_after
-
-# Decided in retry.py; imported from here by the request synthesizer and the tests.
-from tui.engine.retry import RequestFailure as RequestFailure
-from tui.engine.retry import StreamBroken as StreamBroken
-from tui.engine.retry import describe_break as describe_break
-from tui.engine.retry import request_failure as request_failure
+from tui.engine.retry import NO_QUOTA, StreamBroken, no_quota, request_failure, retry_after
 from tui.engine.settings import Price
 from tui.engine.store import Item, RunInfo, Store
 from tui.engine.voting import rule, vote
