@@ -6,7 +6,8 @@
 Each variant is the real recipe (`distill-tui run`'s engine) on the embedded local backend
 with the shipped git dataset, judged on its eval split (never tuned on):
 
-    default      the recipe's defaults: labelled pool; the teacher is the pool-only
+    default      the recipe's defaults: labelled pool (the requests that best stand for
+                 the rest); the teacher is the pool-only
                  student, 5 samples at T 0.6 with a command_match vote, every voted label
                  the git gate passes; one round
     two-rounds   the same with expert iteration: 20 % of the pool held out to judge the
@@ -15,10 +16,13 @@ with the shipped git dataset, judged on its eval split (never tuned on):
     context      the untuned model as the teacher, given the 10 nearest pool examples
                  (context distillation), 5 samples and the vote, gated, one round
     references   the student fine-tuned on every train reference (the ceiling)
+    random-pool  the default with a random pool of the same size (its own pool-only
+                 student, teacher and fine-tune)
 
-Rows: the untuned student and the pool-only student (shared by every variant), each
-variant's teacher on the eval split (with the context it taught with) and its fine-tuned
-student: exact and command match, mean latency, tokens per request, and the wall minutes of
+Rows: the untuned student and the pool-only student (shared by the variants, random-pool
+training its own pool-only student), each variant's teacher on the eval split (with the
+context it taught with) and its fine-tuned student: exact and command match, mean latency,
+tokens per request, and the wall minutes of
 each variant's own steps. Variants share what they have in common (the default's state is
 the workspace's own recipe-state.json, so a finished `distill-tui run` is reused as is):
 only the steps a variant changes run again. The machine's load average is printed before
@@ -57,8 +61,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
         ("baseline", "pool-only"),
     ),
     "references": ({"teacher_model": "references"}, "default", ("baseline", "pool-only")),
+    # the pool chosen at random instead of as the requests that best stand for the rest
+    "random-pool": ({"teacher_pool_choice": "random"}, "default", ("baseline",)),
 }
-SHARED = ("dataset_id", "eval_id", "gate_eval_id", "pool", "pool_validation")
+SHARED = ("dataset_id", "eval_id", "gate_eval_id", "pool", "pool_validation", "pool_choice")
 
 
 def state_file(variant: str) -> str:
@@ -76,7 +82,9 @@ def seed(store: Store, variant: str) -> None:
     if parent is None or path.exists():
         return
     source = RecipeState.load(store.directory / state_file(parent))
-    state = RecipeState(**{k: getattr(source, k) for k in SHARED})
+    own_pool = "teacher_pool_choice" in VARIANTS[variant][0]
+    shared = [k for k in SHARED if not (own_pool and k.startswith("pool"))]
+    state = RecipeState(**{k: getattr(source, k) for k in shared})
     rounds = VARIANTS[variant][0].get("rounds", 1)
     if rounds > 1 and not state.pool_validation and state.pool:
         # the default (one round) trains on the whole pool; rounds need a share held out
@@ -175,7 +183,10 @@ def print_table(results: dict[str, tuple[dict[str, Any], Timer]]) -> None:
         minutes = sum(timer.seconds.values()) / 60
         for row in report["rows"]:
             name = row["run"]
-            if name in ("baseline student", "pool-only student"):
+            # rows of steps a variant took from its parent are printed once
+            reused = VARIANTS[variant][2] if VARIANTS[variant][1] else ("baseline", "pool-only")
+            step = {"baseline student": "baseline", "pool-only student": "pool-only"}.get(name)
+            if step in reused:
                 if name in shown:
                     continue
                 shown.add(name)

@@ -190,10 +190,12 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
     # than a model that learned nothing gives.
     assert rates["fine-tuned student"] >= 2 / 6, rates
     assert "round-1/labels" in report["teaching"]["notes"]
+    assert report["teaching"]["pool_choice"] == state["pool_choice"] == "diverse"
     reports = store.directory / "reports"
     assert json.loads((reports / "recipe.json").read_text())["rows"] == report["rows"]
     markdown = (reports / "recipe.md").read_text()
     assert "pool-only student" in markdown and "fine-tuned student" in markdown
+    assert "pool of 12 (the requests that best stand for the rest)" in markdown
 
     # Everything finished: a third run does nothing again.
     async with client(server.url) as c:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
 from tui.engine.examples import shipped_path
 from tui.engine.graders import parse_grader
-from tui.engine.teaching import choose_pool, git_gate_grader, recovered, split_validation
+from tui.engine.recipe import RecipeError, load_config
+from tui.engine.teaching import (
+    choose_pool,
+    git_gate_grader,
+    recovered,
+    representative,
+    split_validation,
+)
 from tui.engine.voting import rule, same_command, vote
 
 
@@ -48,16 +56,79 @@ def test_normalised_vote_for_free_text() -> None:
 
 
 def test_pool_is_reproducible_bounded_and_a_share_of_the_items() -> None:
-    items = list(range(100, 463))
-    pool = choose_pool(items, 0.15, 64, seed=0)
-    assert pool == choose_pool(list(reversed(items)), 0.15, 64, seed=0)
-    assert len(pool) == 54 and set(pool) <= set(items) and pool == sorted(pool)
-    assert len(choose_pool(items, 0.5, 64, seed=0)) == 64
-    assert choose_pool(items, 0.0, 64, seed=0) == []
-    assert choose_pool(items, 0.15, 64, seed=1) != pool
+    items = [(i, f"request number {i}") for i in range(100, 463)]
+    for how in ("random", "diverse"):
+        pool = choose_pool(items, 0.15, 64, seed=0, how=how)
+        assert pool == choose_pool(list(reversed(items)), 0.15, 64, seed=0, how=how)
+        assert len(pool) == 54 and set(pool) <= {i for i, _ in items} and pool == sorted(pool)
+        assert len(choose_pool(items, 0.5, 64, seed=0, how=how)) == 64
+        assert choose_pool(items, 0.0, 64, seed=0, how=how) == []
+        assert choose_pool(items[:3], 0.1, 64, seed=0, how=how) != []  # at least one
+    assert choose_pool(items, 0.15, 64, seed=1, how="random") != choose_pool(
+        items, 0.15, 64, seed=0, how="random"
+    )
+    pool = choose_pool(items, 0.15, 64, seed=0, how="random")
     train, validation = split_validation(pool, 0.2, seed=0)
     assert len(validation) == 11 and set(train) | set(validation) == set(pool)
     assert not set(train) & set(validation)
+    with pytest.raises(ValueError, match="unknown pool choice 'best'"):
+        choose_pool(items, 0.15, 64, seed=0, how="best")
+
+
+# Six things a user asks for, some much more often than others, each said a few ways.
+INTENTS = {
+    "branch": "create a new branch called login",
+    "stash": "stash my uncommitted changes",
+    "log": "show the commit history briefly",
+    "tag": "tag this release as the first version",
+    "remote": "add a remote named upstream",
+    "blame": "who changed each line of main.py",
+}
+COUNTS = {"branch": 40, "stash": 25, "log": 20, "tag": 6, "remote": 5, "blame": 4}
+WAYS = ("please", "now", "for me", "quickly", "")
+
+
+def intent_items() -> tuple[list[tuple[int, str]], dict[int, str]]:
+    items, intent_of = [], {}
+    for intent, count in COUNTS.items():
+        for k in range(count):
+            items.append((len(items) + 1, f"{INTENTS[intent]} {WAYS[k % len(WAYS)]}"))
+            intent_of[len(items)] = intent
+    return items, intent_of
+
+
+def test_a_diverse_pool_covers_the_rare_requests_a_random_one_misses() -> None:
+    items, intent_of = intent_items()
+    size = len(COUNTS)
+    diverse = choose_pool(items, size / len(items), 64, seed=0)
+    assert {intent_of[i] for i in diverse} == set(COUNTS)
+    # Random pools of the same size leave out a rare request kind for most seeds.
+    missed = sum(
+        {intent_of[i] for i in choose_pool(items, size / len(items), 64, seed, how="random")}
+        != set(COUNTS)
+        for seed in range(20)
+    )
+    assert missed >= 15
+
+
+def test_a_diverse_pool_reads_the_requests_only_and_ignores_the_seed() -> None:
+    items, _ = intent_items()
+    assert choose_pool(items, 0.1, 64, seed=0) == choose_pool(items, 0.1, 64, seed=7)
+    # A request with no words at all is never worth labelling first.
+    assert 999 not in choose_pool([*items, (999, "?!")], 0.1, 64, seed=0)
+
+
+def test_a_diverse_pool_of_a_large_dataset_is_chosen_from_a_seeded_sample() -> None:
+    items = [(i, f"request {i % 97} about topic {i % 13}") for i in range(5_000)]
+    pool = choose_pool(items, 0.15, 64, seed=0)
+    assert len(pool) == 64 and pool == choose_pool(items, 0.15, 64, seed=0)
+    assert pool != choose_pool(items, 0.15, 64, seed=1)  # another sample of candidates
+
+
+def test_representative_picks_the_centre_first() -> None:
+    texts = ["undo the last commit", "undo the last commit now", "undo commit", "stash"]
+    assert representative(texts, 1) == [0]
+    assert representative(texts, 2) == [0, 3]
 
 
 def test_recovered_share_of_the_teachers_lead() -> None:
@@ -137,3 +208,13 @@ def test_git_gate_keeps_every_shipped_train_reference() -> None:
         if check(data["requests"][i], data["references"][i])
     ]
     assert refused == []
+
+
+def test_the_recipe_config_names_how_the_pool_is_chosen(tmp_path: Path) -> None:
+    path = tmp_path / "recipe.toml"
+    path.write_text('[recipe]\nteacher_pool_choice = "random"\n')
+    assert load_config(path).teacher_pool_choice == "random"
+    assert load_config(None).teacher_pool_choice == "diverse"
+    path.write_text('[recipe]\nteacher_pool_choice = "best"\n')
+    with pytest.raises(RecipeError, match=r"teacher_pool_choice: .*'diverse' or 'random'"):
+        load_config(path)

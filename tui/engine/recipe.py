@@ -19,7 +19,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import openai
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -114,6 +114,9 @@ class RecipeConfig(BaseModel):
     # flow: requests only, every train request labelled by the teacher).
     teacher_pool: float | None = Field(default=None, ge=0, le=1)
     teacher_pool_max: int = Field(default=64, ge=1)
+    # Which items form the pool: "diverse" (the requests that best stand for the rest, read
+    # from the requests alone) or "random" (see teaching.choose_pool for the figures).
+    teacher_pool_choice: Literal["diverse", "random"] = "diverse"
     # Self-consistency: samples per request (OpenAI's `n`) and their temperature; the label is
     # the answer most samples agree on (vote: "command_match" or "normalised"; None: the
     # first grader's kind), its vote share the teacher's confidence.
@@ -194,6 +197,7 @@ class RecipeState:
     gate_eval_id: int | None = None
     pool: list[int] | None = None  # item ids of the labelled pool (trained on and shown)
     pool_validation: list[int] = field(default_factory=list)  # judges rounds, never trained
+    pool_choice: str | None = None  # how the pool was chosen: diverse or random
     runs: dict[str, int] = field(default_factory=dict)  # step → generation run id
     eval_runs: dict[str, int] = field(default_factory=dict)  # step → eval run id
     jobs: dict[str, int] = field(default_factory=dict)  # training step → job id
@@ -421,11 +425,16 @@ class Recipe:
         """The labelled pool (chosen once, then read from the state)."""
         if self.state.pool is None:
             train = self.store.items(self.dataset_id(), "train")
-            labelled = [i.id for i in train if i.reference.strip()]
+            labelled = [(i.id, i.input) for i in train if i.reference.strip()]
             seed = self.config.finetune.seed
             self.state.pool = choose_pool(
-                labelled, self.pool_fraction, self.config.teacher_pool_max, seed
+                labelled,
+                self.pool_fraction,
+                self.config.teacher_pool_max,
+                seed,
+                how=self.config.teacher_pool_choice,
             )
+            self.state.pool_choice = self.config.teacher_pool_choice
             if self.rounds > 1:
                 _, self.state.pool_validation = split_validation(
                     self.state.pool, self.config.pool_validation, seed
@@ -1005,6 +1014,7 @@ class Recipe:
         report["teaching"] = {
             "teacher_examples": self.teacher_examples,
             "pool": len(self.pool()),
+            "pool_choice": self.state.pool_choice,
             "pool_validation": len(self.state.pool_validation),
             "samples": self.teacher_samples,
             "vote": self.vote_rule if self.teacher_samples > 1 else None,

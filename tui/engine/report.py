@@ -246,6 +246,13 @@ def label_quality(
     return note
 
 
+def _chosen(how: str | None) -> str:
+    """How the pool was chosen, as the report's first line says it."""
+    if how == "diverse":
+        return " (the requests that best stand for the rest)"
+    return " (chosen at random)" if how == "random" else ""
+
+
 def report_markdown(report: dict[str, Any]) -> str:
     lines = ["# distill-tui recipe: comparison", ""]
     models = report.get("models", {})
@@ -253,7 +260,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines.append(
         f"Student `{models.get('student')}`, teacher `{models.get('teacher')}` "
         f"(with {teaching.get('teacher_examples', 0)} retrieved examples from a labelled pool "
-        f"of {teaching.get('pool', 0)}, {teaching.get('samples', 1)} sample(s) per request), "
+        f"of {teaching.get('pool', 0)}{_chosen(teaching.get('pool_choice'))}, "
+        f"{teaching.get('samples', 1)} sample(s) per request), "
         f"fine-tuned `{models.get('fine_tuned')}`."
     )
     lines.append("")

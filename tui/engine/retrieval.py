@@ -16,6 +16,18 @@ def _terms(text: str) -> list[str]:
     return [w for w in _WORD.findall(text.casefold()) if len(w) > 1 or w.isdigit()]
 
 
+def tfidf_vectors(texts: Sequence[str]) -> list[dict[str, float]]:
+    """Each text as a unit-length TF-IDF vector over its words (the index's own weighting)."""
+    return SimilarExamples([(text, "") for text in texts]).vectors
+
+
+def cosine(a: dict[str, float], b: dict[str, float]) -> float:
+    """The cosine of two unit-length vectors from `tfidf_vectors`."""
+    if len(a) > len(b):
+        a, b = b, a
+    return sum(weight * b.get(term, 0.0) for term, weight in a.items())
+
+
 class SimilarExamples:
     """An index over (input, reference) examples; `top(query, k)` gives the nearest ones."""
 
@@ -27,9 +39,9 @@ class SimilarExamples:
             df.update(doc.keys())
         n = len(docs) or 1
         self._idf = {term: math.log((1 + n) / (1 + count)) + 1 for term, count in df.items()}
-        self._vectors = [self._weigh(doc) for doc in docs]
+        self.vectors = [self._weigh(doc) for doc in docs]
         self._postings: dict[str, list[int]] = {}
-        for index, vector in enumerate(self._vectors):
+        for index, vector in enumerate(self.vectors):
             for term in vector:
                 self._postings.setdefault(term, []).append(index)
 
@@ -47,7 +59,7 @@ class SimilarExamples:
         scores: dict[int, float] = {}
         for term, weight in vector.items():
             for index in self._postings.get(term, ()):
-                scores[index] = scores.get(index, 0.0) + weight * self._vectors[index][term]
+                scores[index] = scores.get(index, 0.0) + weight * self.vectors[index][term]
         ranked = sorted(scores, key=lambda i: (-scores[i], i))
         # Pad with the first examples when too few share a word, so k turns are always given.
         ranked += [i for i in range(len(self.examples)) if i not in scores]

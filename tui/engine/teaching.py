@@ -10,23 +10,86 @@ labels were."""
 
 from __future__ import annotations
 
+import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tui.engine.examples import shipped_path
+from tui.engine.retrieval import cosine, tfidf_vectors
 
 GIT_GATE_FILE = "git_gate.py"
 
 
-def choose_pool(item_ids: Sequence[int], fraction: float, limit: int, seed: int) -> list[int]:
-    """A reproducible random share of the labelled train items: `fraction` of them, at most
-    `limit`, at least one when there is any. Sorted, so the state file reads well."""
-    if fraction <= 0 or not item_ids:
+POOL_CHOICES = ("diverse", "random")
+# Facility location compares every pair of candidates: 600 requests are 180,000 cosines, well
+# under a second; past that a seeded random 600 (or twice the pool) stand in for the rest.
+DIVERSE_CANDIDATES = 600
+
+
+def choose_pool(
+    items: Sequence[tuple[int, str]],
+    fraction: float,
+    limit: int,
+    seed: int,
+    *,
+    how: str = "diverse",
+) -> list[int]:
+    """Which labelled train items (id, request) form the pool: `fraction` of them, at most
+    `limit`, at least one when there is any. Sorted, so the state file reads well.
+
+    "random": a reproducible random share. "diverse" (the default): the requests that best
+    stand for all the others — greedy facility location on TF-IDF cosine, each pick the one
+    that most raises the sum over every request of its similarity to the nearest pick (the
+    selective annotation of Su et al., 2022: which few items to label). It reads the
+    requests only, never the references, so a user could make the same choice before
+    writing a single answer. Measured on the shipped git requests (80 train requests held
+    out first, pools of 54 from the other 283, full fine-tunes, greedy): the student trained
+    on the diverse pool answered 11 of the 80 exactly and 26 of the 229 other train requests;
+    on three random pools 8 / 23, 8 / 22 and 9 / 23 (a k-center pool, the most spread-out
+    requests: 6 / 24). Its pool teacher's voted labels were right 28 times in 229 against
+    22 for the first random pool's."""
+    if fraction <= 0 or not items:
         return []
-    size = max(1, min(limit, round(len(item_ids) * fraction)))
-    return sorted(random.Random(seed).sample(sorted(item_ids), min(size, len(item_ids))))
+    if how not in POOL_CHOICES:
+        raise ValueError(f"unknown pool choice {how!r} (known: {', '.join(POOL_CHOICES)})")
+    ordered = sorted(items)
+    size = min(len(ordered), max(1, min(limit, round(len(ordered) * fraction))))
+    if how == "random":
+        return sorted(i for i, _ in random.Random(seed).sample(ordered, size))
+    candidates = ordered
+    most = max(DIVERSE_CANDIDATES, 2 * size)
+    if len(candidates) > most:
+        candidates = sorted(random.Random(seed).sample(ordered, most))
+    picks = representative([text for _, text in candidates], size)
+    return sorted(candidates[index][0] for index in picks)
+
+
+def representative(texts: Sequence[str], size: int) -> list[int]:
+    """Indices of `size` texts chosen by greedy facility location (see `choose_pool`), in
+    the order picked. Gains only shrink as picks are added, so a pick whose stale gain still
+    tops the heap after recomputing is the best (lazy greedy); ties go to the earlier text."""
+    vectors = tfidf_vectors(texts)
+    n = len(vectors)
+    similar = [[0.0] * n for _ in range(n)]
+    for i in range(n):
+        similar[i][i] = 1.0 if vectors[i] else 0.0
+        for j in range(i + 1, n):
+            similar[i][j] = similar[j][i] = cosine(vectors[i], vectors[j])
+    nearest = [0.0] * n  # each text's similarity to its nearest pick so far
+    heap = [(-sum(row), j) for j, row in enumerate(similar)]
+    heapq.heapify(heap)
+    chosen: list[int] = []
+    while heap and len(chosen) < size:
+        _, j = heapq.heappop(heap)
+        gain = sum(s - b for s, b in zip(similar[j], nearest, strict=True) if s > b)
+        if heap and gain < -heap[0][0] - 1e-12:
+            heapq.heappush(heap, (-gain, j))
+            continue
+        chosen.append(j)
+        nearest = [max(b, s) for s, b in zip(similar[j], nearest, strict=True)]
+    return chosen
 
 
 def split_validation(
