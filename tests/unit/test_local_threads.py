@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tui.local.threads import INTERVAL, ThreadCount, machine_busy_seconds
+from tui.local.threads import INTERVAL, STALE, ThreadCount, machine_busy_seconds
 
 
 class Machine:
@@ -83,6 +83,31 @@ def test_the_count_is_reconsidered_at_most_every_interval() -> None:
     m.others = 1.0
     m.run(INTERVAL / 4)
     assert threads.now() == 2  # too soon to tell
+    m.run(INTERVAL)
+    assert threads.now() == 1
+
+
+IDLE = 10.0  # seconds the engine sits without a request
+
+
+def test_load_from_while_the_engine_was_idle_is_not_judged_as_now() -> None:
+    assert STALE < IDLE
+    m = Machine()
+    threads = m.counter()
+    m.run(INTERVAL)
+    assert threads.now() == 2
+    # The engine idles (it looks only while decoding) while another process works, then that
+    # process stops and a request arrives: the long window says nothing about now.
+    m.ours, m.others = 0.0, 1.5
+    m.run(IDLE)
+    m.ours, m.others = 2.0, 0.0
+    assert threads.now() == 2
+    m.run(INTERVAL)
+    assert threads.now() == 2
+    # Load that is still there shows in the first fresh window.
+    m.others = 0.9
+    m.run(IDLE)
+    assert threads.now() == 2
     m.run(INTERVAL)
     assert threads.now() == 1
 

@@ -18,7 +18,7 @@ greedy completions, bench/local_backend.py):
 No fixed choice is right for both, so the engine asks before each decoding step (at most
 every ``INTERVAL`` seconds) how much CPU the rest of the machine used since the last look —
 all CPU time from /proc/stat minus this process's own — and uses the cores left over, at
-least one. The hysteresis keeps it from flapping when another process hovers around half a
+least one. After an idle spell the first look only starts a new window (``STALE``). The hysteresis keeps it from flapping when another process hovers around half a
 core. Where /proc/stat is missing (not Linux) the count stays at its starting value.
 """
 
@@ -30,6 +30,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 INTERVAL = 0.5  # seconds between looks: the load a user starts shows within a second
+# A look longer ago than this says nothing about now: the engine sat idle in between (it
+# looks only while decoding), and what other processes did then may be long over. Such a
+# look starts a new window and the count stays until that window is INTERVAL long.
+# Measured with bench/local_backend.py, whose anchor (plain llama-cpp-python in another
+# process) runs just before our trials: judged on the stale window, our single stream took
+# its first 0.5 s at one thread (first token 0.20 s against 0.13 s without the anchor).
+STALE = 4 * INTERVAL
 # Another process using this much of a core takes that core away from us; it must fall below
 # RELEASE before the core is counted as free again.
 TAKEN = 0.5
@@ -108,6 +115,9 @@ class ThreadCount:
         sample = self._sample()
         t1, busy1, own1 = sample
         elapsed = t1 - t0
+        if elapsed > STALE:
+            self._last = sample
+            return self.threads
         if elapsed < INTERVAL or busy1 is None or busy0 is None:
             return self.threads
         self._last = sample
