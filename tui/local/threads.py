@@ -18,8 +18,9 @@ greedy completions, bench/local_backend.py):
 No fixed choice is right for both, so the engine asks before each decoding step (at most
 every ``INTERVAL`` seconds) how much CPU the rest of the machine used since the last look —
 all CPU time from /proc/stat minus this process's own — and uses the cores left over, at
-least one. After an idle spell the first look only starts a new window (``STALE``). The hysteresis keeps it from flapping when another process hovers around half a
-core. Where /proc/stat is missing (not Linux) the count stays at its starting value.
+least one. After an idle spell the first look only starts a new window (``STALE``). The
+hysteresis keeps it from flapping when another process hovers around half a core. Where
+/proc/stat is missing (not Linux) the count stays at its starting value.
 """
 
 from __future__ import annotations
