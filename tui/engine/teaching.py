@@ -44,7 +44,8 @@ def choose_pool(
     that most raises the sum over every request of its similarity to the nearest pick (the
     selective annotation of Su et al., 2022: which few items to label). It reads the
     requests only, never the references, so a user could make the same choice before
-    writing a single answer, and it does not depend on the seed.
+    writing a single answer, and up to DIVERSE_CANDIDATES items it does not depend on the
+    seed.
 
     Measured on the shipped git requests (80 train requests held out first, pools of 54
     from the other 283, full fine-tunes, four training seeds each): the diverse pool's
