@@ -19,7 +19,7 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import openai
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -58,7 +58,7 @@ from tui.engine.stored_import import (
     TeacherSourceConfig,
     fill_run_from_stored,
 )
-from tui.engine.teaching import choose_pool, git_gate_grader, split_validation
+from tui.engine.teaching import PoolChoice, choose_pool, git_gate_grader, split_validation
 from tui.engine.training_data import MIN_EXAMPLES
 
 STATE_FILE = "recipe-state.json"
@@ -116,7 +116,7 @@ class RecipeConfig(BaseModel):
     teacher_pool_max: int = Field(default=64, ge=1)
     # Which items form the pool: "diverse" (the requests that best stand for the rest, read
     # from the requests alone) or "random" (see teaching.choose_pool for the figures).
-    teacher_pool_choice: Literal["diverse", "random"] = "diverse"
+    teacher_pool_choice: PoolChoice = "diverse"
     # Self-consistency: samples per request (OpenAI's `n`) and their temperature; the label is
     # the answer most samples agree on (vote: "command_match" or "normalised"; None: the
     # first grader's kind), its vote share the teacher's confidence.

@@ -14,7 +14,7 @@ import heapq
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tui.engine.examples import shipped_path
 from tui.engine.retrieval import cosine, tfidf_vectors
@@ -22,7 +22,8 @@ from tui.engine.retrieval import cosine, tfidf_vectors
 GIT_GATE_FILE = "git_gate.py"
 
 
-POOL_CHOICES = ("diverse", "random")
+PoolChoice = Literal["diverse", "random"]
+POOL_CHOICES: tuple[str, ...] = get_args(PoolChoice)
 # Facility location compares every pair of candidates: 600 requests are 180,000 cosines, well
 # under a second; past that a seeded random 600 (or twice the pool) stand in for the rest.
 DIVERSE_CANDIDATES = 600
@@ -34,7 +35,7 @@ def choose_pool(
     limit: int,
     seed: int,
     *,
-    how: str = "diverse",
+    how: PoolChoice = "diverse",
 ) -> list[int]:
     """Which labelled train items (id, request) form the pool: `fraction` of them, at most
     `limit`, at least one when there is any. Sorted, so the state file reads well.
