@@ -68,6 +68,8 @@ async def test_the_recipe_on_openai_resolves_the_snapshot_and_succeeds(store: St
     students = [r for r in runs if r.role == "student"]
     assert students and all(r.model == "gpt-4o-mini-2024-07-18" for r in students)
     assert report["models"]["student"] == "gpt-4o-mini-2024-07-18"
+    # A teacher that is not the student labels every train request: no pool was chosen.
+    assert (report["teaching"]["pool"], report["teaching"]["pool_choice"]) == (0, None)
     # Named as OpenAI names it, then generated with.
     ft = job.fine_tuned_model or ""
     assert ft.startswith("ft:gpt-4o-mini-2024-07-18:fake-org:distill")

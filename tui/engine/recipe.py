@@ -434,7 +434,8 @@ class Recipe:
                 seed,
                 how=self.config.teacher_pool_choice,
             )
-            self.state.pool_choice = self.config.teacher_pool_choice
+            # an empty pool (the seed's flow, references as the teacher) was not chosen at all
+            self.state.pool_choice = self.config.teacher_pool_choice if self.state.pool else None
             if self.rounds > 1:
                 _, self.state.pool_validation = split_validation(
                     self.state.pool, self.config.pool_validation, seed
