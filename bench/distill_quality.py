@@ -64,7 +64,10 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
     # the pool chosen at random instead of as the requests that best stand for the rest
     "random-pool": ({"teacher_pool_choice": "random"}, "default", ("baseline",)),
 }
-SHARED = ("dataset_id", "eval_id", "gate_eval_id", "pool", "pool_validation", "pool_choice")
+POOL_KEYS = ("pool", "pool_validation", "pool_choice")
+SHARED = ("dataset_id", "eval_id", "gate_eval_id", *POOL_KEYS)
+# the report rows of the steps a variant may take from its parent
+SHARED_ROWS = {"baseline student": "baseline", "pool-only student": "pool-only"}
 
 
 def state_file(variant: str) -> str:
@@ -83,7 +86,7 @@ def seed(store: Store, variant: str) -> None:
         return
     source = RecipeState.load(store.directory / state_file(parent))
     own_pool = "teacher_pool_choice" in VARIANTS[variant][0]
-    shared = [k for k in SHARED if not (own_pool and k.startswith("pool"))]
+    shared = [k for k in SHARED if not (own_pool and k in POOL_KEYS)]
     state = RecipeState(**{k: getattr(source, k) for k in shared})
     rounds = VARIANTS[variant][0].get("rounds", 1)
     if rounds > 1 and not state.pool_validation and state.pool:
@@ -181,12 +184,13 @@ def print_table(results: dict[str, tuple[dict[str, Any], Timer]]) -> None:
         exact = next((g for g in graders if "exact" in g), graders[-1])
         command = next((g for g in graders if "command" in g), graders[0])
         minutes = sum(timer.seconds.values()) / 60
+        # rows of steps a variant took from its parent are printed once
+        _, parent, reused = VARIANTS[variant]
+        if parent is None:
+            reused = tuple(SHARED_ROWS.values())
         for row in report["rows"]:
             name = row["run"]
-            # rows of steps a variant took from its parent are printed once
-            reused = VARIANTS[variant][2] if VARIANTS[variant][1] else ("baseline", "pool-only")
-            step = {"baseline student": "baseline", "pool-only student": "pool-only"}.get(name)
-            if step in reused:
+            if SHARED_ROWS.get(name) in reused:
                 if name in shown:
                     continue
                 shown.add(name)
