@@ -402,6 +402,40 @@ def test_an_invalid_validation_file_is_refused(tmp_path: Path, tiny_hf: Path) ->
     assert "missing_messages_list" in events[-1]["message"]
 
 
+def test_the_result_is_the_moving_average_of_the_weights(tmp_path: Path, tiny_hf: Path) -> None:
+    from tui.local.trainer import TrainingError, ema_decay
+
+    # "auto" averages over the last fifth of the steps; a handful of steps is not averaged
+    assert ema_decay("auto", 108) == pytest.approx(1 - 1 / 21.6)
+    assert ema_decay("auto", 4) == 0.0
+    assert ema_decay(0, 500) == 0.0 and ema_decay("0.9", 5) == 0.9
+    for bad in (1, 1.5, -0.1, "fast"):
+        with pytest.raises(TrainingError):
+            ema_decay(bad, 100)
+
+    train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in MEMORISE])
+    # refused before the model loads, naming the parameter
+    code, events, _ = run_trainer(spec_for(tmp_path, tiny_hf, "hf", train, ema_decay=1.5))
+    assert code == 1
+    assert (events[-1]["code"], events[-1]["param"]) == ("invalid_hyperparameters", "ema_decay")
+    assert not of_type(events, "metrics")
+
+    # the same steps with and without the average give different adapters: the average is
+    # what is merged (with decay 0 the last step's weights are)
+    merged = {}
+    for decay in (0.0, 0.8):
+        out = tmp_path / f"ema-{decay}"
+        spec = spec_for(
+            out.parent, tiny_hf, "hf", train, ema_decay=decay, max_steps=6, lora_layers="all"
+        )
+        code, events, stderr = run_trainer(spec)
+        assert code == 0, stderr
+        [result] = of_type(events, "result")
+        merged[decay] = Path(result["path"]).joinpath("model.safetensors").read_bytes()
+        Path(result["path"]).parent.rename(out)
+    assert merged[0.0] != merged[0.8]
+
+
 def test_sigterm_cancels_promptly(tmp_path: Path, tiny_hf: Path) -> None:
     train = write_jsonl(tmp_path / "train.jsonl", [chat(q, a) for q, a in git_pairs(40)])
     spec = spec_for(tmp_path, tiny_hf, "hf", train, n_epochs=25, batch_size=1)

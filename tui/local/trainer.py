@@ -8,7 +8,8 @@ SPEC.json: base_model_id, base_kind ("gguf" | "hf"), base_path, training_file,
 validation_file (or null), output_dir, cache_dir (where a GGUF base's transformers copy is
 kept), method ("lora" | "full"), n_epochs / batch_size / learning_rate_multiplier (number or
 "auto"), seed, suffix; optional extras: lora_layers (N top layers | "all" | "auto"),
-max_steps, export_type (type of trained tensors in an exported GGUF, default "Q8_0").
+max_steps, export_type (type of trained tensors in an exported GGUF, default "Q8_0"),
+ema_decay (the weights' moving average the result is, "auto" | 0 for the last step's | 0..1).
 
 Events, in order:
     {"type": "message", "level": "info"|"warn"|"error", "message": ...}
@@ -80,6 +81,17 @@ the train split, never the eval split):
   train requests and the 229 other train requests, exact answers summed over the seeds):
   3 epochs 30 and 96, 6 epochs 35 and 101 — within the spread one seed makes (5 to 11 of
   the 80 at 3 epochs, 8 to 10 at 6) for twice the time, so "auto" stays at 3.
+- the result is the moving average of the weights over the last fifth of the steps
+  (EMA_HORIZON; zero-started and bias-corrected, so no base weight leaks in). A full
+  fine-tune on 283 train references, judged on a second draw of 80 held-out train requests
+  (harder: a quarter of their answers are among the 283), answered 19 and 18 exactly (seeds
+  0 and 1) with the last step's weights, 21 and 25 with the average; on the 54-example pool
+  (the 80 and the 229 other train requests, four seeds) 126 and 123 exact answers without
+  and with it. No loss on small sets, a gain on larger ones, for one extra copy of the
+  trained weights and no extra time. Tried on the 283 references against the same 80 (one or
+  two seeds each) and not adopted: lr 4e-4 18; 5 epochs 24; the set doubled with
+  copy-swapped variants (the names, files and hashes an answer copies from its request
+  swapped in both; 2 epochs for the same steps) 21 and 20.
 
 Measured (SmolLM2-135M, 400 git examples of ~64 tokens, batch 8; the machine was shared,
 load average 5-7 on its 2 cores, so CPU seconds per step are the comparable figure):
@@ -146,6 +158,9 @@ BASE_LR = {"lora": 2e-4, "full": 2e-4}
 # ~1 B parameters the optimizer state outgrows a laptop and LoRA is the safe default.
 FULL_AUTO_MAX_PARAMS = 1_000_000_000
 MAX_AUTO_BATCH = 8
+# The result is the moving average of the weights over about this share of the steps (see
+# the docstring for the figures).
+EMA_HORIZON = 0.2
 # The fraction of decoder layers (from the top) that get LoRA adapters by default (see the
 # module's docstring for why all of them).
 DEFAULT_LORA_LAYER_FRACTION = 1.0
@@ -210,6 +225,9 @@ class Spec:
     lora_layers: int | str = "auto"  # how many top decoder layers get adapters, or "all"
     max_steps: int | None = None
     export_type: str = "Q8_0"  # type of trained tensors in an exported GGUF
+    # The result is the moving average of the weights (0: the last step's); "auto" averages
+    # over the last EMA_HORIZON of the steps.
+    ema_decay: float | str = "auto"
 
     @classmethod
     def load(cls, path: Path) -> Spec:
@@ -218,6 +236,7 @@ class Spec:
         def opt_path(key: str) -> Path | None:
             return Path(raw[key]) if raw.get(key) else None
 
+        ema_decay(_auto(raw.get("ema_decay")), 1)  # refused here, before the model loads
         method = raw.get("method") or "auto"
         if method not in ("auto", "lora", "full"):
             raise TrainingError("invalid_method", f"unknown method {method!r}", "method")
@@ -238,6 +257,7 @@ class Spec:
             lora_layers=_auto(raw.get("lora_layers")),
             max_steps=raw.get("max_steps"),
             export_type=raw.get("export_type") or "Q8_0",
+            ema_decay=_auto(raw.get("ema_decay")),
         )
 
 
@@ -926,6 +946,20 @@ class Schedule:
         return self.lr * (1.0 - 0.9 * frac)
 
 
+def ema_decay(setting: float | str, total_steps: int) -> float:
+    """The weights' moving-average decay: "auto" averages over the last EMA_HORIZON of the
+    steps (0.95 for 108 steps); 0 turns the average off."""
+    if setting == "auto":
+        return 1.0 - 1.0 / max(1.0, EMA_HORIZON * total_steps)
+    try:
+        decay = float(setting)
+    except (TypeError, ValueError):
+        decay = math.nan
+    if not 0.0 <= decay < 1.0:
+        raise TrainingError("invalid_hyperparameters", "ema_decay must be in [0, 1)", "ema_decay")
+    return decay
+
+
 def plan_schedule(spec: Spec, hp: Hyperparameters, train_set: Sequence[Example]) -> Schedule:
     rng = random.Random(spec.seed)
     epochs = [make_batches(train_set, hp.batch_size, rng) for _ in range(hp.n_epochs)]
@@ -964,6 +998,10 @@ class TrainingLoop:
         self.progress = Progress()
         self.step = 0
         self.last_metrics: dict[str, Any] = {}
+        self.ema_decay = ema_decay(spec.ema_decay, schedule.total_steps)
+        # Zero-started and bias-corrected at the end (as Adam's moments): the base weights
+        # never leak into the average, however few the steps.
+        self.ema = [torch.zeros_like(p) for p in trainee.params] if self.ema_decay else None
 
     @property
     def done(self) -> bool:
@@ -979,6 +1017,13 @@ class TrainingLoop:
             self.end_epoch(epoch)
             if self.done:
                 break
+        if self.ema is not None and self.step:
+            import torch
+
+            correction = 1.0 - self.ema_decay**self.step
+            with torch.no_grad():
+                for param, average in zip(self.trainee.params, self.ema, strict=True):
+                    param.copy_(average / correction)
         return self.progress
 
     def train_step(self, idx: list[int], epoch: int) -> None:
@@ -1015,6 +1060,11 @@ class TrainingLoop:
         torch.nn.utils.clip_grad_norm_(self.trainee.params, 1.0)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.ema is not None:
+            with torch.no_grad():
+                params = [p.detach() for p in self.trainee.params]
+                torch._foreach_mul_(self.ema, self.ema_decay)
+                torch._foreach_add_(self.ema, params, alpha=1.0 - self.ema_decay)
         return float(loss.item()), acc
 
     def periodic_validation(self) -> tuple[float | None, float | None]:
