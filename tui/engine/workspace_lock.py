@@ -176,16 +176,38 @@ def is_held(path: Path) -> bool:
 
 def _holder_of_held(path: Path) -> Holder | None:
     """Who holds a lock we were just refused. A new holder truncates the file, then writes
-    itself into it, after taking the lock: a refusal in between reads an empty file. Seen in
-    a test of two runs started together (the refusal said "another process"), so an
-    unreadable file is read again for up to 0.2 s before the holder is called unknown."""
+    itself into it, after taking the lock: a refusal in between reads an empty file, or,
+    before the truncate, the record of the holder before it. Both were seen in a test of two
+    runs started together (the refusal said "another process", then named the test process
+    that had opened the workspace first). So the file is read again, for up to 0.2 s, while
+    it is unreadable or names a process the kernel does not list as holding the lock."""
     holder = read_holder(path)
     for _ in range(20):
-        if holder is not None:
+        if holder is not None and _holds(holder.pid, path) is not False:
             break
         time.sleep(0.01)
         holder = read_holder(path)
     return holder
+
+
+def _holds(pid: int, path: Path) -> bool | None:
+    """Whether `pid` holds a flock on `path`, as Linux's /proc/locks says; None where it
+    cannot tell (no /proc/locks: another system)."""
+    try:
+        st = os.stat(path)
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            lines = locks.read().splitlines()
+    except OSError:
+        return None
+    where = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    # "1: FLOCK  ADVISORY  WRITE 4242 fe:00:2146368 0 EOF" (a blocked waiter's line starts
+    # "1: ->" and shifts the fields by one: it holds nothing)
+    holders = {
+        fields[4]
+        for fields in (line.split() for line in lines)
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == where
+    }
+    return str(pid) in holders
 
 
 def read_holder(path: Path) -> Holder | None:
