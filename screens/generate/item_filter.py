@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from rich.cells import cell_len
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
@@ -70,13 +71,18 @@ class ItemFilter:
 
 
 class FilterBox(Input):
-    """The item filter's box. Textual's Input sizes its scroll area to its text, and a new
-    size lays the whole screen out again on every key; while the text fits, the area is
-    the box's own width and typing only redraws the box."""
+    """The item filter's box. Textual's Input sizes its scroll area to its text (to its
+    placeholder while empty), and a new size lays the whole screen out again: on every key,
+    and when the box empties or fills, since the placeholder is wider than the box. While
+    the text fits, the area is the box's own width and typing only redraws the box."""
 
     @property
     def content_width(self) -> int:
-        return max(super().content_width, self.scrollable_content_region.width)
+        return max(self.value_width, self.scrollable_content_region.width)
+
+    @property
+    def value_width(self) -> int:
+        return cell_len(self.value) + 1  # the cursor's cell after the text
 
 
 class ItemFilterBar(Horizontal):
@@ -108,8 +114,10 @@ class ItemFilterBar(Horizontal):
     def show_count(self, kept: int, total: int, keep: ItemFilter) -> None:
         """ "12 of 386 items" while `keep` filters, and what it could not use, in red."""
         of = f"{total:,}"
-        # As wide whatever the count, so typing does not lay the screen out again for it.
-        count = Text(f"{kept:>{len(of)},} of {of} items" if keep else "")
+        # As wide whatever the count, filtering or not, so typing (or emptying the box) does
+        # not lay the screen out again for it.
+        width = len(f"{of} of {of} items")
+        count = Text(f"{kept:>{len(of)},} of {of} items" if keep else f"{of} items".rjust(width))
         if keep.problems:
             count.append(f"{' · ' if keep else ''}{'; '.join(keep.problems)}", style="red")
         label = self.query_one("#item-filter-count", Static)

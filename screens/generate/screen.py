@@ -5,13 +5,14 @@ Left, the run form (`RunFormPanel`). Right, the dataset's runs (`RunsPanel`), th
 progress line. The screen composes the panels, routes their messages, and owns what spans
 them: starting, resuming and cancelling a run, and the generation worker.
 
-A run sent as batches ("Send as: batch") is followed by a `BatchRunner` instead of generated
-by a `Generator`: esc stops following (the batches go on at the backend), and ctrl+r on the
-run, or opening this screen after a restart, follows its batches again until their results
-are in."""
+A run is generated in a process of its own (tui/engine/run_process.py). A run sent as
+batches ("Send as: batch") is followed by a `BatchRunner` instead, on a thread: esc stops
+following (the batches go on at the backend), and ctrl+r on the run, or opening this screen
+after a restart, follows its batches again until their results are in."""
 
 from __future__ import annotations
 
+import asyncio
 from functools import partial
 
 from openai import AsyncOpenAI
@@ -27,9 +28,10 @@ from screens.generate.progress import run_figures
 from screens.generate.runs import RunsPanel
 from tui.engine.backend import client_for_thread, closing
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
-from tui.engine.generation import Generator, RunFinished, RunStats, create_run
+from tui.engine.generation import RunFinished, RunStats, create_run
 from tui.engine.offloop import EngineThread
 from tui.engine.run_form import FormError, RunForm
+from tui.engine.run_process import RunProcess
 from tui.engine.store import DatasetInfo, RunInfo
 from tui.widgets.progress_line import Figures, ProgressLine
 from tui.widgets.virtual_table import VirtualTable
@@ -50,10 +52,12 @@ class GenerateScreen(DistillScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.generator: Generator | BatchRunner | None = None
-        # The thread the generator runs on (its own event loop: see _begin).
+        self.generator: RunProcess | BatchRunner | None = None
+        # The thread a batch runner runs on (its own event loop: see _begin).
         self.engine: EngineThread[RunFinished] | None = None
         self.stats: RunStats | None = None  # of the last generator, kept after it ends
+        # A run's process started ahead, its imports done, so that a run starts at once.
+        self.spare: asyncio.subprocess.Process | None = None
 
     # -- layout --------------------------------------------------------------------------
 
@@ -71,6 +75,20 @@ class GenerateScreen(DistillScreen):
         self.watch(self.app, "backend_label", self._backend_changed)
         # Not a text box: the number keys that switch screens must keep working on arrival.
         self.runs_table.focus()
+        self._start_spare()
+
+    async def on_unmount(self) -> None:
+        await RunProcess.stop_spare(self.spare)
+        self.spare = None
+
+    @work(group="spare", exit_on_error=False)
+    async def _start_spare(self) -> None:
+        if self.spare is None or self.spare.returncode is not None:
+            spare = await RunProcess.spawn()
+            if self.is_mounted:
+                self.spare = spare
+            else:
+                await RunProcess.stop_spare(spare)
 
     def on_screen_resume(self) -> None:
         if self.generator is None:
@@ -224,10 +242,14 @@ class GenerateScreen(DistillScreen):
 
     def action_cancel_run(self) -> None:
         generator, engine = self.generator, self.engine
-        if generator is None or engine is None:
+        if generator is None:
             return
-        # On the generator's own loop (it runs on a thread of its own).
-        engine.call(generator.stop if isinstance(generator, BatchRunner) else generator.cancel)
+        if isinstance(generator, BatchRunner):
+            if engine is None:
+                return
+            engine.call(generator.stop)  # on the runner's own loop, on its thread
+        else:
+            generator.cancel()  # said to the run's process
         self.run_form.cancelling()
 
     def action_filter(self) -> None:
@@ -300,10 +322,12 @@ class GenerateScreen(DistillScreen):
         return False
 
     def _begin(self, run_id: int, budget: float | None, *, batch: bool = False) -> None:
-        """Generate the run on a thread of its own with its own event loop (EngineThread):
-        at 64 streams reading the replies is most of a core, which on the UI's loop would
-        stall every key and repaint. The UI reads its totals and drains its events at the
-        live view's repaint rate."""
+        """Generate the run in a process of its own (run_process.RunProcess): at 64 streams
+        reading the replies is most of a core, which on the UI's loop would stall every key
+        and repaint, and on a thread of this process still holds the interpreter the UI
+        needs. A batch run, a few requests a minute, runs on a thread with its own event
+        loop (EngineThread). The UI reads the totals and drains the events at the live
+        view's repaint rate."""
         settings = self.distill.settings
         run = self.distill.store.get_run(run_id)
         # The backend the model was picked from (a teacher on OpenAI, a student served
@@ -314,9 +338,10 @@ class GenerateScreen(DistillScreen):
         price = settings.price(run.model, target.price_role)
         # Stored completions (and their metadata) exist on OpenAI and the local backend.
         store_completions = backend.spec.kind in ("openai", "local")
-        client = client_for_thread(backend.client)  # the UI loop's pool is not the thread's
-        generator: Generator | BatchRunner
+        generator: RunProcess | BatchRunner
+        client: AsyncOpenAI | None = None
         if batch:
+            client = client_for_thread(backend.client)  # the UI loop's pool is not the thread's
             first, longest = self.BATCH_POLL
             generator = BatchRunner(
                 self.distill.store,
@@ -328,9 +353,11 @@ class GenerateScreen(DistillScreen):
                 max_poll_interval=longest,
             )
         else:
-            generator = Generator(
+            spare, self.spare = self.spare, None
+            generator = RunProcess(
                 self.distill.store,
-                client,
+                backend.client,
+                process=spare,
                 concurrency=settings.concurrency,
                 max_retries=settings.max_retries,
                 price=price,
@@ -338,7 +365,7 @@ class GenerateScreen(DistillScreen):
                 store_completions=store_completions,
             )
         self.generator = generator
-        self.engine = EngineThread(f"generate-run-{run_id}")
+        self.engine = EngineThread(f"generate-run-{run_id}") if batch else None
         self._view_run(run_id)
         live = self.live
         assert live is not None
@@ -350,23 +377,26 @@ class GenerateScreen(DistillScreen):
     @work(exclusive=True, group="generate", exit_on_error=False)
     async def _generate(
         self,
-        generator: Generator | BatchRunner,
-        engine: EngineThread[RunFinished],
+        generator: RunProcess | BatchRunner,
+        engine: EngineThread[RunFinished] | None,
         live: LiveRun,
-        client: AsyncOpenAI,
+        client: AsyncOpenAI | None,
     ) -> None:
         inbox = live.receive()
 
         try:
-            finished = await engine.run(
-                partial(closing, client, partial(generator.run, live.run.id, on_event=inbox.put))
-            )
+            start = partial(generator.run, live.run.id, on_event=inbox.put)
+            if engine is not None:
+                finished = await engine.run(partial(closing, client, start))
+            else:
+                finished = await start()
         finally:
             live.catch_up()  # every event in, before the view says the run ended
             self.stats = generator.stats
             self.generator = None
             self.engine = None
             if self.is_mounted:
+                self._start_spare()
                 self.runs_panel.untrack()
                 self._set_running(False)
                 self._load_runs()

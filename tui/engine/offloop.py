@@ -12,6 +12,10 @@ thread's loop, and the UI's loop only waits for its end. While it runs:
 - if the waiting worker is itself cancelled (the app quits), the job is cancelled on its
   loop as it would be on the caller's (in-flight items recorded as cancelled) and waited for.
 
+The Evals and Compare screens grade on such a thread, and the Generate screen follows a batch
+run on one; its streaming runs go a step further, to a process of their own
+(run_process.py), since a thread still shares the interpreter's lock with the UI.
+
 The job must share nothing bound to the caller's loop: an openai client's connection pool
 belongs to the loop that opened its connections, so the job gets a client of its own
 (`backend.client_for_thread`) and closes it when it ends."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import sqlite3
 import tempfile
@@ -348,6 +349,21 @@ class Store:
                 store.close()
                 raise
         return store
+
+    @classmethod
+    def open_for_run(cls, directory: Path | str) -> Store:
+        """Open the workspace in a run's process (tui/engine/run_process.py): its parent
+        holds the one-writer lock and writes through it, so this process takes no lock of
+        its own; refused unless the lock's holder is this process's parent."""
+        directory = Path(directory).expanduser()
+        holder = workspace_writer(directory)
+        if holder is None or holder.pid != os.getppid():
+            who = holder.describe() if holder is not None else "nobody"
+            raise WorkspaceError(
+                f"{directory}: a run's process writes only under its parent's lock, held by "
+                f"{who} (parent pid {os.getppid()})"
+            )
+        return cls._open_locked(directory, directory / DB_NAME)
 
     @classmethod
     def _open_locked(cls, directory: Path, path: Path) -> Store:
@@ -989,6 +1005,11 @@ class Store:
         ids = json.dumps(list(item_ids))
         where = "run_id = ? AND status = ? AND item_id IN (SELECT value FROM json_each(?))"
         return self._release(where, (run_id, CLAIMED, ids))
+
+    def release_run_claims(self, run_id: int) -> int:
+        """Give back every claim of a run, after the one process generating it died (see
+        `release_stale_claims`)."""
+        return self._release("run_id = ? AND status = ?", (run_id, CLAIMED))
 
     def release_stale_claims(self) -> int:
         """Claims left by a writer that died with requests out: a new claim row goes (the

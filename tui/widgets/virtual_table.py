@@ -195,7 +195,8 @@ class VirtualTable(ScrollView, can_focus=True):
         old = self.virtual_size
         if size == old:
             return
-        if not self.is_mounted or not height or (old.height > height) != (size.height > height):
+        toggles = (old.height > height) != (size.height > height)
+        if not self.is_mounted or not height or (toggles and self.styles.overflow_y != "scroll"):
             self.virtual_size = size
             return
         self.set_reactive(VirtualTable.virtual_size, size)
