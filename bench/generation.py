@@ -77,6 +77,18 @@ Measured (2 cores shared with a model training run; nice 10; server in a child p
   What is left is contention: the generation thread needs ~65 % of a core at 64 streams and
   holds the GIL meanwhile, and the machine's other load takes the rest; the engine alone
   misses 50 ms on this machine too. Re-measure on a quiet one.
+  quiet (load 0.0-0.7), the engine still on a thread: 64 streams lag p99 36-63 ms, +7 to
+  +15 %; typing 10 keys a second 106-185 ms, of which the filter laid the whole screen out
+  again whenever the box emptied or filled and the table's scrollbar came or went (46 layouts
+  in a pass). Those gone: typing 64 ms, 29-179 ms in other passes (the GIL, shared).
+  after (the run in a process of its own, run_process.py; the filter no longer lays the
+  screen out), three passes at load 0.0-1.3: 64 streams lag p99 13-15 ms, wall +5 to +10 %
+  (8.1 s vs 7.4 s); typing 10 keys a second 29, 42 and 51 ms (26, 35 and 49 in passes of
+  their own), wall +4 to +11 %; 128 streams 23-26 ms, +9 to +22 %, typing 54-57 ms. The
+  slowest key is the first or last of a run (178-278 ms): the run form is disabled or
+  enabled then, which restyles all its widgets. The UI's thread now spends 1.2-1.6 s of
+  CPU on a 64-stream run (the run's process 6.2 s, ~1.2 s of it its imports); a key costs it
+  ~14 ms (a run shown, no run going), two frames of 19 widgets each.
 Goal (issue 16): under a 500-per-minute budget, 2,000 items at concurrency 64 with at most a
 handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), with a 6 s
 minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
