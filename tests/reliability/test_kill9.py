@@ -63,6 +63,26 @@ GRADE = textwrap.dedent(
     """
 )
 
+# What the Generate screen does: the run in a process of its own (tui/engine/run_process.py),
+# the workspace's lock held here. Prints the run process's pid once it has one.
+GENERATE_IN_A_RUN_PROCESS = textwrap.dedent(
+    """
+    import asyncio, sys, openai
+    from tui.engine.run_process import RunProcess
+    from tui.engine.store import Store
+    async def main():
+        store = Store.open(sys.argv[1])
+        client = openai.AsyncOpenAI(base_url=sys.argv[2], api_key=sys.argv[3], max_retries=0)
+        process = RunProcess(store, client, concurrency=int(sys.argv[5]))
+        said = []
+        def on_event(event):
+            if not said:
+                said.append(print(process.pid, flush=True))
+        await process.run(int(sys.argv[4]), on_event)
+    asyncio.run(main())
+    """
+)
+
 JUDGE = {
     "type": "label_model",
     "name": "judge",
@@ -192,6 +212,87 @@ async def test_generation_killed_at_random_points(
     counts = [fake.count(r) for r in requests]
     assert all(c >= 1 for c in counts)
     assert sum(counts) - N <= CONCURRENCY * KILLS, counts
+
+
+async def test_the_app_killed_mid_run_stops_its_run_process(
+    fake: FakeOpenAI, tmp_path: Path
+) -> None:
+    """kill -9 of the app while its run generates in a process of its own: that process
+    notices (its stdin ends), records its in-flight items as cancelled, marks the run
+    cancelled and ends, instead of generating on without the lock; a resume does the rest,
+    asking again only what was in flight."""
+    workspace = tmp_path / "ws"
+    store = Store.open(workspace)
+    requests = [f"kill nine app item {i}" for i in range(N)]
+    dataset = store.create_dataset("d", items=[ItemDraft(r) for r in requests])
+    run_id = create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
+    store.close()
+    app = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            GENERATE_IN_A_RUN_PROCESS,
+            str(workspace),
+            fake.base_url,
+            fake.api_key,
+            str(run_id),
+            str(CONCURRENCY),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert app.stdout is not None
+        child = int(app.stdout.readline())
+        deadline = time.monotonic() + 120
+        while True:
+            looking = Store.open(workspace, read_only=True)
+            done = looking.get_run(run_id).n_done
+            looking.close()
+            if done >= 3:
+                break
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.02)
+    finally:
+        os.kill(app.pid, signal.SIGKILL)
+        app.wait()
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child}").exists() and b"zombie" not in _state(child):
+        assert time.monotonic() < deadline, "the run's process went on after its app died"
+        time.sleep(0.05)
+    looking = Store.open(workspace, read_only=True)
+    try:
+        assert looking.get_run(run_id).status == "cancelled"
+        rows = looking.completions(run_id)
+        statuses = {r.status for r in rows}
+        assert statuses <= {"done", "cancelled"} and "cancelled" in statuses, statuses
+        done_before = {r.item_id for r in rows if r.status == "done"}
+        assert len(done_before) < N
+    finally:
+        looking.close()
+
+    store = Store.open(workspace)
+    try:
+        async with client(fake) as c:
+            finished = await Generator(store, c, concurrency=CONCURRENCY).run(run_id)
+        assert finished.status == "done"
+        assert all(r.status == "done" for r in store.completions(run_id))
+        inputs = {i.id: i.input for i in store.items(dataset)}
+    finally:
+        store.close()
+    assert all(fake.count(inputs[i]) == 1 for i in done_before)
+    counts = [fake.count(r) for r in requests]
+    assert min(counts) >= 1 and sum(counts) - N <= CONCURRENCY, counts
+
+
+def _state(pid: int) -> bytes:
+    """The State line of /proc/<pid>/status ("zombie" once it ended, not yet waited for)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_bytes()
+    except OSError:
+        return b"zombie"
+    return next((line for line in status.splitlines() if line.startswith(b"State:")), b"")
 
 
 @pytest.mark.parametrize("seed", SEEDS)
