@@ -82,13 +82,15 @@ Measured (2 cores shared with a model training run; nice 10; server in a child p
   again whenever the box emptied or filled and the table's scrollbar came or went (46 layouts
   in a pass). Those gone: typing 64 ms, 29-179 ms in other passes (the GIL, shared).
   after (the run in a process of its own, run_process.py; the filter no longer lays the
-  screen out), three passes at load 0.0-1.3: 64 streams lag p99 13-15 ms, wall +5 to +10 %
-  (8.1 s vs 7.4 s); typing 10 keys a second 29, 42 and 51 ms (26, 35 and 49 in passes of
-  their own), wall +4 to +11 %; 128 streams 23-26 ms, +9 to +22 %, typing 54-57 ms. The
-  slowest key is the first or last of a run (178-278 ms): the run form is disabled or
-  enabled then, which restyles all its widgets. The UI's thread now spends 1.2-1.6 s of
-  CPU on a 64-stream run (the run's process 6.2 s, ~1.2 s of it its imports); a key costs it
-  ~14 ms (a run shown, no run going), two frames of 19 widgets each.
+  screen out), five passes at load 0.0-1.3 (the host stealing up to half the CPU time in the
+  last two; the steal is printed now): 64 streams lag p99 13-19 ms, wall +5 to +14 % (median
+  +9 %) against the engine alone; typing 10 keys a second 29, 38, 42, 48 and 51 ms, wall +4
+  to +12 % (median +10 %); 128 streams 23-28 ms, typing 51-75 ms, +6 to +22 %. The slowest
+  key is the first or last of a run (108-339 ms): the run form is disabled or enabled then,
+  which restyles all its widgets (45-55 ms of it in set_running alone). The UI's thread now
+  spends 1.2-1.9 s of CPU on a 64-stream run (the run's process 6.2-7.1 s, ~1.2 s of it its
+  imports); a key costs it ~13 ms with no run going, one frame of 19 widgets (two frames
+  and 15 ms while the filter came through a message).
 Goal (issue 16): under a 500-per-minute budget, 2,000 items at concurrency 64 with at most a
 handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), with a 6 s
 minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
@@ -842,7 +844,7 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
         f"{args.requests} requests, {args.tokens} tokens per reply, "
         f"{args.token_delay * 1000:g} ms per token, server in a {args.server}; "
         f"load average {args.load_before:.1f} before, {os.getloadavg()[0]:.1f} after "
-        f"({os.cpu_count()} CPUs)"
+        f"({os.cpu_count()} CPUs){steal_since(args.cpu_before)}"
     )
     header = (
         f"{'':28} {'wall s':>9} {'speed-up':>9} {'tok/s':>8} {'ttft p50 ms':>12} "
@@ -871,8 +873,29 @@ def print_table(rows: list[Row], baseline: Row, args: argparse.Namespace) -> Non
         print(f"speed-up at concurrency 32: {baseline.seconds / at32.seconds:.1f}× (goal ≥ 25×)")
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's CPU time by kind (/proc/stat's first line), None where there is none."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(x) for x in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_since(before: list[int] | None) -> str:
+    """ "; 23 % of the CPU time stolen by the host": a virtual machine's CPUs taken by its
+    neighbours, which no load average shows and which slows every figure (None: nothing)."""
+    after = cpu_times()
+    if before is None or after is None or len(after) < 8:
+        return ""
+    spent = [a - b for a, b in zip(after, before, strict=False)]
+    total = sum(spent[:8])
+    return f"; {spent[7] / total * 100:.0f} % of the CPU time stolen by the host" if total else ""
+
+
 async def main_async(args: argparse.Namespace) -> None:
     args.load_before = os.getloadavg()[0]
+    args.cpu_before = cpu_times()
     budget_line = None
     if args.budget:
         print(f"engine under a {args.budget}/min budget…", flush=True)

@@ -3,8 +3,8 @@ reads it (`ItemFilterBar`: the box and the "12 of 386 items" count beside it).
 
 It is a module of its own because the query language (request words, `status:` words) and
 the box's typing cost are questions of their own, apart from how the run is drawn: the bar
-says what the user typed (`Changed`) and when they go back to the table (`Done`); the live
-view (live.py) applies the filter to its table."""
+says when the user goes back to the table (`Done`); the live view (live.py) watches what is
+typed and applies the filter to its table."""
 
 from __future__ import annotations
 
@@ -86,15 +86,9 @@ class FilterBox(Input):
 
 
 class ItemFilterBar(Horizontal):
-    """The filter box and its count. Posts `Changed` with each new query and `Done` when the
-    user leaves the box for the table (enter, or esc: which must not reach the screen,
-    where it cancels the run)."""
-
-    @dataclass
-    class Changed(Message):
-        """The query in the box changed; `filter` is what it keeps."""
-
-        filter: ItemFilter
+    """The filter box and its count. Posts `Done` when the user leaves the box for the table
+    (enter, or esc: which must not reach the screen, where it cancels the run); what is
+    typed, the live view reads from the box's value as it changes."""
 
     class Done(Message):
         """enter or esc in the box: back to the table (the filter stays)."""
@@ -128,8 +122,7 @@ class ItemFilterBar(Horizontal):
 
     @on(Input.Changed, "#item-filter")
     def _changed(self, event: Input.Changed) -> None:
-        event.stop()
-        self.post_message(self.Changed(ItemFilter.parse(event.value)))
+        event.stop()  # the live view watches the box's value itself (see LiveRunView)
 
     @on(Input.Submitted, "#item-filter")
     def _submitted(self, event: Input.Submitted) -> None:

@@ -223,6 +223,7 @@ class LiveRunView(Vertical):
 
     def on_mount(self) -> None:
         on_repaint(self, self._repaint)
+        self.watch(self.filter_box, "value", self._filter_typed, init=False)
 
     # -- the panels ----------------------------------------------------------------------
 
@@ -279,10 +280,11 @@ class LiveRunView(Vertical):
 
     # -- the item filter -------------------------------------------------------------------
 
-    @on(ItemFilterBar.Changed)
-    def _filter_changed(self, event: ItemFilterBar.Changed) -> None:
-        event.stop()
-        self.filter = event.filter
+    def _filter_typed(self, query: str) -> None:
+        # Watched, not messaged: applied while the key is handled, so that the box and the
+        # table are drawn in one frame (a message's hop let a frame in between: two a key,
+        # 15 ms of the UI's CPU a key instead of 13).
+        self.filter = ItemFilter.parse(query)
         self._apply_filter(keep_cursor=False)
 
     @on(ItemFilterBar.Done)
