@@ -113,6 +113,24 @@ def judge() -> Iterator[FakeOpenAI]:
         yield server
 
 
+def make_run(workspace: Path, requests: list[str]) -> tuple[int, int]:
+    """A workspace holding a dataset of `requests` and a run over it: (dataset, run)."""
+    store = Store.open(workspace)
+    try:
+        dataset = store.create_dataset("d", items=[ItemDraft(r) for r in requests])
+        return dataset, create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
+    finally:
+        store.close()
+
+
+def start_child(
+    script: str, workspace: Path, server: FakeOpenAI, target: int, **popen: Any
+) -> subprocess.Popen[str]:
+    """`script` in a child process: the workspace, the server and the run (or eval run)."""
+    args = [str(workspace), server.base_url, server.api_key, str(target), str(CONCURRENCY)]
+    return subprocess.Popen([sys.executable, "-c", script, *args], cwd=ROOT, text=True, **popen)
+
+
 def kill_at_random_point(
     script: str,
     workspace: Path,
@@ -124,19 +142,7 @@ def kill_at_random_point(
 ) -> int:
     """Start the child on the workspace, wait (with a deadline) until `progress` reaches `at`,
     wait a random moment more, SIGKILL it. Returns the progress seen after the kill."""
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            script,
-            str(workspace),
-            server.base_url,
-            server.api_key,
-            str(target),
-            str(CONCURRENCY),
-        ],
-        cwd=ROOT,
-    )
+    proc = start_child(script, workspace, server, target)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -172,11 +178,8 @@ async def test_generation_killed_at_random_points(
 ) -> None:
     rng = random.Random(seed)
     workspace = tmp_path / "ws"
-    store = Store.open(workspace)
     requests = [f"kill nine generation {seed} item {i}" for i in range(N)]
-    dataset = store.create_dataset("d", items=[ItemDraft(r) for r in requests])
-    run_id = create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
-    store.close()
+    dataset, run_id = make_run(workspace, requests)
 
     def done(s: Store) -> int:
         return s.get_run(run_id).n_done
@@ -222,26 +225,9 @@ async def test_the_app_killed_mid_run_stops_its_run_process(
     cancelled and ends, instead of generating on without the lock; a resume does the rest,
     asking again only what was in flight."""
     workspace = tmp_path / "ws"
-    store = Store.open(workspace)
     requests = [f"kill nine app item {i}" for i in range(N)]
-    dataset = store.create_dataset("d", items=[ItemDraft(r) for r in requests])
-    run_id = create_run(store, RunSpec(dataset_id=dataset, model="fake-model"))
-    store.close()
-    app = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            GENERATE_IN_A_RUN_PROCESS,
-            str(workspace),
-            fake.base_url,
-            fake.api_key,
-            str(run_id),
-            str(CONCURRENCY),
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    dataset, run_id = make_run(workspace, requests)
+    app = start_child(GENERATE_IN_A_RUN_PROCESS, workspace, fake, run_id, stdout=subprocess.PIPE)
     try:
         assert app.stdout is not None
         child = int(app.stdout.readline())

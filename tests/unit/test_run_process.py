@@ -55,6 +55,21 @@ async def until(condition: Callable[[], bool], timeout: float = 60) -> None:
         await asyncio.sleep(0.02)
 
 
+async def running(
+    store: Store, client: openai.AsyncOpenAI, run_id: int
+) -> tuple[RunProcess, asyncio.Task[RunFinished]]:
+    """A run started in its own process, once its first three items are streaming."""
+    started: list[int] = []
+    process = RunProcess(store, client, concurrency=3)
+    task = asyncio.create_task(
+        process.run(
+            run_id, lambda e: started.append(e.item_id) if isinstance(e, ItemStarted) else None
+        )
+    )
+    await until(lambda: len(started) >= 3)
+    return process, task
+
+
 async def test_a_run_in_its_own_process_reaches_the_parent_and_the_workspace(
     store: Store,
 ) -> None:
@@ -98,15 +113,7 @@ async def test_cancel_records_in_flight_items_and_a_resume_does_the_rest(store: 
     run_id = make_run(store)
     with FakeOpenAI(tokens_per_reply=10, token_delay=0.2) as fake:
         async with client_of(fake) as client:
-            started: list[int] = []
-            process = RunProcess(store, client, concurrency=3)
-            task = asyncio.create_task(
-                process.run(
-                    run_id,
-                    lambda e: started.append(e.item_id) if isinstance(e, ItemStarted) else None,
-                )
-            )
-            await until(lambda: len(started) >= 3)
+            process, task = await running(store, client, run_id)
             process.cancel()
             finished = await task
             assert finished.status == "cancelled"
@@ -126,15 +133,7 @@ async def test_a_killed_run_process_fails_the_run_and_leaves_nothing_claimed(
     run_id = make_run(store)
     with FakeOpenAI(tokens_per_reply=10, token_delay=0.2) as fake:
         async with client_of(fake) as client:
-            started: list[int] = []
-            process = RunProcess(store, client, concurrency=3)
-            task = asyncio.create_task(
-                process.run(
-                    run_id,
-                    lambda e: started.append(e.item_id) if isinstance(e, ItemStarted) else None,
-                )
-            )
-            await until(lambda: len(started) >= 3)
+            process, task = await running(store, client, run_id)
             assert process.pid is not None
             os.kill(process.pid, signal.SIGKILL)
             finished = await task
@@ -155,15 +154,7 @@ async def test_the_run_stops_as_a_cancel_when_its_parent_goes(store: Store) -> N
     run_id = make_run(store)
     with FakeOpenAI(tokens_per_reply=10, token_delay=0.2) as fake:
         async with client_of(fake) as client:
-            started: list[int] = []
-            process = RunProcess(store, client, concurrency=3)
-            task = asyncio.create_task(
-                process.run(
-                    run_id,
-                    lambda e: started.append(e.item_id) if isinstance(e, ItemStarted) else None,
-                )
-            )
-            await until(lambda: len(started) >= 3)
+            process, task = await running(store, client, run_id)
             child = process._proc
             assert child is not None and child.stdin is not None
             child.stdin.close()  # what the kernel does to the pipe when the parent dies
