@@ -169,3 +169,15 @@ def test_a_run_process_writes_only_under_its_parents_lock(store: Store) -> None:
     # Here the lock's holder is this process itself, not its parent: refused, and why.
     with pytest.raises(WorkspaceError, match="writes only under its parent's lock"):
         Store.open_for_run(store.directory)
+
+
+async def test_a_run_process_that_cannot_start_fails_the_run_saying_so(store: Store) -> None:
+    # An interpreter that cannot run the engine (here one that exits at once with 1).
+    run_id = make_run(store, 3)
+    with FakeOpenAI() as fake:
+        async with client_of(fake) as client:
+            finished = await RunProcess(store, client, python="/bin/false").run(run_id)
+    assert finished.status == "failed"
+    assert finished.message.startswith("the run's process ended unexpectedly (exit code 1)")
+    assert store.get_run(run_id).status == "failed"
+    assert store.completions(run_id) == [] and fake.chat_requests == []
