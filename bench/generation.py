@@ -26,16 +26,18 @@ tokens per reply, one every --token-delay seconds:
     app's own loop, and for each concurrency:
       · its wall time against the engine alone at that concurrency (goal: within 10 %) and
         CPU against CPU;
-      · the CPU of each thread of the process (the UI's MainThread, the generation's
-        generate-run-N, the store's writer), read from /proc: the kernel's accounting,
-        which waiting for a CPU on a loaded machine does not inflate;
+      · the CPU of each thread of the app's process (the UI's MainThread, a batch run's
+        thread, the store's writer), read from /proc: the kernel's accounting, which
+        waiting for a CPU on a loaded machine does not inflate; and that of the run's own
+        process (tui/engine/run_process.py; its imports included), once it has ended;
       · per second: chunks streamed, repaints of the live view, frames composed, events
         applied to the live view, completions committed;
       · with --keys RATE (10): a second pass typing into the item filter (/) at RATE keys a
         second while the run goes, with its lag p99 and each key's time until the filter box
         changed;
-      · unless --no-profile: a third pass under cProfile, every thread with its own CPU
-        clock (time.thread_time), its CPU split into phases by the code that spent it (SSE
+      · unless --no-profile: a third pass under cProfile, every thread of the app's process
+        (not the run's own process) with its own CPU clock (time.thread_time), its CPU
+        split into phases by the code that spent it (SSE
         parsing and HTTP in the SDK, the engine's bookkeeping, store commits, the live
         view's repaints, Textual's messages/layout and its rendering, the asyncio loop;
         --profile-top N lists the costliest functions of each phase, --profile-dump writes
