@@ -78,11 +78,8 @@ class FilterBox(Input):
 
     @property
     def content_width(self) -> int:
-        return max(self.value_width, self.scrollable_content_region.width)
-
-    @property
-    def value_width(self) -> int:
-        return cell_len(self.value) + 1  # the cursor's cell after the text
+        # The text and the cursor's cell after it, never the placeholder.
+        return max(cell_len(self.value) + 1, self.scrollable_content_region.width)
 
 
 class ItemFilterBar(Horizontal):

@@ -148,8 +148,9 @@ class RunProcess:
 
     def _say(self, line: str) -> None:
         proc = self._proc
-        if proc is None or proc.stdin is None or proc.stdin.is_closing():
+        if proc is None or _closing(proc):
             return
+        assert proc.stdin is not None
         with contextlib.suppress(ConnectionError, RuntimeError):
             proc.stdin.write(f"{line}\n".encode())
 

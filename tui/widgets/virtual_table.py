@@ -189,8 +189,9 @@ class VirtualTable(ScrollView, can_focus=True):
     def _set_virtual_size(self, size: Size) -> None:
         """A new number of rows. Setting `virtual_size` lays the whole screen out again, which
         costs a frame tens of milliseconds: a filter typed into sets rows on every key. When
-        the vertical scrollbar stays as it is (shown, or not needed, before and after), the
-        size and the scrollbar's thumb are updated in place, as a layout would."""
+        the vertical scrollbar stays as it is (shown, or not needed, before and after; always
+        shown with `overflow-y: scroll`), the size and the scrollbar's thumb are updated in
+        place, as a layout would."""
         height = self.container_size.height
         old = self.virtual_size
         if size == old:
