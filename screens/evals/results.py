@@ -9,6 +9,7 @@ something changed."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,6 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Static
 
 from screens.evals.dialogs import ResultItemDialog, results_export_dialog
 from screens.grades import score_text, verdict
@@ -28,7 +28,10 @@ from tui.engine.eval_views import ALL, LiveResults, describe_filter, result_filt
 from tui.engine.evals import ResultRow, export_results
 from tui.engine.store import Store
 from tui.widgets.progress_line import REPAINT_HZ
+from tui.widgets.steady_static import SteadyStatic
 from tui.widgets.virtual_table import Column, RowView, VirtualTable
+
+SUMMARY_HZ = 4  # the grader summary's redraws a second at most (see repaint)
 
 FIXED_COLUMNS = (
     Column("#", width=5, justify="right"),
@@ -121,12 +124,16 @@ class ResultsPanel(Vertical):
         self.filter = ALL
         self.sort: str | None = None
         self._painted: tuple[Any, ...] = ()
+        self._summarised: tuple[Any, ...] = ()  # the eval run and version the summary shows
+        self._summarised_at = 0.0
 
     def compose(self) -> ComposeResult:
-        yield Static("", id="grader-summary")
-        yield Static("", id="result-view-line")
+        # Redrawn up to REPAINT_HZ times a second while judges answer: laid out again only
+        # when their text needs another height.
+        yield SteadyStatic("", id="grader-summary")
+        yield SteadyStatic("", id="result-view-line")
         yield VirtualTable(FIXED_COLUMNS, cell_style=self._cell_style, id="result-table")
-        yield Static("", id="result-detail")
+        yield SteadyStatic("", id="result-detail")
 
     def on_mount(self) -> None:
         self.set_interval(1 / REPAINT_HZ, self.repaint)
@@ -227,23 +234,29 @@ class ResultsPanel(Vertical):
         if live is not None:
             live.catch_up()  # a runner on its own thread: its events since the last repaint
         key = (id(live), live.version if live else -1, self.filter, self.sort)
-        if key == self._painted and not force:
-            return
-        self._painted = key
-        self.shown = result_view(live.rows, self.filter, self.sort) if live else []
-        self.table.set_rows(RowView(self.shown, self._cells), keep_cursor=True)
-        self._show_summary()
-        self._show_view_line()
-        self._show_detail()
+        if key != self._painted or force:
+            self._painted = key
+            self.shown = result_view(live.rows, self.filter, self.sort) if live else []
+            self.table.set_rows(RowView(self.shown, self._cells), keep_cursor=True)
+            self._show_view_line()
+            self._show_detail()
+        # The summary's rich Table takes ~7 ms to draw, as long as the whole results table: it
+        # is redrawn at most SUMMARY_HZ times a second, and always once the counts settle.
+        counts = key[:2]
+        now = time.monotonic()
+        if counts != self._summarised and (force or now - self._summarised_at >= 1 / SUMMARY_HZ):
+            self._summarised, self._summarised_at = counts, now
+            self._show_summary()
 
     def _show_summary(self) -> None:
-        summary = self.query_one("#grader-summary", Static)
+        summary = self.query_one("#grader-summary", SteadyStatic)
         live = self.live
         if live is None or not live.graders:
             summary.display = False
             return
         summary.display = True
-        summary.update(summary_table(live))
+        # A header, its rule and a line per grader (no cell wraps).
+        summary.show(summary_table(live), lines=len(live.graders) + 2)
 
     def _show_view_line(self) -> None:
         live = self.live
@@ -253,13 +266,13 @@ class ResultsPanel(Vertical):
             text.append(f" · {describe_filter(self.filter)}")
             text.append(f" · by {self.sort + ' score' if self.sort else 'item'}")
             text.append("   f filter · s sort · enter opens · x export", style="dim")
-        self.query_one("#result-view-line", Static).update(text)
+        self.query_one("#result-view-line", SteadyStatic).show(text)
 
     def _show_detail(self) -> None:
-        detail = self.query_one("#result-detail", Static)
+        detail = self.query_one("#result-detail", SteadyStatic)
         row, live = self.current_row(), self.live
         if row is None or live is None:
-            detail.update(
+            detail.show(
                 Text("No items match the filter.", style="dim")
                 if live is not None and live.rows
                 else ""
@@ -276,7 +289,7 @@ class ResultsPanel(Vertical):
             mark, style = verdict(grade)
             text.append(f"\n{mark} {name}: ", style=f"bold {style}")
             text.append(grade.detail)
-        detail.update(text)
+        detail.show(text)
 
     # -- export ------------------------------------------------------------------------------
 

@@ -356,7 +356,7 @@ class EvalsScreen(DistillScreen):
     def _set_running(self, running: bool) -> None:
         self.editor.disabled = running
         self.refresh_bindings()
-        self.results.repaint()
+        self.results.repaint(force=True)  # the summary too: its final counts at once
         self._show_status()
 
     def action_cancel_grading(self) -> None:

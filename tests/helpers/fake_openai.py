@@ -56,7 +56,7 @@ attempts are counted per distinct last user message (`server.count(text)`).
 
 The server runs uvicorn in a background thread with its own event loop (`FakeOpenAI`), or as
 a child process (`FakeOpenAIProcess`, for benchmarks that must not share the GIL with the
-client; default behaviour only, no policy). `python -m tests.helpers.fake_openai --help`.
+client; no policy, the reply chosen by name). `python -m tests.helpers.fake_openai --help`.
 """
 
 from __future__ import annotations
@@ -307,6 +307,17 @@ def marker_action(ctx: RequestContext, hang_seconds: float) -> Action | None:
 
 def echo(messages: Sequence[Message]) -> str:
     return "echo: " + last_user(messages)
+
+
+def judge(messages: Sequence[Message]) -> str:
+    """A label_model judge's verdict: pass when the answer graded (after "Answer: " in the
+    last user message, as tests/helpers/judges.py asks) is a git command, fail otherwise."""
+    answer = last_user(messages).split("Answer: ", 1)[-1]
+    label = "pass" if answer.strip().startswith("git ") else "fail"
+    return json.dumps({"label": label, "reason": "judged by the fake server"})
+
+
+REPLIES: dict[str, Callable[[Sequence[Message]], str]] = {"echo": echo, "judge": judge}
 
 
 def last_user(messages: Sequence[Message]) -> str:
@@ -1554,8 +1565,9 @@ def like_openai(**kw: Any) -> FakeOpenAI:
 
 
 class FakeOpenAIProcess:
-    """The fake server as a child process (default behaviour; no policy, no records): for
-    benchmarks, so the server's work doesn't compete with the client for the GIL."""
+    """The fake server as a child process (no policy, no records; the reply by name, "echo"
+    or "judge"): for benchmarks, so the server's work doesn't compete with the client for the
+    GIL."""
 
     def __init__(
         self,
@@ -1567,8 +1579,10 @@ class FakeOpenAIProcess:
         rate_limits: RateLimits | None = None,
         batches: bool = False,
         batch_seconds: float = 0.5,
+        reply: str = "echo",
     ) -> None:
         self.api_key = api_key
+        self.reply = reply  # a name in REPLIES: a function cannot cross to the child
         self.tokens_per_reply = tokens_per_reply
         self.token_delay = token_delay
         self.markers = markers
@@ -1584,7 +1598,7 @@ class FakeOpenAIProcess:
 
     def start(self, timeout: float = 30.0) -> FakeOpenAIProcess:
         args = [sys.executable, "-m", "tests.helpers.fake_openai", "--api-key", self.api_key]
-        args += ["--token-delay", str(self.token_delay)]
+        args += ["--token-delay", str(self.token_delay), "--reply", self.reply]
         if self.tokens_per_reply is not None:
             args += ["--tokens", str(self.tokens_per_reply)]
         if not self.markers:
@@ -1648,6 +1662,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=None, help="tokens per reply")
     parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
     parser.add_argument("--no-markers", action="store_true", help="ignore FAIL500, HANG...")
+    parser.add_argument(
+        "--reply", choices=sorted(REPLIES), default="echo", help="what a reply says (echo)"
+    )
     parser.add_argument("--rpm", type=int, default=None, help="requests per minute budget")
     parser.add_argument("--tpm", type=int, default=None, help="tokens per minute budget")
     parser.add_argument(
@@ -1663,6 +1680,7 @@ def main(argv: list[str] | None = None) -> None:
         limits = RateLimits(requests=args.rpm, tokens=args.tpm, minute=args.minute)
     server = FakeOpenAI(
         api_key=args.api_key,
+        reply=REPLIES[args.reply],
         tokens_per_reply=args.tokens,
         token_delay=args.token_delay,
         markers=not args.no_markers,

@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -252,6 +253,40 @@ async def test_results_filter_sort_open_and_export(store: Store) -> None:
         assert len(exported) == 1 and exported[0].count == 10
         with exported[0].path.open(encoding="utf-8") as fh:
             assert len(list(csv.DictReader(fh))) == 10
+
+
+class ScreenStyledResults(ResultsApp):
+    """The results panel with the Evals screen's stylesheet (its sizes and heights)."""
+
+    CSS_PATH = str(Path(__file__).resolve().parents[2] / "screens" / "evals" / "evals.tcss")
+
+
+async def test_moving_through_results_keeps_the_table_in_place(store: Store) -> None:
+    """Rows fail different graders, so the detail under the table says different things
+    (nothing, one failure, two); the table stays where it is as the cursor moves, and the
+    detail names each row's failures."""
+    work = build(store, roles=("student",))
+    eval_id = create_eval(store, "git commands", GIT_GRADERS)
+    eval_run_id = start_eval_run(store, eval_id, work.runs["student"])
+    await EvalRunner(store).run(eval_run_id)
+    messages: list[Message] = []
+    async with running(ScreenStyledResults(store), messages) as pilot:
+        panel = pilot.app.query_one(ResultsPanel)
+        panel.show(LiveResults.load(store, eval_run_id))
+        await pilot.pause()
+        table = panel.table.region
+        failures = set()
+        for _ in range(panel.table.row_count):
+            row = panel.current_row()
+            assert row is not None
+            detail = shown(panel.query_one("#result-detail", Static))
+            failing = [name for name in ("command match", "exact match") if row.failing(name)]
+            failures.add(len(failing))
+            for name in failing:
+                assert f"{name}:" in detail, (row.input, detail)
+            assert panel.table.region == table
+            await pilot.press("down")
+        assert failures == {0, 1, 2}  # the rows did say different things
 
 
 # -- the target line ---------------------------------------------------------------------------
