@@ -33,10 +33,10 @@ Measured (defaults, quiet: load 0.4-0.9, 0-1 % stolen):
   cursor, whose height changed as the cursor moved between rows with more or fewer
   failures; the summary's rich Table took ~7 ms a draw, as long as the whole results table.
   after (SteadyStatic: a layout only when a text needs another height; the detail a fixed 5
-  lines; the summary redrawn 4 times a second and at once when grading ends): 64 judges
-  27 ms, +3 %; keys 40 ms, +7 %; 128 judges 83 ms, keys 106 ms (a shorter run, 8 s, whose
-  start weighs more: the runner alone's own loop lags 193 ms there); the UI's thread 3.2 s
-  (5.0 s with keys).
+  lines; the summary redrawn 4 times a second and at once when grading ends), two passes:
+  64 judges 27 and 25 ms, +3 and +1 %; keys 40 and 41 ms, +7 and +3 %; 128 judges 83 and
+  72 ms, keys 106 and 105 ms (a shorter run, 8 s, whose start weighs more: the runner
+  alone's own loop lags 160-193 ms there); the UI's thread 3.2 s (5.0 s with keys).
 """
 
 from __future__ import annotations
