@@ -637,6 +637,25 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def app_settings(server: Any, workspace: Path, concurrency: int, model: str) -> Any:
+    """The app's settings for a headless benchmark: the fake server as an OpenAI-compatible
+    URL for every role, `model` for each, and a config file of its own beside the workspace
+    (never the user's, which could name another backend or key)."""
+    from tui.engine.settings import Settings
+
+    os.environ["DISTILL_CONFIG"] = str(workspace.parent / "config.toml")
+    return Settings(
+        backend="url",
+        base_url=server.base_url,
+        api_key=server.api_key,
+        student_model=model,
+        teacher_model=model,
+        judge_model=model,
+        concurrency=concurrency,
+        workspace=workspace,
+    )
+
+
 async def tui_run(
     server: Any,
     requests: list[str],
@@ -662,23 +681,12 @@ async def tui_run(
 
     from screens.generate import GenerateScreen
     from tui.app import DistillApp
-    from tui.engine.settings import Settings
 
     figures = TuiFigures(profiled=profile)
     with tempfile.TemporaryDirectory(prefix="bench-tui-") as tmp:
-        # Never the user's own config file (it could name another backend or key).
-        os.environ["DISTILL_CONFIG"] = str(Path(tmp) / "config.toml")
         store = Store.open(Path(tmp) / "ws")
         store.create_dataset("git", SYSTEM, [ItemDraft(r) for r in requests])
-        settings = Settings(
-            backend="url",
-            base_url=server.base_url,
-            api_key=server.api_key,
-            student_model=MODEL,
-            teacher_model=MODEL,
-            concurrency=concurrency,
-            workspace=Path(tmp) / "ws",
-        )
+        settings = app_settings(server, Path(tmp) / "ws", concurrency, MODEL)
         app = DistillApp(settings=settings, store=store, start_backend=True)
         # Wrapped before the screen mounts (its repaint timer holds the method it was given).
         async with contextlib.AsyncExitStack() as stack:

@@ -55,7 +55,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.generation import LagMonitor, ThreadCpu, cpu_times, steal_since  # noqa: E402
+from bench.generation import (  # noqa: E402
+    LagMonitor,
+    ThreadCpu,
+    app_settings,
+    cpu_times,
+    steal_since,
+)
 from tests.helpers.fake_openai import FakeOpenAIProcess  # noqa: E402
 from tests.helpers.judges import JUDGE  # noqa: E402
 from tui.engine.datasets import ItemDraft  # noqa: E402
@@ -145,22 +151,10 @@ async def screen_run(
     """The Evals screen grading the run with `g`, headless; the app's loop lag meanwhile."""
     from screens.evals import EvalsScreen
     from tui.app import DistillApp
-    from tui.engine.settings import Settings
 
     with tempfile.TemporaryDirectory(prefix="bench-judges-tui-") as tmp:
-        # Never the user's own config file (it could name another backend or key).
-        os.environ["DISTILL_CONFIG"] = str(Path(tmp) / "config.toml")
         store, _eval_id, _run_id = build_workspace(Path(tmp) / "ws", n)
-        settings = Settings(
-            backend="url",
-            base_url=server.base_url,
-            api_key=server.api_key,
-            student_model=MODEL,
-            teacher_model=MODEL,
-            judge_model=MODEL,
-            concurrency=concurrency,
-            workspace=Path(tmp) / "ws",
-        )
+        settings = app_settings(server, Path(tmp) / "ws", concurrency, MODEL)
         app = DistillApp(settings=settings, store=store, start_backend=True)
         sent = [0]
         async with app.run_test(size=(160, 50)) as pilot:
