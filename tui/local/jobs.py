@@ -34,6 +34,11 @@ from tui.local.lifetime import die_with_parent
 
 log = logging.getLogger("distill.local.jobs")
 
+
+def _trainer_dies_with_server() -> None:
+    die_with_parent(signal.SIGKILL)
+
+
 # Seconds a cancelled / stopped trainer gets to exit on SIGTERM before SIGKILL.
 TERMINATE_GRACE = 10.0
 
@@ -387,8 +392,11 @@ class JobManager:
                 stderr=stderr_log,
                 env=env,
                 limit=1 << 20,
-                # The trainer dies with the server, even when the server is SIGKILLed.
-                preexec_fn=die_with_parent if sys.platform.startswith("linux") else None,
+                # The trainer dies with the server, even when the server is SIGKILLed: at
+                # once (SIGKILL), since no one is left to read its work, and a SIGTERM waits
+                # for the trainer's main thread to leave the C call it is in (a torch import
+                # or op under load: a fresh-clone CI once saw it alive 15 s after the server).
+                preexec_fn=_trainer_dies_with_server if sys.platform.startswith("linux") else None,
             )
         except OSError as exc:
             stderr_log.close()
