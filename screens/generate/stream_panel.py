@@ -12,15 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
-from textual.geometry import Size
 from textual.widgets import Static
 
 from tui.engine.store import Item
+from tui.widgets.steady_static import NO_SIZE
 
 if TYPE_CHECKING:
     from screens.generate.live import LiveRun
 
-NO_SIZE = Size(0, 0)  # get_content_height's container and viewport: unused by a Static
 # What the stream panel says for an item with no text yet.
 EMPTY_BODY = {
     "streaming": "… (waiting for the first token)",
