@@ -356,6 +356,7 @@ class RecordedRequest:
     time: float  # time.monotonic() when it arrived
     key: str = ""  # chat: the last user message
     attempt: int = 0  # chat: attempt number for that key
+    chat_n: int = 0  # chat: 1-based over the chat requests (RequestContext.n)
     action: Action | None = None
     status: int | None = None  # the status sent (None: no answer started)
     # pending | streaming | ok | error (an error status was sent) | cut | disconnected (the
@@ -441,6 +442,20 @@ class _Job:
     played: int = 0  # timeline entries applied so far
     events: list[dict[str, Any]] = field(default_factory=list)  # oldest first
     checkpoints: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _attempt_key(record: RecordedRequest) -> str | None:
+    """The key a chat request's attempts are counted under (its last user message), or None
+    for anything the chat handler refuses before counting (not a chat request, a bad body,
+    a parameter OpenAI refuses)."""
+    if (record.method, record.path.rstrip("/")) != ("POST", "/v1/chat/completions"):
+        return None
+    body = record.body
+    if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
+        return None
+    if _refused_by_openai(body) is not None:
+        return None
+    return last_user(body["messages"])
 
 
 def _refused_by_openai(body: dict[str, Any]) -> tuple[str, str | None, str] | None:
@@ -602,6 +617,14 @@ class FakeOpenAIApp:
                 raw=raw,
                 query=scope.get("query_string", b"").decode("latin-1"),
             )
+            # A chat request is counted as it is recorded, under the same lock: a test that
+            # reads the requests while one is still arriving never sees it half-filled.
+            key = _attempt_key(record)
+            if key is not None:
+                self.chat_count += 1
+                self.attempts[key] = self.attempts.get(key, 0) + 1
+                record.key, record.attempt = key, self.attempts[key]
+                record.chat_n = self.chat_count
             self.requests.append(record)
         gone = asyncio.Event()
         watcher = asyncio.ensure_future(self._watch(receive, gone))
@@ -1038,22 +1061,18 @@ class FakeOpenAIApp:
         refused = _refused_by_openai(body)
         if refused is not None:
             message, code, param = refused
-            action = Action(status=400, error_message=message, error_code=code)
-            await self._error(record, send, action, param=param)
+            refusal = Action(status=400, error_message=message, error_code=code)
+            await self._error(record, send, refusal, param=param)
             return
-        key = last_user(body["messages"])
+        ctx = RequestContext(
+            n=record.chat_n,
+            key=record.key,
+            attempt=record.attempt,
+            body=body,
+            headers=record.headers,
+        )
         with self.lock:
-            self.chat_count += 1
-            self.attempts[key] = self.attempts.get(key, 0) + 1
-            ctx = RequestContext(
-                n=self.chat_count,
-                key=key,
-                attempt=self.attempts[key],
-                body=body,
-                headers=record.headers,
-            )
             policy = self.policy
-        record.key, record.attempt = key, ctx.attempt
         action = policy(ctx) if policy is not None else None
         if action is None and self.markers:
             action = marker_action(ctx, self.hang_seconds)
