@@ -162,6 +162,8 @@ class RunFormPanel(Vertical):
             yield from field(
                 "Send as", Select(modes, value="live", allow_blank=False, id="mode", compact=True)
             )
+        # In the form's place while a run goes (set_running).
+        yield Static("", id="run-settings", markup=False)
         yield Static("", id="estimate")
         with Horizontal(id="gen-buttons"):
             yield Button("Start ^s", id="start", variant="primary", compact=True)
@@ -212,11 +214,24 @@ class RunFormPanel(Vertical):
         event.stop()
         self.post_message(self.CancelRequested())
 
-    def set_running(self, running: bool) -> None:
-        """While a run goes: the form and Start/Resume are disabled and Cancel is shown."""
-        self.query_one("#gen-form").disabled = running
-        self.query_one("#start", Button).disabled = running
-        self.query_one("#resume", Button).disabled = running
+    def set_running(self, running: bool, settings: Text | None = None) -> None:
+        """While a run goes, the form (and its estimate) gives its place to `settings`, what
+        the run was started with, and Cancel replaces Start and Resume.
+
+        Hidden, not disabled: disabling the form restyled its ~200 widgets (with Select's
+        parts) at each start and end of a run, 150–290 ms in which no key was read (the
+        slowest key of bench/generation.py's typing pass); hiding it lays the panel out
+        again, ~40 ms. Hidden widgets take no focus, clicks or keys."""
+        form = self.query_one("#gen-form")
+        if running and form.has_focus_within:
+            self.screen.set_focus(None)
+        form.display = not running
+        self.query_one("#estimate").display = not running
+        summary = self.query_one("#run-settings", Static)
+        summary.update(settings if running and settings is not None else "")
+        summary.display = running
+        self.query_one("#start", Button).display = not running
+        self.query_one("#resume", Button).display = not running
         cancel = self.query_one("#cancel", Button)
         cancel.display = running
         cancel.disabled = False

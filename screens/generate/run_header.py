@@ -1,6 +1,8 @@
 """The two lines above the run's items: its title (`RunTitle`: model, role, split, few-shot
 retrieval, samples and vote, metadata) and, for a run sent as batches, its batches' line
-(`BatchLine`: their status, the requests answered and failed, and the window).
+(`BatchLine`: their status, the requests answered and failed, and the window). Also the
+settings a going run was started with (`run_settings`), which the form panel shows in the
+form's place while the run goes.
 
 A module of its own because these lines describe the run, not its items: the title is drawn
 once per run, and the batch line only when a batch moves (the live view, live.py, decides
@@ -36,6 +38,56 @@ def run_title(run: RunInfo) -> Text:
     if run.metadata:
         parts.append(format_metadata(run.metadata))
     return Text(" · ".join(parts), style="bold")
+
+
+# The system prompt in a going run's settings: its first lines, enough to recognise it.
+SETTINGS_PROMPT_CHARS = 240
+
+
+def run_settings(run: RunInfo, budget: float | None, *, batch: bool) -> Text:
+    """What a going run was started with, one setting a line under the form's own labels:
+    the form is hidden while a run goes, and its fields may not be what the run used (a
+    resumed run keeps its own)."""
+    sampling = run.params.get("sampling", {})
+
+    def given(name: str) -> str:
+        value = sampling.get(name)
+        return "default" if value is None else str(value)
+
+    k = int(run.params.get("retrieve_k", 0))
+    few_shot = "0"
+    if k:
+        where = "the labelled pool" if "retrieve_from" in run.params else "train"
+        few_shot = f"{k} from {where}"
+    samples = int(run.params.get("samples", 1))
+    rows = [
+        ("Model", run.model),
+        ("Role", run.role or "none"),
+        ("Split", run.split or "all"),
+        ("Temperature", given("temperature")),
+        ("Max tokens", given("max_tokens")),
+        ("Seed", "none" if sampling.get("seed") is None else str(sampling["seed"])),
+        ("Metadata", format_metadata(run.metadata) or "none"),
+        ("Few-shot k", few_shot),
+        (
+            "Samples n",
+            f"{samples}, vote {run.params.get('vote', 'normalised')}" if samples > 1 else "1",
+        ),
+        ("Budget $", "no cap" if budget is None else f"{budget:g}"),
+        ("Send as", "batch (≤ 24 h)" if batch else "live requests"),
+    ]
+    text = Text()
+    text.append(f"Run {run.id} is going", style="bold")
+    text.append(" · esc cancels\n\n")
+    for label, value in rows:
+        text.append(f"{label:<12}", style="dim")
+        text.append(f"{value}\n")
+    prompt = run.system_prompt.strip()
+    if len(prompt) > SETTINGS_PROMPT_CHARS:
+        prompt = prompt[: SETTINGS_PROMPT_CHARS - 1].rstrip() + "…"
+    text.append("\nSystem prompt\n", style="dim")
+    text.append(prompt or "none")
+    return text
 
 
 def _duration(seconds: float) -> str:

@@ -16,6 +16,7 @@ import asyncio
 from functools import partial
 
 from openai import AsyncOpenAI
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -25,6 +26,7 @@ from screens.base import DistillScreen
 from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView
 from screens.generate.progress import run_figures
+from screens.generate.run_header import run_settings
 from screens.generate.runs import RunsPanel
 from tui.engine.backend import client_for_thread, closing
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
@@ -371,7 +373,7 @@ class GenerateScreen(DistillScreen):
         assert live is not None
         live.idle = "in batch" if batch else "queued"
         self.runs_panel.track(run_id, lambda: generator.stats)
-        self._set_running(True)
+        self._set_running(True, run_settings(run, budget, batch=batch))
         self._generate(generator, self.engine, live, client)
 
     @work(exclusive=True, group="generate", exit_on_error=False)
@@ -432,8 +434,8 @@ class GenerateScreen(DistillScreen):
         else:
             self.notify(finished.message, title=f"{title} finished", markup=False)
 
-    def _set_running(self, running: bool) -> None:
-        self.run_form.set_running(running)
+    def _set_running(self, running: bool, settings: Text | None = None) -> None:
+        self.run_form.set_running(running, settings)
         if running:
             self.items_table.focus()
         self.refresh_bindings()

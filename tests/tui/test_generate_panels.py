@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
+from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.widget import Widget
@@ -150,10 +151,22 @@ async def test_form_buttons_while_a_run_goes(store: Store, small: int) -> None:
         (resume,) = h.posted(RunFormPanel.ResumeRequested)
         assert resume.form.dataset_id == small
 
-        panel.set_running(True)
+        # While a run goes: the form is out of reach (its place shows the run's settings),
+        # a click where it was changes nothing, and Cancel replaces Start and Resume.
+        panel.query_one("#temperature", Input).focus()
         await h.pilot.pause()
-        assert panel.query_one("#gen-form").disabled
-        assert panel.query_one("#start", Button).disabled and cancel.display
+        panel.set_running(True, Text("Run 7 is going · esc cancels"))
+        await h.pilot.pause()
+        assert not panel.query_one("#gen-form").display
+        assert h.app.focused is None  # the focused field let go
+        assert "Run 7 is going" in plain(panel.query_one("#run-settings", Static))
+        start = panel.query_one("#start", Button)
+        assert not start.display and cancel.display
+        await h.pilot.click(panel, offset=(15, 3))  # where the Split select was
+        await h.pilot.press("x")
+        await h.settle()
+        assert h.app.focused is None
+        assert panel.read_form().split == "all" and panel.read_form().temperature == ""
         await h.pilot.click("#cancel")
         await h.settle()
         assert len(h.posted(RunFormPanel.CancelRequested)) == 1
@@ -162,6 +175,9 @@ async def test_form_buttons_while_a_run_goes(store: Store, small: int) -> None:
 
         # The next run's Cancel works again.
         panel.set_running(False)
+        await h.pilot.pause()
+        assert panel.query_one("#gen-form").display and start.display
+        assert not panel.query_one("#run-settings", Static).display
         panel.set_running(True)
         await h.pilot.pause()
         assert not cancel.disabled

@@ -83,7 +83,13 @@ async def test_start_streams_every_item_to_done(
         # While it runs: rows stream, the panel shows the text as it arrives, esc means cancel.
         await t.wait_until(lambda: "streaming" in statuses(screen))
         await t.wait_until(lambda: stream_text(screen).startswith("echo:"))
-        assert screen.query_one("#gen-form").disabled
+        # The form gives its place to what the run was started with.
+        assert not screen.query_one("#gen-form").display
+        settings = plain(screen.query_one("#run-settings", Static))
+        assert "Run 1 is going" in settings and "esc cancels" in settings
+        assert re.search(r"Model\s+fake-model", settings)
+        assert re.search(r"Send as\s+live requests", settings)
+        assert "System prompt" in settings
         assert screen.check_action("cancel_run", ())
         # The requests in flight and the limit on them (the configured concurrency).
         limit = small_app.settings.concurrency
@@ -94,7 +100,8 @@ async def test_start_streams_every_item_to_done(
         await t.wait_until(lambda: f"{N_ITEMS}/{N_ITEMS} done" in progress_text(screen))
         assert statuses(screen) == ["done"] * N_ITEMS
         assert "echo: " in stream_text(screen)
-        assert not screen.query_one("#gen-form").disabled  # the form is back
+        assert screen.query_one("#gen-form").display  # the form is back
+        assert not screen.query_one("#run-settings", Static).display
         assert not screen.check_action("cancel_run", ())
 
         rows = db.rows("SELECT status, output, remote_id, finish_reason FROM completions")
@@ -136,7 +143,7 @@ async def test_escape_cancels_then_resume_generates_exactly_the_rest(
         )
 
         assert t.app.current_mode == "generate", "esc during a run cancels, it does not leave"
-        assert not screen.query_one("#gen-form").disabled
+        assert screen.query_one("#gen-form").display
         assert not screen.query_one("#cancel", Button).display
         assert len(done_before) >= 2 and cancelled, first
         assert len(done_before) < len(TEN)
@@ -193,7 +200,7 @@ async def test_a_refused_key_stops_the_run_with_a_clear_error(
         assert db.rows("SELECT status FROM runs") == [("failed",)]
         # Stopped at once: no more requests than the concurrency allowed in flight.
         assert len(fake.chat_requests) <= small_app.settings.concurrency
-        assert not screen.query_one("#gen-form").disabled
+        assert screen.query_one("#gen-form").display
         assert "failed" in progress_text(screen)
 
 
