@@ -81,6 +81,8 @@ class _Entry:
 
 
 _held: dict[str, _Entry] = {}
+# How long a refusal waits for the lock's new holder to write its name (_holder_of_held).
+HOLDER_WAIT = 2.0
 _held_guard = threading.Lock()
 
 
@@ -179,10 +181,13 @@ def _holder_of_held(path: Path) -> Holder | None:
     itself into it, after taking the lock: a refusal in between reads an empty file, or,
     before the truncate, the record of the holder before it. Both were seen in a test of two
     runs started together (the refusal said "another process", then named the test process
-    that had opened the workspace first). So the file is read again, for up to 0.2 s, while
-    it is unreadable or names a process the kernel does not list as holding the lock."""
+    that had opened the workspace first). So the file is read again, for up to 2 s, while
+    it is unreadable or names a process the kernel does not list as holding the lock: 0.2 s
+    was not enough on a loaded CI machine (the new holder, between its flock and its write,
+    was not scheduled for longer), and a refusal is rare enough to wait for the right name."""
     holder = read_holder(path)
-    for _ in range(20):
+    deadline = time.monotonic() + HOLDER_WAIT
+    while time.monotonic() < deadline:
         if holder is not None and _holds(holder.pid, path) is not False:
             break
         time.sleep(0.01)
