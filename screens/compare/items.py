@@ -11,10 +11,10 @@ from textual import on
 from textual.app import ComposeResult
 from textual.containers import Vertical
 from textual.message import Message
-from textual.widgets import Static
 
 from screens.compare.marks import DIFF_NEW, DIFF_OLD, cell_verdict, one_line, run_title
 from tui.engine.evals import Comparison, ItemRow, highlight_differences
+from tui.widgets.steady_static import SteadyStatic
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 FIXED_COLUMNS = 2  # "#" and "Request", then one column per run
@@ -101,7 +101,8 @@ class CompareItems(Vertical):
             cell_style=self.cell_style,
             id="compare-items",
         )
-        yield Static("", id="compare-diff")
+        # Redrawn at every cursor move: laid out only when the diff needs another height.
+        yield SteadyStatic("", id="compare-diff")
 
     @property
     def table(self) -> VirtualTable:
@@ -152,14 +153,14 @@ class CompareItems(Vertical):
 
     @on(VirtualTable.Highlighted, "#compare-items")
     def show_diff(self) -> None:
-        widget = self.query_one("#compare-diff", Static)
+        widget = self.query_one("#compare-diff", SteadyStatic)
         comparison, row = self.comparison, self.current_row()
         if comparison is None or row is None:
-            widget.update(
+            widget.show(
                 Text("No items match the filter.", style="dim") if comparison is not None else ""
             )
             return
-        widget.update(diff_text(comparison, row, self.versus))
+        widget.show(diff_text(comparison, row, self.versus))
 
     @on(VirtualTable.Selected, "#compare-items")
     def _selected(self, event: VirtualTable.Selected) -> None:

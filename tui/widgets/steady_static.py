@@ -6,7 +6,8 @@ size. A results panel redrawn 15 times a second while judges answer (a summary t
 counts grow, a view line, the detail of the row under the cursor) then costs a full layout
 a frame: bench/judges_tui.py measured 24 layouts in a 3.7 s grading run on the Evals screen
 at 64 judges, ~40 ms each, and the app's event-loop lag p99 at 148 ms. The counts and
-verdicts change every frame; the lines they take almost never do."""
+verdicts change every frame; the lines they take almost never do. The Compare screen's
+diff under its items, redrawn at every cursor move, is one too."""
 
 from __future__ import annotations
 
