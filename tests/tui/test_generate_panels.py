@@ -22,6 +22,7 @@ import screens.generate
 from screens.generate.form import RunFormPanel
 from screens.generate.live import LiveRun, LiveRunView
 from screens.generate.progress import run_figures
+from screens.generate.run_header import SETTINGS_PROMPT_CHARS, run_settings
 from screens.generate.runs import RunsPanel
 from tests.helpers.pilot import Harness
 from tests.tui.conftest import SMALL_ITEMS, SMALL_NAME, SMALL_PROMPT, plain
@@ -30,7 +31,9 @@ from tui.engine.generation import (
     ItemDelta,
     ItemFinished,
     ItemStarted,
+    RunSpec,
     RunStats,
+    SamplingParams,
     create_run,
 )
 from tui.engine.run_form import FormError, RunForm
@@ -190,6 +193,46 @@ def completion_tokens(panel: RunFormPanel) -> int:
     found = re.search(r"([\d,]+) completion tokens", plain(panel.query_one("#estimate", Static)))
     assert found, plain(panel.query_one("#estimate", Static))
     return int(found.group(1).replace(",", ""))
+
+
+def test_a_going_runs_settings_are_its_own(store: Store, small: int) -> None:
+    """What the form's place shows while a run goes: the run's own settings (a resumed run
+    may not match the form), the pool it retrieves from, its vote, the budget it was given,
+    and a long system prompt cut to its first lines."""
+    prompt = "Answer with one git command. " * 20
+    spec = RunSpec(
+        small,
+        "gpt-4o",
+        role="teacher",
+        system_prompt=prompt,
+        split="train",
+        params=SamplingParams(temperature=0.7, max_tokens=64, seed=3),
+        metadata={"task": "git"},
+        retrieve_k=4,
+        retrieve_from=[1, 2, 3],
+        samples=5,
+        vote="command_match",
+    )
+    run = store.get_run(create_run(store, spec))
+    text = run_settings(run, 2.5, batch=True).plain
+    lines = dict((line[:12].strip(), line[12:]) for line in text.splitlines() if line[:1].isupper())
+    assert text.startswith(f"Run {run.id} is going · esc cancels")
+    assert lines["Model"] == "gpt-4o" and lines["Role"] == "teacher"
+    assert lines["Split"] == "train" and lines["Temperature"] == "0.7"
+    assert lines["Max tokens"] == "64" and lines["Seed"] == "3"
+    assert lines["Metadata"] == "task=git"
+    assert lines["Few-shot k"] == "4 from the labelled pool"
+    assert lines["Samples n"] == "5, vote command_match"
+    assert lines["Budget $"] == "2.5" and lines["Send as"] == "batch (≤ 24 h)"
+    shown = text.split("System prompt\n", 1)[1]
+    assert len(shown) <= SETTINGS_PROMPT_CHARS and shown.endswith("…")
+    assert prompt.startswith(shown[:-1])
+
+    plain_run = store.get_run(create_run(store, RunSpec(small, "m")))
+    text = run_settings(plain_run, None, batch=False).plain
+    assert "Temperature default" in text and "Budget $    no cap" in text
+    assert "Few-shot k  0" in text and "Samples n   1" in text
+    assert text.endswith("System prompt\nnone")
 
 
 async def test_teacher_options_samples_vote_and_the_recipes_pool(store: Store, small: int) -> None:

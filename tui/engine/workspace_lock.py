@@ -81,9 +81,9 @@ class _Entry:
 
 
 _held: dict[str, _Entry] = {}
+_held_guard = threading.Lock()
 # How long a refusal waits for the lock's new holder to write its name (_holder_of_held).
 HOLDER_WAIT = 2.0
-_held_guard = threading.Lock()
 
 
 class Lock:
