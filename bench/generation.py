@@ -93,6 +93,12 @@ Measured (2 cores shared with a model training run; nice 10; server in a child p
   spends 1.2-1.9 s of CPU on a 64-stream run (the run's process 6.2-7.1 s, ~1.2 s of it its
   imports); a key costs it ~13 ms with no run going, one frame of 19 widgets (two frames
   and 15 ms while the filter came through a message).
+  after (the form hidden while a run goes, its place showing the run's settings: disabling
+  it took 150-290 ms at a run's start and end in a headless app, hiding it ~40 ms), two
+  passes at load 1.1-1.7: 64 streams lag p99 13 and 12 ms, wall +7 and +6 %; typing 23 and
+  38 ms, wall +5 and +8 %, a key to the filter p99 29 and 27 ms (max 55 and 35; before, in
+  the same session: 109, max 232); the UI's thread 1.2-1.3 s of CPU (2.4-2.7 s typing);
+  128 streams 19 ms, typing 27 ms, wall +26 and +22 % (a 4.8 s run).
 Goal (issue 16): under a 500-per-minute budget, 2,000 items at concurrency 64 with at most a
 handful of 429s. Measured (2 cores, load 5.4-6.1, server in a child process), with a 6 s
 minute (83 requests/s): 2,000 done, wall 38.0 s vs ideal 18.0 s, 0 429s, but the limit never
