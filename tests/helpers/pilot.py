@@ -1,4 +1,5 @@
-"""What the Pilot tests of panels share: the messages a panel posted, and waiting for it."""
+"""What the Pilot tests of panels share: the messages a panel posted, waiting for it, and
+counting the screen's layouts."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, TypeVar
 
 from textual.message import Message
 from textual.pilot import Pilot
+from textual.screen import Screen
 
 M = TypeVar("M", bound=Message)
 
@@ -16,6 +18,21 @@ def posted(messages: list[Message], kind: type[M]) -> list[M]:
     """The messages of a kind, once each (a message hook sees a message again at every node
     it bubbles up to)."""
     return list({id(m): m for m in messages if isinstance(m, kind)}.values())
+
+
+def count_layouts(screen: Screen[Any]) -> list[int]:
+    """From now on, one entry a layout of the whole screen (Textual's private
+    `Screen._refresh_layout`, the ~40 ms that a redraw in place saves): clear it to start
+    counting again."""
+    layouts: list[int] = []
+    original = screen._refresh_layout
+
+    def counted(*args: Any, **kwargs: Any) -> None:
+        layouts.append(1)
+        original(*args, **kwargs)
+
+    screen._refresh_layout = counted  # type: ignore[method-assign]
+    return layouts
 
 
 async def settle(pilot: Pilot[Any]) -> None:

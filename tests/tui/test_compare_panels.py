@@ -15,6 +15,7 @@ from textual.widgets import Static
 from screens.compare.items import CompareItems
 from screens.compare.marks import DIFF_NEW, DIFF_OLD
 from screens.compare.summary import CompareSummary
+from tests.helpers.pilot import count_layouts
 from tests.tui.eval_data import (
     GIT_GRADERS,
     build,
@@ -112,14 +113,7 @@ async def test_moving_through_items_redraws_the_diff_without_a_layout(store: Sto
         await pilot.pause()
         diff = panel.query_one("#compare-diff", Static)
         height = diff.region.height
-        layouts: list[int] = []
-        original = pilot.app.screen._refresh_layout
-
-        def counted(*args: object, **kwargs: object) -> None:
-            layouts.append(1)
-            original(*args, **kwargs)  # type: ignore[arg-type]
-
-        pilot.app.screen._refresh_layout = counted  # type: ignore[method-assign]
+        layouts = count_layouts(pilot.app.screen)
         seen = []
         for _ in rows[1:]:
             await pilot.press("down")

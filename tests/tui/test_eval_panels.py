@@ -213,22 +213,26 @@ async def test_results_fill_while_an_eval_runs(store: Store) -> None:
         assert panel.table._rows[0][4] == "✓ 1.00"
 
 
-async def graded_student_run(store: Store) -> int:
-    """The student's run of the fixed workspace graded by the git graders: its eval run."""
+@asynccontextmanager
+async def graded_results(
+    app: ResultsApp, store: Store, messages: list[Message] | None = None
+) -> AsyncIterator[tuple[Pilot[None], ResultsPanel]]:
+    """`app` running, its results panel showing the student's run of the fixed workspace
+    graded by the git graders."""
     work = build(store, roles=("student",))
     eval_id = create_eval(store, "git commands", GIT_GRADERS)
     eval_run_id = start_eval_run(store, eval_id, work.runs["student"])
     await EvalRunner(store).run(eval_run_id)
-    return eval_run_id
-
-
-async def test_results_filter_sort_open_and_export(store: Store) -> None:
-    eval_run_id = await graded_student_run(store)
-    messages: list[Message] = []
-    async with running(ResultsApp(store), messages) as pilot:
+    async with running(app, [] if messages is None else messages) as pilot:
         panel = pilot.app.query_one(ResultsPanel)
         panel.show(LiveResults.load(store, eval_run_id))
         await pilot.pause()
+        yield pilot, panel
+
+
+async def test_results_filter_sort_open_and_export(store: Store) -> None:
+    messages: list[Message] = []
+    async with graded_results(ResultsApp(store), store, messages) as (pilot, panel):
         assert panel.table.row_count == 10
 
         await pilot.press("f")
@@ -271,12 +275,7 @@ async def test_moving_through_results_keeps_the_table_in_place(store: Store) -> 
     """Rows fail different graders, so the detail under the table says different things
     (nothing, one failure, two); the table stays where it is as the cursor moves, and the
     detail names each row's failures."""
-    eval_run_id = await graded_student_run(store)
-    messages: list[Message] = []
-    async with running(ScreenStyledResults(store), messages) as pilot:
-        panel = pilot.app.query_one(ResultsPanel)
-        panel.show(LiveResults.load(store, eval_run_id))
-        await pilot.pause()
+    async with graded_results(ScreenStyledResults(store), store) as (pilot, panel):
         table = panel.table.region
         failures = set()
         for _ in range(panel.table.row_count):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from textual.app import App, ComposeResult
 
+from tests.helpers.pilot import count_layouts
 from tui.widgets.steady_static import SteadyStatic
 
 
@@ -25,18 +26,11 @@ async def test_steady_static_lays_out_again_only_for_another_height() -> None:
     app = OneLine()
     async with app.run_test(size=(40, 12)) as pilot:
         auto = app.query_one("#auto", SteadyStatic)
-        layouts: list[int] = []
-        original = app.screen._refresh_layout
-
-        def counted(*args: object, **kwargs: object) -> None:
-            layouts.append(1)
-            original(*args, **kwargs)  # type: ignore[arg-type]
-
         auto.show("first")
         await pilot.pause()
         assert auto.region.height == 1 and lines(auto) == ["first"]
 
-        app.screen._refresh_layout = counted  # type: ignore[method-assign]
+        layouts = count_layouts(app.screen)
         auto.show("second")  # the same height: drawn, not laid out
         await pilot.pause()
         assert lines(auto) == ["second"] and not layouts
