@@ -583,7 +583,8 @@ def counting(counts: dict[str, int]) -> Iterator[None]:
     store's commits, by wrapping those methods (a counter each; restored afterwards)."""
     from textual.screen import Screen
 
-    from screens.generate.live import LiveRun, LiveRunView
+    from screens.generate.live import LiveRunView
+    from screens.generate.live_run import LiveRun
 
     def wrap(owner: Any, attr: str, name: str) -> Any:
         original = getattr(owner, attr)

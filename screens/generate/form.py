@@ -1,10 +1,10 @@
 """The run form: dataset, split, role, model, system prompt, sampling, metadata, few-shot
 retrieval (from all train references or the recipe's labelled pool), the teacher's n samples
 a request and the vote that picks the label, budget, live or batch (tui/engine/batch.py), the
-estimate of what the run will cost (live and at the batch price), and the Start / Resume /
-Cancel buttons. It reads itself into a `RunForm`
-(tui/engine/run_form.py) and says what the user asked for with its own messages; starting,
-resuming and cancelling are the screen's.
+estimate of what the run will cost (`RunEstimate`, estimate.py: live and at the batch price),
+and the Start / Resume / Cancel buttons (`RunControls`, run_controls.py). It reads itself into a
+`RunForm` (tui/engine/run_form.py) and says what the user asked for with its own messages;
+starting, resuming and cancelling are the screen's.
 
 The model picker under the model box (`ModelPicker`, models.py) lists every open backend's
 models and says where a model runs (`RunFormPanel.target`)."""
@@ -15,19 +15,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.suggester import SuggestFromList
-from textual.timer import Timer
 from textual.widget import Widget
 from textual.widgets import Button, Input, Label, Select, Static, TextArea
 
-from screens.generate.estimate import estimate_text
+from screens.generate.estimate import RunEstimate
 from screens.generate.models import ModelPicker, RunTarget
-from tui.engine.batch import batch_estimate
-from tui.engine.generation import estimate_spec
+from screens.generate.run_controls import RunControls
 from tui.engine.run_form import (
     ROLES,
     SPLIT_CHOICES,
@@ -38,7 +36,7 @@ from tui.engine.run_form import (
     latest_fine_tuned_model,
     recipe_pool,
 )
-from tui.engine.store import DatasetInfo, StoreError
+from tui.engine.store import DatasetInfo
 from tui.engine.voting import VOTE_RULES
 
 if TYPE_CHECKING:
@@ -98,7 +96,6 @@ class RunFormPanel(Vertical):
         super().__init__(id=id)
         self.datasets: list[DatasetInfo] = []
         self._dataset_options: list[tuple[str, int]] = []
-        self._estimate_timer: Timer | None = None
         # What the form's defaults were, to replace them (and only them) when inputs change.
         self._default_model = ""
         self._default_prompt = ""
@@ -164,11 +161,8 @@ class RunFormPanel(Vertical):
             )
         # In the form's place while a run goes (set_running).
         yield Static("", id="run-settings", markup=False)
-        yield Static("", id="estimate")
-        with Horizontal(id="gen-buttons"):
-            yield Button("Start ^s", id="start", variant="primary", compact=True)
-            yield Button("Resume ^r", id="resume", compact=True)
-            yield Button("Cancel esc", id="cancel", variant="error", compact=True)
+        yield RunEstimate(self.read_form, self.target, id="estimate")
+        yield RunControls(id="gen-buttons")
 
     @staticmethod
     def _field(label: str, widget: Widget, row_id: str | None = None) -> ComposeResult:
@@ -177,7 +171,6 @@ class RunFormPanel(Vertical):
             yield widget
 
     def on_mount(self) -> None:
-        self.query_one("#cancel").display = False
         self._show_teacher_rows()
 
     def _show_teacher_rows(self) -> None:
@@ -230,15 +223,11 @@ class RunFormPanel(Vertical):
         summary = self.query_one("#run-settings", Static)
         summary.update(settings if running and settings is not None else "")
         summary.display = running
-        self.query_one("#start", Button).display = not running
-        self.query_one("#resume", Button).display = not running
-        cancel = self.query_one("#cancel", Button)
-        cancel.display = running
-        cancel.disabled = False
+        self.query_one(RunControls).set_running(running)
 
     def cancelling(self) -> None:
         """The run was asked to stop: one press of Cancel is enough."""
-        self.query_one("#cancel", Button).disabled = True
+        self.query_one(RunControls).cancelling()
 
     def show_error(self, error: FormError) -> None:
         """Say what is wrong and put the cursor in the field at fault."""
@@ -416,36 +405,5 @@ class RunFormPanel(Vertical):
         self._show_teacher_rows()
         self._schedule_estimate()
 
-    # -- the estimate --------------------------------------------------------------------
-
     def _schedule_estimate(self) -> None:
-        if self._estimate_timer is not None:
-            self._estimate_timer.stop()
-        self._estimate_timer = self.set_timer(0.25, self._estimate)
-
-    @work(exclusive=True, group="estimate", exit_on_error=False)
-    async def _estimate(self) -> None:
-        line = self.query_one("#estimate", Static)
-        try:
-            form = self.read_form()
-            spec = form.to_spec()
-        except FormError as error:
-            line.update(Text(str(error), style="red"))
-            return
-        store = self.distill.store
-        target = self.target(spec.model, spec.role)
-        price = self.distill.settings.price(spec.model, target.price_role)
-        try:
-            estimate = await store.in_thread(estimate_spec, store, spec, price)
-        except StoreError as error:
-            line.update(Text(str(error), style="red"))
-            return
-        discount = self.distill.settings.batch_discount
-        line.update(
-            estimate_text(
-                estimate,
-                local=target.kind == "local",
-                batch_cost=batch_estimate(estimate, price, discount),
-                batch=form.batch(),
-            )
-        )
+        self.query_one(RunEstimate).schedule()

@@ -22,7 +22,7 @@ from textual.widgets import Input, Static
 from tui.engine.store import Item
 
 if TYPE_CHECKING:
-    from screens.generate.live import LiveRun
+    from screens.generate.live_run import LiveRun
 
 # What an item's status can be in the table (`LiveRun.status_of`), for the filter's status: words.
 STATUSES = ("done", "failed", "cancelled", "streaming", "retrying", "queued", "pending", "batch")

@@ -18,7 +18,7 @@ from tui.engine.store import Item
 from tui.widgets.virtual_table import Column, Row, RowView, VirtualTable
 
 if TYPE_CHECKING:
-    from screens.generate.live import LiveRun
+    from screens.generate.live_run import LiveRun
 
 ITEM_COLUMNS = (
     Column("#", width=5, justify="right"),

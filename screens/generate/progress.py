@@ -17,7 +17,7 @@ from tui.engine.settings import Price
 from tui.widgets.progress_line import Figures
 
 if TYPE_CHECKING:
-    from screens.generate.live import LiveRun
+    from screens.generate.live_run import LiveRun
 
 
 def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Text:

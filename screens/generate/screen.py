@@ -24,7 +24,8 @@ from textual.containers import Horizontal, Vertical
 
 from screens.base import DistillScreen
 from screens.generate.form import RunFormPanel
-from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.live import LiveRunView
+from screens.generate.live_run import LiveRun
 from screens.generate.progress import run_figures
 from screens.generate.run_header import run_settings
 from screens.generate.runs import RunsPanel

@@ -18,7 +18,7 @@ from tui.engine.store import Item
 from tui.widgets.steady_static import NO_SIZE
 
 if TYPE_CHECKING:
-    from screens.generate.live import LiveRun
+    from screens.generate.live_run import LiveRun
 
 # What the stream panel says for an item with no text yet.
 EMPTY_BODY = {

@@ -20,7 +20,8 @@ from textual.widgets import Button, Input, Select, Static, TextArea
 
 import screens.generate
 from screens.generate.form import RunFormPanel
-from screens.generate.live import LiveRun, LiveRunView
+from screens.generate.live import LiveRunView
+from screens.generate.live_run import LiveRun
 from screens.generate.progress import run_figures
 from screens.generate.run_header import SETTINGS_PROMPT_CHARS, run_settings
 from screens.generate.runs import RunsPanel
