@@ -7,6 +7,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
@@ -54,7 +55,7 @@ class RecipeScreen(DistillScreen):
         self.query_one("#recipe-intro", Static).update(
             f"[b]{done} of 7 steps done.[/b] "
             + (
-                f"Next: {nxt.title.lower()} (key {self.distill.screen_key(nxt.screen)})."
+                f"Next: {escape(nxt.title.lower())} (key {self.distill.screen_key(nxt.screen)})."
                 if nxt
                 else "All done."
             )
@@ -76,6 +77,8 @@ class RecipeScreen(DistillScreen):
 def _option(step: StepStatus, key: str) -> Option:
     mark = "[green]✓[/green]" if step.done else "[dim]○[/dim]"
     return Option(
-        f"{mark} [b]{step.number}. {step.title}[/b]  [dim](key {key})[/dim]\n     {step.detail}",
+        # The detail names the dataset and models, which may hold brackets ("ops [/b]").
+        f"{mark} [b]{step.number}. {escape(step.title)}[/b]  [dim](key {key})[/dim]\n"
+        f"     {escape(step.detail)}",
         id=f"step-{step.number}",
     )

@@ -16,6 +16,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
+from textual.markup import escape
 from textual.widgets import Button, Input, Label, Select, Static
 
 from screens.base import DistillScreen
@@ -64,8 +65,9 @@ class SettingsScreen(DistillScreen):
         s = self.distill.settings
         with VerticalScroll(id="settings-form"):
             yield Static(
-                f"Saved to [b]{config_path()}[/b] (DISTILL_CONFIG changes it). Environment "
-                "variables (DISTILL_*, OPENAI_API_KEY, OPENAI_BASE_URL) and .env override it. "
+                f"Saved to [b]{escape(str(config_path()))}[/b] (DISTILL_CONFIG changes it). "
+                "Environment variables (DISTILL_*, OPENAI_API_KEY, OPENAI_BASE_URL) and .env "
+                "override it. "
                 "Backend changes apply at the next launch.",
                 id="settings-intro",
             )
@@ -79,7 +81,7 @@ class SettingsScreen(DistillScreen):
             yield from self._field(
                 "API key",
                 Static(
-                    f"{mask(s.api_key)} — set OPENAI_API_KEY or DISTILL_API_KEY in the "
+                    f"{escape(mask(s.api_key))} — set OPENAI_API_KEY or DISTILL_API_KEY in the "
                     "environment or .env; keys are never saved",
                     id="api_key",
                 ),
@@ -141,7 +143,8 @@ class SettingsScreen(DistillScreen):
                 "Prices ($ per 1M tokens)",
                 Input(json.dumps({k: v.model_dump() for k, v in s.prices.items()}), id="prices"),
             )
-            yield Static("", id="settings-error")
+            # What was refused quotes the values typed (a URL, JSON): shown as written.
+            yield Static("", id="settings-error", markup=False)
             with Horizontal(id="settings-buttons"):
                 yield Button("Save", variant="primary", id="save")
 
@@ -221,4 +224,4 @@ class SettingsScreen(DistillScreen):
         error.update("")
         for status in self.app.query("StatusLine"):
             status.refresh()
-        self.notify(f"Saved to {path}.")
+        self.notify(f"Saved to {path}.", markup=False)

@@ -227,11 +227,14 @@ class DistillApp(App[int]):
         finally:
             self._watching.discard(job_id)
         if job.status == "succeeded":
-            self.notify(f"{job.fine_tuned_model} is ready (Fine-tune screen: g generates).")
+            self.notify(
+                f"{job.fine_tuned_model} is ready (Fine-tune screen: g generates).", markup=False
+            )
         else:
             self.notify(
                 f"Fine-tuning job {job.remote_id} {job.status}. {job.error or ''}",
                 severity="warning",
+                markup=False,
             )
 
     def backend_for(self, role: str) -> Backend | None:

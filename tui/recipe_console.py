@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -28,10 +29,11 @@ class RichReporter(Reporter):
         self.console = console
         self.progress = Progress(
             SpinnerColumn(),
-            TextColumn("[bold]{task.description}"),
+            # Step titles and notes name models and quote errors: shown as written, not as markup.
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("{task.fields[note]}"),
+            TextColumn("{task.fields[note]}", markup=False),
             TimeElapsedColumn(),
             console=console,
         )
@@ -63,12 +65,12 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for header in rows[0]:
         table.add_column(str(header))
     for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
+        table.add_row(*(escape(str(v)) for v in row.values()))
     console.print(table)
     if report.get("summary"):
-        console.print(f"[b]{report['summary']}")
+        console.print(f"[b]{escape(report['summary'])}")
     for step, note in (report.get("teaching") or {}).get("notes", {}).items():
-        console.print(f"[dim]{step}: {note}")
+        console.print(f"[dim]{escape(step)}: {escape(note)}")
 
 
 async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int:
@@ -81,9 +83,11 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
     try:
         # One client per distinct backend: the teacher may be on OpenAI or a GPU box while
         # the student is trained on and served by the local backend.
-        backends = await open_backends(settings, on_progress=lambda m: console.print(f"[dim]{m}"))
+        backends = await open_backends(
+            settings, on_progress=lambda m: console.print(f"[dim]{escape(m)}")
+        )
     except BackendError as error:
-        console.print(f"[red]distill-tui run: {error}")
+        console.print(f"[red]distill-tui run: {escape(str(error))}")
         return 1
     try:
         reporter = RichReporter(console)
@@ -99,9 +103,9 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
             judge_client=backends.judge.client,
         )
         console.print(
-            f"{'Backend' if len(backends.distinct) == 1 else 'Backends'} {backends.label}: "
-            f"student [b]{recipe.student}[/b], teacher "
-            f"[b]{recipe.teacher}[/b]"
+            f"{'Backend' if len(backends.distinct) == 1 else 'Backends'} {escape(backends.label)}: "
+            f"student [b]{escape(recipe.student)}[/b], teacher "
+            f"[b]{escape(recipe.teacher)}[/b]"
             + (f" with {recipe.teacher_examples} examples" if recipe.teacher_examples else "")
         )
         await recipe.check_before_spending()  # before asking to spend: a refusal costs nothing
@@ -127,10 +131,10 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
         with reporter.progress:
             report = await recipe.run()
         print_report(console, report)
-        console.print(f"Report written to {store.directory / 'reports'}")
+        console.print(f"Report written to {escape(str(store.directory / 'reports'))}")
         return 0
     except RecipeError as error:
-        console.print(f"[red]distill-tui run: {error}")
+        console.print(f"[red]distill-tui run: {escape(str(error))}")
         console.print("Re-run the same command to resume from the last finished step.")
         return 1
     finally:

@@ -192,7 +192,7 @@ class DatasetScreen(DistillScreen):
         step = self.undo_stack.pop()
         await self.distill.store.in_thread(step.undo)
         self.reload()
-        self.notify(f"Undid {step.description}.")
+        self.notify(f"Undid {step.description}.", markup=False)
 
     async def action_toggle_split(self) -> None:
         item = self.current_item()

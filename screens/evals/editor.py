@@ -105,7 +105,7 @@ class EvalEditor(Vertical):
         if graders:
             options.highlighted = min(highlighted or 0, len(graders) - 1)
         title = self.query_one("#graders-title", Label)
-        title.update(f"Graders of {self.eval.name}" if self.eval else "Graders")
+        title.update(Text(f"Graders of {self.eval.name}") if self.eval else "Graders")
 
     def _changed(self) -> None:
         self.post_message(self.EvalChanged(self, self.eval))

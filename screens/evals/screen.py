@@ -345,7 +345,13 @@ class EvalsScreen(DistillScreen):
     def _report(self, finished: EvalFinished) -> None:
         title = f"Eval run {finished.eval_run_id}"
         if finished.status == "failed":
-            self.notify(finished.message, title=f"{title} stopped", severity="error", timeout=15)
+            self.notify(
+                finished.message,
+                title=f"{title} stopped",
+                severity="error",
+                timeout=15,
+                markup=False,
+            )
         elif finished.status == "cancelled":
             self.notify(
                 "Grades decided so far are kept; R resumes the rest.", title=f"{title} cancelled"

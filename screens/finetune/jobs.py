@@ -72,7 +72,10 @@ class JobsPanel(Vertical):
         view.clear()
         view.extend(
             ListItem(
-                Label(f"{job.remote_id}  {job.status:<16} {job.fine_tuned_model or job.base_model}")
+                Label(
+                    f"{job.remote_id}  {job.status:<16} {job.fine_tuned_model or job.base_model}",
+                    markup=False,
+                )
             )
             for job in jobs
         )
@@ -105,14 +108,16 @@ class JobsPanel(Vertical):
         store = self.distill.store
         job = store.get_job(self.selected_job)
         update = self.distill.job_updates.get(job.id)
-        lines = [f"[b]{job.remote_id}[/b]  {job.status}  base {job.base_model}"]
+        lines = [f"[b]{escape(job.remote_id)}[/b]  {job.status}  base {escape(job.base_model)}"]
         if update is not None and update.trained_tokens:
             lines.append(f"trained tokens {update.trained_tokens:,}")
         lines.append(f"created {job.created_at[:19].replace('T', ' ')}")
         finish = update.estimated_finish if update is not None and not job.finished else None
         self.query_one("#job-clock", ProgressLine).follow(lambda: _clock_figures(job, finish))
         if job.fine_tuned_model:
-            lines.append(f"[green]fine-tuned model {job.fine_tuned_model}[/green] — g generates")
+            lines.append(
+                f"[green]fine-tuned model {escape(job.fine_tuned_model)}[/green] — g generates"
+            )
         if job.error:
             lines.append(f"[red]{escape(job.error)}[/red]")
         if update is not None and update.checkpoints:

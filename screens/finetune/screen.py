@@ -179,7 +179,7 @@ class FineTuneScreen(DistillScreen):
         try:
             base = self.launch_panel.resolved_base()
         except NotFineTunable as error:
-            self.notify(str(error), title="Fine-tuning not started", severity="error")
+            self.notify(str(error), title="Fine-tuning not started", severity="error", markup=False)
             return
         self.action_validate()
         if self.training is None or self.validation is None:
@@ -189,6 +189,7 @@ class FineTuneScreen(DistillScreen):
                 self.validation.errors(),
                 title="Not uploaded: fix the training file",
                 severity="error",
+                markup=False,
             )
             return
         if self.distill.backend is None:
@@ -197,7 +198,7 @@ class FineTuneScreen(DistillScreen):
         try:
             job_settings = self.launch_panel.job_settings()
         except (FineTuneError, ValueError) as error:
-            self.notify(str(error), severity="error")
+            self.notify(str(error), severity="error", markup=False)
             return
         self._launch(self.training, self.validation, base, job_settings)
 
@@ -219,9 +220,9 @@ class FineTuneScreen(DistillScreen):
                 validation=validation,
             )
         except FineTuneError as error:
-            self.notify(str(error), title="Fine-tuning not started", severity="error")
+            self.notify(str(error), title="Fine-tuning not started", severity="error", markup=False)
             return
-        self.notify(f"Job {created.remote_id} created ({created.status}).")
+        self.notify(f"Job {created.remote_id} created ({created.status}).", markup=False)
         self.jobs_panel.select(created.id)
         self.distill.watch_job(created.id)
 
@@ -232,10 +233,10 @@ class FineTuneScreen(DistillScreen):
             return
         job = self.distill.store.get_job(self.selected_job)
         if job.finished:
-            self.notify(f"Job {job.remote_id} already {job.status}.")
+            self.notify(f"Job {job.remote_id} already {job.status}.", markup=False)
             return
         await backend.client.fine_tuning.jobs.cancel(job.remote_id)
-        self.notify(f"Cancelling {job.remote_id}…")
+        self.notify(f"Cancelling {job.remote_id}…", markup=False)
 
     def action_generate(self) -> None:
         if self.selected_job is None:
@@ -246,6 +247,6 @@ class FineTuneScreen(DistillScreen):
             return
         starter = getattr(self.distill, "start_generation_with", None)
         if starter is None:
-            self.notify(f"Fine-tuned model: {job.fine_tuned_model}")
+            self.notify(f"Fine-tuned model: {job.fine_tuned_model}", markup=False)
             return
         starter(job.fine_tuned_model, self.training_panel.student_prompt)

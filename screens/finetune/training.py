@@ -299,11 +299,11 @@ def _report_text(training: TrainingSet, validation: Validation) -> str:
         "validation examples"
     ]
     if not validation.ok:
-        lines.append(f"[red]Format errors — will not upload:[/red] {validation.errors()}")
+        lines.append(f"[red]Format errors — will not upload:[/red] {escape(validation.errors())}")
     else:
         lines.append("[green]No format errors.[/green]")
     for warning in validation.warnings:
-        lines.append(f"[yellow]warning:[/yellow] {warning}")
+        lines.append(f"[yellow]warning:[/yellow] {escape(warning)}")
     stats = validation.stats
     if stats is not None:
         label = " (estimated: ≈4 characters a token)" if validation.tokens_are_estimates else ""
