@@ -4,6 +4,7 @@ tiny random-weight GGUF model served by llama.cpp (one server for the whole modu
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 
 from tests.helpers.tiny_model import build_tiny_gguf
 from tests.local.server_harness import client, model_id, start_thread_server
+from tui.local.protocol import ChunkStream
 
 USER = [{"role": "user", "content": "Create a new branch called 'feature-login'."}]
 
@@ -314,6 +316,38 @@ async def test_abandoned_requests_free_their_slots(
         await wait_idle()
         closed = requests[-1]
         assert closed is not gave_up and closed.cancelled and closed.n_generated < 400
+
+
+async def test_a_request_abandoned_before_its_first_token_leaves_the_queue(
+    server: Any, c: openai.AsyncOpenAI, tiny: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A streamed request still waiting for its first token (a busy model: the rest of a
+    cancelled run's requests) whose client gives up is dropped at once. Before, the server
+    waited for that first token with no ear for the client: the request kept its place in
+    the queue, was generated for no one, and held the server's shutdown for its 3 s grace."""
+    await c.chat.completions.create(model=tiny, messages=USER, max_tokens=1)
+    engine = server.app.state.local.registry._engines[tiny]  # white-box: the engine's side
+    closed = threading.Event()
+
+    class NeverStarts(ChunkStream):
+        """A request the model never gets to: no chunk ever comes."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.queue: asyncio.Queue[Any] = asyncio.Queue()
+
+        def _chunks(self) -> asyncio.Queue[Any]:
+            return self.queue
+
+        def _cancel(self) -> None:
+            closed.set()
+
+    monkeypatch.setattr(engine, "generate_choices", lambda req, n: [NeverStarts()])
+    async with client(server.url, timeout=1.0) as impatient:
+        with pytest.raises(openai.APITimeoutError):
+            await impatient.chat.completions.create(model=tiny, messages=USER, stream=True)
+    # Closed when the client left (the request's slot freed), not when a token came.
+    assert await asyncio.to_thread(closed.wait, 10), "the abandoned request is still queued"
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
 from tui.local.config import ServerConfig
@@ -22,12 +23,14 @@ from tui.local.errors import APIError, bad_request, type_name
 from tui.local.protocol import Engine, GenChunk, GenRequest, QueueFull
 from tui.local.request_checks import INT64_MAX, INT64_MIN, check_range
 from tui.local.routes.chat_response import (
+    ClientGone,
     Completion,
     SSEResponse,
     close_streams,
     collect,
     stream_events,
     unless_disconnected,
+    until_disconnected,
 )
 from tui.local.routes.common import Local, validate_metadata
 from tui.local.routes.models import model_info
@@ -340,7 +343,7 @@ async def _first_chunk(streams: Sequence[AsyncIterator[GenChunk]], model: str) -
 
 async def create_chat_completion(
     body: ChatRequest, request: Request, local: Local
-) -> dict[str, Any] | SSEResponse:
+) -> dict[str, Any] | SSEResponse | JSONResponse:
     checked = check_request(body)
     model_info(local.registry, body.model)
     try:
@@ -368,7 +371,13 @@ async def create_chat_completion(
     )
     completion = Completion(model=body.model, n=checked.n, db=local.db, stored=stored)
     streams = engine.generate_choices(gen_request, checked.n)
-    first = await _first_chunk(streams, body.model)
+    try:
+        # A busy model's first token can be seconds away; a client that leaves meanwhile (a
+        # cancelled run, a quitting app) gives its place in the queue back at once, instead
+        # of being generated for no one and holding the server's shutdown.
+        first = await until_disconnected(request, _first_chunk(streams, body.model))
+    except ClientGone:
+        return JSONResponse({}, status_code=499)
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return SSEResponse(stream_events(completion, streams, first, include_usage))

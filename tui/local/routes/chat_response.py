@@ -19,7 +19,7 @@ import string
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 from fastapi import Request
@@ -34,6 +34,7 @@ log = logging.getLogger("distill.local.server")
 
 SYSTEM_FINGERPRINT = "fp_distill_local"
 _ID_CHARS = string.ascii_letters + string.digits
+T = TypeVar("T")
 
 
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
@@ -272,10 +273,14 @@ async def stream_events(
 # ---- responses that end when the client goes away ---------------------------------------------
 
 
-async def unless_disconnected(request: Request, work: Awaitable[dict[str, Any]]) -> Any:
-    """Run `work`, but cancel it if the client goes away first (a non-streaming request that
-    was abandoned must not keep its generation slot until the end)."""
-    task: asyncio.Task[dict[str, Any]] = asyncio.ensure_future(work)
+class ClientGone(Exception):
+    """The client went away before its answer began."""
+
+
+async def until_disconnected(request: Request, work: Awaitable[T]) -> T:
+    """`work`'s result, unless the client goes away first: then `work` is cancelled (and with
+    it the generation it waits on) and ClientGone raised."""
+    task: asyncio.Task[T] = asyncio.ensure_future(work)
 
     async def watch() -> None:
         while True:
@@ -294,8 +299,17 @@ async def unless_disconnected(request: Request, work: Awaitable[dict[str, Any]])
                 await task
     if task in done:
         return task.result()
-    # Nobody is listening; this response goes nowhere.
-    return JSONResponse({}, status_code=499)
+    raise ClientGone
+
+
+async def unless_disconnected(request: Request, work: Awaitable[dict[str, Any]]) -> Any:
+    """Run `work`, but cancel it if the client goes away first (a non-streaming request that
+    was abandoned must not keep its generation slot until the end)."""
+    try:
+        return await until_disconnected(request, work)
+    except ClientGone:
+        # Nobody is listening; this response goes nowhere.
+        return JSONResponse({}, status_code=499)
 
 
 class SSEResponse(StreamingResponse):
