@@ -425,6 +425,8 @@ class LlamaEngine:
         try:
             while True:
                 with self._cond:
+                    if not self._closing and not self._waiting and self._n_active == 0:
+                        self._threads.rest()
                     while not self._closing and not self._waiting and self._n_active == 0:
                         self._cond.wait()
                     if self._closing:

@@ -31,9 +31,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 INTERVAL = 0.5  # seconds between looks: the load a user starts shows within a second
-# A look longer ago than this says nothing about now: the engine sat idle in between (it
-# looks only while decoding), and what other processes did then may be long over. Such a
-# look starts a new window and the count stays until that window is INTERVAL long.
+# After the engine sat idle (it looks only while decoding), a look longer ago than this says
+# nothing about now: what other processes did then may be long over. Such a look starts a new
+# window and the count stays until that window is INTERVAL long. A long window spent decoding
+# is judged as any other: under contention one step can take seconds, and a count that waited
+# for a short window then never moved (a niced trainer on both cores: 2 threads kept, a
+# 32-token answer 9 s instead of 0.6 s).
 # Measured with bench/local_backend.py, whose anchor (plain llama-cpp-python in another
 # process) runs just before our trials: judged on the stale window, our single stream took
 # its first 0.5 s at one thread (first token 0.20 s against 0.13 s without the anchor).
@@ -54,20 +57,15 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _niced() -> bool:
-    try:
-        return os.getpriority(os.PRIO_PROCESS, 0) > 0
-    except (AttributeError, OSError):
-        return False
-
-
 def machine_busy_seconds(path: Path = _PROC_STAT) -> float | None:
     """CPU seconds all cores have spent busy since boot, or None where the kernel does not say.
 
     The first line of /proc/stat: user nice system idle iowait irq softirq steal …, in clock
-    ticks. Idle and iowait are not work. Niced work (a background build, a test suite under
-    ``nice``) yields its core to us, so it is not counted either — unless this process is
-    niced itself, when it competes on equal terms (and its own time is in that column)."""
+    ticks. Idle and iowait are not work. Niced work counts as any other: the scheduler gives a
+    niced process less of a core, not none of it, and every slice it takes stalls all of our
+    threads at the next barrier. Measured here with a trainer at nice 5 busy on both cores,
+    32 greedy tokens through the local server: 2 threads 1.8-21 s, 1 thread 0.58-0.88 s (this
+    counted niced work as free until then, and took 2 threads: 1.7-3.8 s)."""
     try:
         with path.open() as stat:
             fields = stat.readline().split()
@@ -76,7 +74,7 @@ def machine_busy_seconds(path: Path = _PROC_STAT) -> float | None:
     if len(fields) < 9 or fields[0] != "cpu":
         return None
     user, nice, system, _idle, _iowait, irq, softirq, steal = (int(v) for v in fields[1:9])
-    busy = user + system + irq + softirq + steal + (nice if _niced() else 0)
+    busy = user + nice + system + irq + softirq + steal
     return busy / os.sysconf("SC_CLK_TCK")
 
 
@@ -101,6 +99,7 @@ class ThreadCount:
         self.threads = fixed or self.cores
         self._taken = 0  # cores counted as held by other processes
         self._last = self._sample()
+        self._rested = True  # idle since the last look (the engine has not decoded yet)
 
     def _sample(self) -> tuple[float, float | None, float]:
         return self._clock(), self._busy(), self._own()
@@ -109,6 +108,10 @@ class ThreadCount:
     def adaptive(self) -> bool:
         return self.fixed is None and self._last[1] is not None
 
+    def rest(self) -> None:
+        """The engine goes idle: the window that ends at the next look spans that idle time."""
+        self._rested = True
+
     def now(self) -> int:
         if not self.adaptive:
             return self.threads
@@ -116,7 +119,8 @@ class ThreadCount:
         sample = self._sample()
         t1, busy1, own1 = sample
         elapsed = t1 - t0
-        if elapsed > STALE:
+        rested, self._rested = self._rested, False
+        if rested and elapsed > STALE:
             self._last = sample
             return self.threads
         if elapsed < INTERVAL or busy1 is None or busy0 is None:
