@@ -6,7 +6,10 @@ its report through Rich markup."""
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from rich.console import Console
@@ -16,7 +19,7 @@ from textual.widgets import Label, OptionList
 from screens.evals.screen import EvalsScreen
 from screens.recipe import RecipeScreen
 from screens.settings import SettingsScreen
-from tests.tui.conftest import drive, plain
+from tests.tui.conftest import Driver, drive, plain
 from tui.app import DistillApp
 from tui.engine.datasets import ItemDraft
 from tui.engine.evals import create_eval
@@ -26,6 +29,7 @@ from tui.recipe_console import print_report
 
 # A closing tag with no opening one is what made Textual raise; "[red]" would be swallowed.
 NAME = "ops [/b] [red]nightly"
+S = TypeVar("S")
 GRADER = {
     "type": "string_check",
     "name": "exact",
@@ -35,63 +39,56 @@ GRADER = {
 }
 
 
-def workspace(tmp_path: Path) -> tuple[Store, DistillApp]:
+@asynccontextmanager
+async def on_screen(
+    tmp_path: Path, key: str, kind: type[S], *, evals: tuple[str, ...] = ()
+) -> AsyncIterator[tuple[Driver, S]]:
+    """The app on a workspace holding a dataset named NAME (and evals named `evals`), on the
+    screen that `key` opens."""
     store = Store.open(tmp_path / "ws")
     items = [
         ItemDraft(f"Show branch {i}", f"git show b{i}", "eval" if i % 2 else "train")
         for i in range(4)
     ]
     store.create_dataset(NAME, "Reply with a command.", items)
+    for name in evals:
+        create_eval(store, name, [GRADER])
     app = DistillApp(
         settings=load_settings(workspace=store.directory), store=store, start_backend=False
     )
-    return store, app
+    try:
+        async with drive(app) as t:
+            await t.press(key)
+            yield t, await t.screen_of(kind)
+    finally:
+        store.close()
 
 
 async def test_the_recipe_screen_names_a_bracketed_dataset_as_written(tmp_path: Path) -> None:
-    store, app = workspace(tmp_path)
-    try:
-        async with drive(app) as t:
-            await t.press("0")
-            screen = await t.screen_of(RecipeScreen)
-            steps = screen.query_one(OptionList)
-            await t.wait_until(lambda: steps.option_count == 7)
-            # What the option shows: its prompt rendered as Textual renders it.
-            dataset_step = Content.from_markup(str(steps.get_option_at_index(1).prompt)).plain
-            assert f"{NAME}: 4 items, 2 train, 2 eval" in dataset_step
-    finally:
-        store.close()
+    async with on_screen(tmp_path, "0", RecipeScreen) as (t, screen):
+        steps = screen.query_one(OptionList)
+        await t.wait_until(lambda: steps.option_count == 7)
+        # What the option shows: its prompt rendered as Textual renders it.
+        dataset_step = Content.from_markup(str(steps.get_option_at_index(1).prompt)).plain
+        assert f"{NAME}: 4 items, 2 train, 2 eval" in dataset_step
 
 
 async def test_the_evals_editor_names_a_bracketed_eval_as_written(tmp_path: Path) -> None:
-    store, app = workspace(tmp_path)
-    create_eval(store, NAME, [GRADER])
-    try:
-        async with drive(app) as t:
-            await t.press("4")
-            screen = await t.screen_of(EvalsScreen)
-            title = screen.query_one("#graders-title", Label)
-            await t.wait_until(lambda: "Graders of" in plain(title))
-            assert plain(title) == f"Graders of {NAME}"
-    finally:
-        store.close()
+    async with on_screen(tmp_path, "4", EvalsScreen, evals=(NAME,)) as (t, screen):
+        title = screen.query_one("#graders-title", Label)
+        await t.wait_until(lambda: "Graders of" in plain(title))
+        assert plain(title) == f"Graders of {NAME}"
 
 
 async def test_the_settings_screen_shows_a_refused_url_as_typed(tmp_path: Path) -> None:
-    store, app = workspace(tmp_path)
-    try:
-        async with drive(app) as t:
-            await t.press("7")
-            screen = await t.screen_of(SettingsScreen)
-            await t.pilot.click("#base_url")
-            await t.paste("http://user:sk-secret-0123456789@gpu-box:8000/v1/[/b]")
-            await t.press("ctrl+s")
-            await t.settle()
-            error = plain(screen.query_one("#settings-error"))
-            assert "(http://***@gpu-box:8000/v1/[/b])" in error
-            assert "sk-secret" not in error
-    finally:
-        store.close()
+    async with on_screen(tmp_path, "7", SettingsScreen) as (t, screen):
+        await t.pilot.click("#base_url")
+        await t.paste("http://user:sk-secret-0123456789@gpu-box:8000/v1/[/b]")
+        await t.press("ctrl+s")
+        await t.settle()
+        error = plain(screen.query_one("#settings-error"))
+        assert "(http://***@gpu-box:8000/v1/[/b])" in error
+        assert "sk-secret" not in error
 
 
 def test_the_recipe_report_prints_names_as_written() -> None:
@@ -115,11 +112,5 @@ async def test_the_settings_screen_names_a_bracketed_config_path(
 ) -> None:
     path = tmp_path / "cfg [/b]" / "config.toml"
     monkeypatch.setenv("DISTILL_CONFIG", str(path))
-    store, app = workspace(tmp_path)
-    try:
-        async with drive(app) as t:
-            await t.press("7")
-            screen = await t.screen_of(SettingsScreen)
-            assert f"Saved to {path} (DISTILL_CONFIG" in plain(screen.query_one("#settings-intro"))
-    finally:
-        store.close()
+    async with on_screen(tmp_path, "7", SettingsScreen) as (_, screen):
+        assert f"Saved to {path} (DISTILL_CONFIG" in plain(screen.query_one("#settings-intro"))
