@@ -20,6 +20,7 @@ from tui.local.chat import CHATML_TEMPLATE, ChatTemplate, hf_chat_template, rend
 from tui.local.models import LlamaEngine, ModelInfo, ModelRegistry
 from tui.local.protocol import GenChunk, GenRequest, QueueFull
 from tui.local.text_stream import TextOut
+from tui.local.threads import ThreadCount
 
 pytestmark = pytest.mark.slow
 
@@ -180,10 +181,13 @@ async def test_concurrent_generations_match_sequential_ones(engine: LlamaEngine)
     assert len(set(sequential)) > 1  # the prompts really differ
 
 
-class _Alternating:
-    """A ThreadCount stand-in that answers 1, 2, 1, 2… and records what it said."""
+class _Alternating(ThreadCount):
+    """A ThreadCount that answers 1, 2, 1, 2… and records what it said (a subclass, so the
+    engine finds the rest of the interface: a bare stand-in without `rest()` killed the
+    decoding thread when the engine went idle before the test put the real one back)."""
 
     def __init__(self) -> None:
+        super().__init__(2)
         self.said: list[int] = []
 
     def now(self) -> int:
@@ -414,3 +418,29 @@ async def test_registry_lists_loads_once_and_rejects_unknown(tmp_path: Path) -> 
         assert chunks[-1].completion_tokens == 2
     finally:
         await registry.aclose()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+async def test_an_engine_whose_decoding_thread_died_refuses_instead_of_calling_freed_memory() -> (
+    None
+):
+    """If the decoding thread dies (here: its thread count fails as the engine goes idle) it
+    frees the model on its way out; counting or generating must then raise, not call into the
+    freed vocabulary (in CI that aborted the whole test process)."""
+
+    class Failing(ThreadCount):
+        def rest(self) -> None:
+            raise RuntimeError("boom")
+
+    eng = LlamaEngine(DEFAULT_MODEL_ID, default_gguf_path(), n_parallel=1, context_length=256)
+    try:
+        eng._threads = Failing(2)  # white-box: the engine's own thread count
+        await run(eng, GIT, max_tokens=2)
+        await asyncio.to_thread(eng._thread.join, 30)
+        assert not eng._thread.is_alive()
+        with pytest.raises(RuntimeError, match="has been unloaded"):
+            eng.count_tokens(GIT)
+        with pytest.raises(RuntimeError, match="has been unloaded"):
+            await run(eng, GIT, max_tokens=2)
+    finally:
+        await eng.aclose()

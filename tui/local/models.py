@@ -267,6 +267,7 @@ class LlamaEngine:
         self._n_active = 0  # requests holding a slot; written under _cond
         self._n_prefilled = 0  # prompt tokens computed (not taken from the cache), ever
         self._closing = False
+        self._unloaded = False  # its llama.cpp objects freed: nothing may call into them
         self._thread = threading.Thread(
             target=self._run, name=f"llama-decode[{model_id}]", daemon=True
         )
@@ -295,6 +296,8 @@ class LlamaEngine:
 
     def tokenize(self, text: str, *, special: bool = True) -> list[int]:
         """Token ids for ``text``; special-token text (``<|im_start|>``) maps to its token."""
+        if self._unloaded:  # a freed vocabulary would abort the whole process
+            raise RuntimeError(f"model {self.model_id} has been unloaded")
         ll = self._ll
         data = text.encode("utf-8")
         # A template that writes the BOS text itself must not get a second BOS from llama.cpp.
@@ -448,6 +451,9 @@ class LlamaEngine:
                                 out.append((s.request, END))
                                 self._release(s.request, keep_cache=False)
                 self._deliver(out)
+        except BaseException:
+            log.exception("%s: the decoding thread stopped; the model is unloaded", self.model_id)
+            raise
         finally:
             self._shutdown()
 
@@ -657,6 +663,7 @@ class LlamaEngine:
                 out += [(s.request, err), (s.request, END)]
                 self._release(s.request, keep_cache=False)
         self._deliver(out)
+        self._unloaded = True
         ll.llama_batch_free(self._batch)
         ll.llama_free(self._ctx)
         ll.llama_model_free(self._model)
