@@ -254,8 +254,9 @@ async def test_escape_cancels_grading_and_r_resumes(store: Store, db: Db, tmp_pa
         assert screen.runner is not None
         progress = screen.query_one("#eval-progress", ProgressLine)
         assert progress.following
-        assert "Grading" in progress.shown and "/10 grades" in progress.shown
-        assert "esc cancels" in progress.shown
+        # The total comes with the runner's first figures, from its own thread.
+        await driver.wait_until(lambda: "/10 grades" in progress.shown)
+        assert "Grading" in progress.shown and "esc cancels" in progress.shown
         # Cancel once a grade is decided (the others held).
         await driver.wait_until(lambda: db.rows("SELECT COUNT(*) FROM grades")[0][0] >= 1)
         await driver.press("escape")
