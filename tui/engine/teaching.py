@@ -6,7 +6,13 @@ So an honest offline recipe lets the teaching pipeline see the references of a s
 pool of the train split and no others: the pool's examples are the teacher's demonstrations
 and are trained on as they are; the other train requests are labelled by the teacher, and
 their references (where the dataset has them) are used only to report how good the teacher's
-labels were."""
+labels were.
+
+Measured and not adopted: a teacher made of several pool-only students (the same 54-example
+pool, training seeds 0-3), their greedy answers put to a vote, labelled 28 of 229 held-out
+train requests right against 21-33 for each student alone (mean 26), and twelve such students
+(three loss settings x four seeds) 30; one of the twelve was right on 53. Four trainings for
+a label or two more in a hundred: the teacher stays one pool-only student, sampled n times."""
 
 from __future__ import annotations
 

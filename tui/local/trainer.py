@@ -106,7 +106,11 @@ the train split, never the eval split):
   and 99, 1 37 and 85. No gain, a loss on the 229 at weight 1, ~8 % more CPU per step. Nor
   freezing the token embeddings (and with them the tied output layer) in the full fine-tune:
   the same 283 against the same 80, seeds 0, 1, 2, 22, 20 and 26 against 23, 21 and 27, for
-  ~9 % less CPU per step (4.67 against 5.15 CPU s).
+  ~9 % less CPU per step (4.67 against 5.15 CPU s). Nor retrieval-augmented fine-tuning
+  (each example given its 4 nearest other training examples as prior turns, weight 0, and
+  each judged request its 4 nearest training examples the same way): the 283 references
+  against the same 80, seed 0, 19 against 23; the 54-example pool 7 of the 80 and 16 of the
+  229 against 9 and 26; 2.5-3x the CPU per step (the demonstrations are 4/5 of the tokens).
 
 Measured (SmolLM2-135M, 400 git examples of ~64 tokens, batch 8; the machine was shared,
 load average 5-7 on its 2 cores, so CPU seconds per step are the comparable figure):
