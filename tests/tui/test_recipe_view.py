@@ -113,3 +113,29 @@ async def test_following_the_recipe_to_the_compare_screen(tmp_path: Path) -> Non
             assert app.current_mode == screen, f"step {index + 1}"
         assert type(app.screen).__name__ == "CompareScreen"
     store.close()
+
+
+def first_step(app: DistillApp) -> str:
+    steps = app.screen.query_one(OptionList)
+    return str(steps.get_option("step-1").prompt)
+
+
+async def test_one_model_in_both_roles_is_told_that_it_teaches_only_with_context(
+    tmp_path: Path,
+) -> None:
+    """The embedded default names the same model as teacher and student: step 1 says what
+    that teacher can teach and where a stronger one is named; a teacher of its own is not
+    warned about."""
+    store = Store.open(tmp_path / "ws")
+    ensure_shipped_dataset(store)
+    for overrides, warned in (({}, True), ({"teacher_model": "big-teacher"}, False)):
+        settings = load_settings(workspace=tmp_path / "ws", **overrides)
+        app = DistillApp(settings=settings, store=store, start_backend=False)
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("0")
+            await pilot.pause()
+            step = first_step(app)
+            assert f"teacher {settings.teacher}, student {settings.student}" in step
+            assert ("one model in both roles" in step) is warned, step
+            assert ("a stronger teacher is named in Settings" in step) is warned, step
+    store.close()

@@ -1075,14 +1075,19 @@ def recipe_progress(store: Store, dataset_id: int | None, settings: Settings) ->
     teachers = [r for r in runs if finished(r) and r.role == "teacher"]
     tuned = [r for r in runs if finished(r) and r.model in ft_models]
     split_ok = dataset is not None and dataset.n_train > 0 and dataset.n_eval > 0
+    models = f"teacher {settings.teacher}, student {settings.student}"
+    same_backend = settings.backend_kind("teacher") == settings.backend_kind("student")
+    if settings.teacher == settings.student and same_backend:
+        # The embedded default: a newcomer following the steps would label the train split
+        # with the student itself, right on no git request of the eval split without
+        # examples and on about 1 in 10 of the train split with ten (FINDINGS.md).
+        models += (
+            ": one model in both roles, so the teacher knows no more than the student. It"
+            " can teach only with context: few-shot examples (Generate's few-shot k) or the"
+            " labelled pool `distill-tui run` gives it; a stronger teacher is named in Settings."
+        )
     steps = [
-        StepStatus(
-            1,
-            "Choose the teacher and the student",
-            True,
-            f"teacher {settings.teacher}, student {settings.student}",
-            "settings",
-        ),
+        StepStatus(1, "Choose the teacher and the student", True, models, "settings"),
         StepStatus(
             2,
             "Prepare the dataset (requests, references, train/eval split)",
