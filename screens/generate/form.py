@@ -225,6 +225,11 @@ class RunFormPanel(Vertical):
         summary.display = running
         self.query_one(RunControls).set_running(running)
 
+    def focus_first(self) -> None:
+        """The cursor on the form's first field (the dataset), the form scrolled to its top."""
+        self.query_one("#gen-form", VerticalScroll).scroll_home(animate=False)
+        self.query_one("#dataset", Select).focus()
+
     def cancelling(self) -> None:
         """The run was asked to stop: one press of Cancel is enough."""
         self.query_one(RunControls).cancelling()

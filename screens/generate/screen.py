@@ -46,6 +46,7 @@ class GenerateScreen(DistillScreen):
         Binding("ctrl+s", "start", "Start", id="generate.start"),
         Binding("ctrl+r", "resume", "Resume run", id="generate.resume"),
         Binding("escape", "cancel_run", "Cancel run", id="generate.cancel"),
+        Binding("n", "new_run", "New run", id="generate.new_run"),
         Binding("f", "follow", "Follow latest", id="generate.follow"),
         Binding("slash", "filter", "Filter items", key_display="/", id="generate.filter"),
     ]
@@ -254,6 +255,14 @@ class GenerateScreen(DistillScreen):
         else:
             generator.cancel()  # said to the run's process
         self.run_form.cancelling()
+
+    def action_new_run(self) -> None:
+        """Into the form, at its first field: the screen opens on the runs table (so the
+        number keys switch screens), and the form is six tabs away from it."""
+        if self.generator is not None:
+            self.notify("A run is going: esc cancels it first.", severity="warning")
+            return
+        self.run_form.focus_first()
 
     def action_filter(self) -> None:
         self.live_view.filter_box.focus()

@@ -91,6 +91,9 @@ async def test_start_streams_every_item_to_done(
         assert re.search(r"Send as\s+live requests", settings)
         assert "System prompt" in settings
         assert screen.check_action("cancel_run", ())
+        await t.press("n")  # no new run while this one goes: said, and the form stays hidden
+        assert t.app.focused is not screen.query_one("#dataset", Select)
+        assert ("warning", "", "A run is going: esc cancels it first.") in t.notifications()
         # The requests in flight and the limit on them (the configured concurrency).
         limit = small_app.settings.concurrency
         assert re.search(rf"in flight \d+/{limit}\b", progress_text(screen))
@@ -114,6 +117,28 @@ async def test_start_streams_every_item_to_done(
         assert screen.runs_table.row_count == 1
         assert screen.runs_table._rows[0][4:8] == ("done", str(N_ITEMS), "0", str(N_ITEMS))
         assert any("finished" in title for _, title, _ in t.notifications())
+
+
+async def test_n_takes_the_keyboard_into_the_form_and_a_run_starts_on_the_eval_split(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    """The screen opens on the runs table; `n` puts the cursor on the form's first field, so
+    a user on a keyboard alone picks the split and starts without six tabs."""
+    small_app.backend = backend_for(fake)
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        screen.runs_table.focus()  # where the screen opens
+        await t.press("n")
+        assert t.app.focused is screen.query_one("#dataset", Select)
+        await t.press("tab")
+        split = screen.query_one("#split", Select)
+        assert t.app.focused is split
+        await t.press("enter", "down", "down", "enter")  # all, train, eval
+        assert split.value == "eval"
+        await t.press("ctrl+s")
+        await t.settle()
+        assert db.rows("SELECT split FROM runs") == [("eval",)]
+        assert len(db.rows("SELECT id FROM completions WHERE status = 'done'")) == 2
 
 
 async def test_escape_cancels_then_resume_generates_exactly_the_rest(
