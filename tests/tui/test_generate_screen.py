@@ -141,6 +141,24 @@ async def test_n_takes_the_keyboard_into_the_form_and_a_run_starts_on_the_eval_s
         assert len(db.rows("SELECT id FROM completions WHERE status = 'done'")) == 2
 
 
+async def test_a_blank_max_tokens_sends_the_datasets_reply_cap(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db
+) -> None:
+    """The field says what blank means for this dataset (4x its longest reference, at least
+    64 tokens), every request carries it, and the run's settings show it."""
+    small_app.backend = backend_for(fake)
+    async with drive(small_app) as t:
+        screen = await open_generate(t)
+        field = screen.query_one("#max-tokens", Input)
+        assert field.value == "" and field.placeholder == "auto (64)"
+        await t.press("ctrl+s")
+        await t.settle()
+        assert fake.chat_requests
+        assert {r.body.get("max_tokens") for r in fake.chat_requests} == {64}
+        (params,) = db.rows("SELECT params FROM runs")
+        assert json.loads(params[0])["sampling"]["max_tokens"] == 64
+
+
 async def test_escape_cancels_then_resume_generates_exactly_the_rest(
     ten_app: DistillApp, fake: FakeOpenAI, db: Db
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from tui.engine.datasets import ItemDraft
 from tui.engine.generation import PromptBuilder, create_run, estimate_run, estimate_spec
-from tui.engine.run_form import FormError, RunForm, recipe_pool
+from tui.engine.run_form import FormError, RunForm, recipe_pool, reply_cap
 from tui.engine.settings import Price
 from tui.engine.store import Store
 
@@ -114,3 +114,42 @@ def test_the_estimate_retrieves_from_the_pool_the_run_will_use(store: Store, dat
     assert estimate_spec(store, spec, PRICE).prompt_tokens < (
         estimate_spec(store, train, PRICE).prompt_tokens
     )
+
+
+def test_a_blank_max_tokens_caps_replies_at_four_times_the_longest_reference(
+    store: Store, dataset: int
+) -> None:
+    """A model that does not stop must not run every reply to the context's end: blank means
+    4x the longest reference (tokens ~ characters / 4), at least 64; a typed number wins; a
+    dataset without references keeps the backend's default."""
+    assert store.longest_reference(dataset) == len("git branch -d old-0")
+    assert reply_cap(len("git branch -d old-0")) == 64  # the floor
+    assert reply_cap(101) == 4 * 26
+    assert reply_cap(0) is None
+
+    longest = "git log --oneline --graph --decorate --all --since=2.weeks -- src/ docs/ tests/"
+    store.add_items(dataset, [ItemDraft("Draw recent history of three folders", longest, "train")])
+    cap = reply_cap(store.longest_reference(dataset))
+    assert cap == 4 * -(-len(longest) // 4) and cap > 64
+
+    def spec(max_tokens: str, cap: int | None) -> int | None:
+        form = RunForm(dataset_id=dataset, model="m", max_tokens=max_tokens, reply_cap=cap)
+        return form.to_spec().params.max_tokens
+
+    assert spec("", cap) == cap
+    assert spec("500", cap) == 500
+    assert spec("", None) is None
+    # The estimate counts replies as long as the references, within the cap.
+    form = RunForm(dataset_id=dataset, model="m", reply_cap=cap)
+    estimate = estimate_spec(store, form.to_spec(), PRICE)
+    assert 0 < estimate.completion_tokens <= cap * estimate.items
+
+
+def test_deleted_items_and_items_without_a_reference_leave_no_cap(store: Store) -> None:
+    dataset = store.create_dataset(
+        "requests only", "", [ItemDraft("Show the status", "", "train"), ItemDraft("x", "y" * 400)]
+    )
+    items = store.items(dataset)
+    store.delete_items([items[1].id])
+    assert store.longest_reference(dataset) == 0
+    assert reply_cap(store.longest_reference(dataset)) is None

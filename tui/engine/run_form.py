@@ -23,6 +23,15 @@ MAX_SAMPLES = 16  # OpenAI's `n` per request, as far as this form goes
 # only the recipe's labelled pool (the references a real user would have written).
 EXAMPLES_FROM = ("train", "pool")
 
+# A blank "Max tokens" on a dataset with references: replies may run to REPLY_CAP_FACTOR times
+# the longest reference (tokens ≈ characters / 4, the estimate's rule), and never fewer than
+# REPLY_CAP_MIN. Without a cap a small local model that does not stop (the untuned SmolLM2-135M
+# at the default temperature on the git requests) ran each reply to the context's end: the
+# Generate screen's ETA for the 363 train requests was 1.5 hours, with the cap a few minutes.
+# A typed number wins; a dataset without references keeps the backend's default.
+REPLY_CAP_FACTOR = 4
+REPLY_CAP_MIN = 64
+
 # OpenAI's limits on stored-completion metadata; other backends accept the same.
 MAX_METADATA_KEYS = 16
 MAX_KEY_LENGTH = 64
@@ -92,6 +101,14 @@ def run_size(run: RunInfo, dataset: DatasetInfo | None) -> int | None:
     )
 
 
+def reply_cap(longest_reference: int) -> int | None:
+    """The max tokens a blank field means for a dataset whose longest reference has this
+    many characters (None: no reference, the backend's default)."""
+    if longest_reference <= 0:
+        return None
+    return max(REPLY_CAP_MIN, REPLY_CAP_FACTOR * -(-longest_reference // 4))
+
+
 def recipe_pool(workspace: Path, dataset_id: int | None) -> list[int] | None:
     """The item ids of the recipe's labelled pool of this dataset (`pool` in
     <workspace>/recipe-state.json), or None when the recipe has chosen none for it. An
@@ -147,6 +164,8 @@ class RunForm:
     examples_from: str = "train"
     pool: list[int] | None = None
     mode: str = "live"  # "live" or "batch"
+    # What a blank max tokens means (`reply_cap` of the dataset); None: the backend's default.
+    reply_cap: int | None = None
 
     def batch(self) -> bool:
         """Whether the run goes as batches (a mode the form cannot have is refused)."""
@@ -164,6 +183,8 @@ class RunForm:
             raise FormError("split", f"split: {self.split!r} is not all, train or eval")
         temperature = _number("temperature", self.temperature, float, 0, 2)
         max_tokens = _number("max_tokens", self.max_tokens, int, 1, 1_000_000)
+        if max_tokens is None:
+            max_tokens = self.reply_cap
         seed = _number("seed", self.seed, int, -(2**63), 2**63 - 1)
         k = _number("few_shot", self.retrieve_k, int, 0, 64) or 0
         samples = int(_number("samples", self.samples, int, 1, MAX_SAMPLES) or 1)

@@ -554,6 +554,15 @@ class Store:
         make = Item._make
         return [make(row) for row in rows]
 
+    def longest_reference(self, dataset_id: int) -> int:
+        """The length in characters of the dataset's longest reference (0: none has one)."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT MAX(LENGTH(reference)) FROM items WHERE dataset_id = ? AND deleted = 0",
+                (dataset_id,),
+            ).fetchone()
+        return int(row[0] or 0)
+
     def add_items(self, dataset_id: int, items: Iterable[Any], *, source: str = "") -> list[int]:
         """Append items (all or nothing), all from one `source` (see `Item`). Returns the new
         ids."""
