@@ -99,6 +99,36 @@ def test_leakage_and_empty_selection(store: Store) -> None:
         build_training_set(store, Source(run_id=empty_run), system_prompt="")
 
 
+def test_outputs_cut_off_at_max_tokens_are_warned_about(store: Store) -> None:
+    """A reply that stopped at max tokens teaches the student to stop mid-answer: the training
+    set says how many it holds (for one-sample replies, whose finish reason is the label's)."""
+    dataset, run_id = teacher_run(store, n=20)
+    items = store.items(dataset)
+    store.save_completion(
+        run_id,
+        items[0].id,
+        output="git branch topic-0 and then",
+        status="done",
+        finish_reason="length",
+    )
+    store.save_completion(
+        run_id,
+        items[1].id,
+        output="git branch -d topic-1",
+        status="done",
+        finish_reason="length",
+        samples=json.dumps(["git branch -d topic-1", "git x"]),
+        confidence=0.5,
+    )
+    training = build_training_set(store, Source(run_id=run_id), system_prompt=STUDENT_PROMPT)
+    (warning,) = [w for w in training.warnings if "cut off" in w]
+    assert warning.startswith("1 example(s) are outputs cut off at max tokens")
+    selection = build_training_set(
+        store, Source(run_ids=(run_id,), completion_ids=None), system_prompt=STUDENT_PROMPT
+    )
+    assert any(w.startswith("1 example(s) are outputs cut off") for w in selection.warnings)
+
+
 def test_a_selection_across_runs_trains_on_exactly_its_done_completions(store: Store) -> None:
     """Distill's selection: picked completions of two runs; a failed one and the rest of
     the runs are left out."""

@@ -23,7 +23,7 @@ import openai
 from tui.engine.datasets import normalise_request
 from tui.engine.redact import redact_url
 from tui.engine.settings import Price
-from tui.engine.store import TERMINAL_JOB_STATUSES, JobEvent, JobInfo, Store
+from tui.engine.store import TERMINAL_JOB_STATUSES, CompletionRow, JobEvent, JobInfo, Store
 from tui.engine.training_data import (
     FormatReport,
     TokenCounter,
@@ -83,6 +83,13 @@ class _Pair:
     input: str
     output: str
     split: str
+    # The output stopped at max tokens (finish_reason "length"). Known for a one-sample
+    # reply only: a voted label may be another sample than the one the reason is of.
+    cut: bool = False
+
+
+def _cut(row: CompletionRow) -> bool:
+    return row.finish_reason == "length" and not row.samples
 
 
 def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
@@ -103,7 +110,7 @@ def _pairs(store: Store, source: Source) -> tuple[list[_Pair], int | None]:
             ]
         splits = {i.id: i.split for i in store.items(run.dataset_id)} if run.dataset_id else {}
         pairs = [
-            _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))
+            _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""), _cut(r))
             for r in rows
             if r.output.strip()
         ]
@@ -136,7 +143,7 @@ def _selected_pairs(
     dataset_ids = {d for d in (store.get_run(r).dataset_id for r in run_ids) if d is not None}
     splits = {i.id: i.split for d in sorted(dataset_ids) for i in store.items(d)}
     pairs = [
-        _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""))
+        _Pair(r.item_id, r.input, r.output, splits.get(r.item_id, ""), _cut(r))
         for r in rows
         if r.output.strip()
     ]
@@ -187,6 +194,12 @@ def build_training_set(
         warnings.append(
             f"{leaked} example(s) come from the dataset's eval split: the fine-tuned model will "
             "have seen them, so its eval scores will be flattering (leakage)"
+        )
+    cut = sum(1 for p in pairs if p.cut)
+    if cut:
+        warnings.append(
+            f"{cut} example(s) are outputs cut off at max tokens: the student would learn to "
+            "stop mid-answer (generate them again with a higher max tokens)"
         )
     # Group by normalised request so the same request never lands in both files.
     groups: dict[str, list[_Pair]] = {}
