@@ -103,23 +103,11 @@ def test_outputs_cut_off_at_max_tokens_are_warned_about(store: Store) -> None:
     """A reply that stopped at max tokens teaches the student to stop mid-answer: the training
     set says how many it holds (for one-sample replies, whose finish reason is the label's)."""
     dataset, run_id = teacher_run(store, n=20)
-    items = store.items(dataset)
-    store.save_completion(
-        run_id,
-        items[0].id,
-        output="git branch topic-0 and then",
-        status="done",
-        finish_reason="length",
-    )
-    store.save_completion(
-        run_id,
-        items[1].id,
-        output="git branch -d topic-1",
-        status="done",
-        finish_reason="length",
-        samples=json.dumps(["git branch -d topic-1", "git x"]),
-        confidence=0.5,
-    )
+    first, second = store.items(dataset)[:2]
+    cut = {"status": "done", "finish_reason": "length"}
+    store.save_completion(run_id, first.id, output="git branch topic-0 and then", **cut)
+    voted = {"samples": json.dumps([second.reference, "git x"]), "confidence": 0.5}
+    store.save_completion(run_id, second.id, output=second.reference, **cut, **voted)
     training = build_training_set(store, Source(run_id=run_id), system_prompt=STUDENT_PROMPT)
     (warning,) = [w for w in training.warnings if "cut off" in w]
     assert warning.startswith("1 example(s) are outputs cut off at max tokens")
