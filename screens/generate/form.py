@@ -274,7 +274,7 @@ class RunFormPanel(Vertical):
             examples_from=str(self.query_one("#examples-from", Select).value),
             pool=self.pool,
             mode=str(self.query_one("#mode", Select).value),
-            reply_cap=self.reply_cap,
+            reply_cap=self._reply_cap_now(),
         )
 
     def load_datasets(self) -> None:
@@ -381,9 +381,17 @@ class RunFormPanel(Vertical):
         cap = reply_cap(longest)
         if cap != self.reply_cap:
             self.reply_cap = cap
-            field = self.query_one("#max-tokens", Input)
-            field.placeholder = "default" if cap is None else f"auto ({cap})"
             self._schedule_estimate()
+
+    def _reply_cap_now(self) -> int | None:
+        """What a blank max tokens sends: the dataset's cap on the embedded backend, whose
+        small models may never stop; elsewhere the backend's default (a hosted model stops
+        by itself, and a reasoning model needs room for its reasoning)."""
+        if self.reply_cap is None:
+            return None
+        model = self.query_one("#model", Input).value.strip()
+        role = str(self.query_one("#role", Select).value)
+        return self.reply_cap if self.target(model, role).kind == "local" else None
 
     @on(Select.Changed, "#role")
     def _role_changed(self) -> None:
@@ -431,4 +439,7 @@ class RunFormPanel(Vertical):
         self._schedule_estimate()
 
     def _schedule_estimate(self) -> None:
+        cap = self._reply_cap_now()
+        field = self.query_one("#max-tokens", Input)
+        field.placeholder = "default" if cap is None else f"auto ({cap})"
         self.query_one(RunEstimate).schedule()

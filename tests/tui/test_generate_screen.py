@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from dataclasses import replace
 
+import pytest
 from textual.widgets import Button, Input, Select, Static, TextArea
 
 from screens.generate import GenerateScreen
@@ -25,6 +27,8 @@ from tests.tui.conftest import (
 )
 from tests.tui.generating import backend_for, open_generate, statuses
 from tui.app import DistillApp
+from tui.engine.backend import Backend
+from tui.engine.settings import BackendKind
 
 N_ITEMS = len(SMALL_ITEMS)
 
@@ -141,22 +145,28 @@ async def test_n_takes_the_keyboard_into_the_form_and_a_run_starts_on_the_eval_s
         assert len(db.rows("SELECT id FROM completions WHERE status = 'done'")) == 2
 
 
-async def test_a_blank_max_tokens_sends_the_datasets_reply_cap(
-    small_app: DistillApp, fake: FakeOpenAI, db: Db
+@pytest.mark.parametrize("kind", ["local", "url"])
+async def test_a_blank_max_tokens_on_the_embedded_backend_sends_the_datasets_reply_cap(
+    small_app: DistillApp, fake: FakeOpenAI, db: Db, kind: BackendKind
 ) -> None:
-    """The field says what blank means for this dataset (4x its longest reference, at least
-    64 tokens), every request carries it, and the run's settings show it."""
-    small_app.backend = backend_for(fake)
+    """On the embedded backend (here the fake server in its place) the field says what blank
+    means for this dataset (4x its longest reference, at least 64 tokens), every request
+    carries it, and the run's params keep it; on any other backend blank sends nothing."""
+    backend = backend_for(fake)
+    small_app.backend = Backend(replace(backend.spec, kind=kind), backend.client, kind)
     async with drive(small_app) as t:
         screen = await open_generate(t)
+        await t.settle()
         field = screen.query_one("#max-tokens", Input)
-        assert field.value == "" and field.placeholder == "auto (64)"
+        cap = 64 if kind == "local" else None
+        assert field.value == ""
+        assert field.placeholder == ("auto (64)" if cap else "default")
         await t.press("ctrl+s")
         await t.settle()
         assert fake.chat_requests
-        assert {r.body.get("max_tokens") for r in fake.chat_requests} == {64}
+        assert {r.body.get("max_tokens") for r in fake.chat_requests} == {cap}
         (params,) = db.rows("SELECT params FROM runs")
-        assert json.loads(params[0])["sampling"]["max_tokens"] == 64
+        assert json.loads(params[0])["sampling"].get("max_tokens") == cap
 
 
 async def test_escape_cancels_then_resume_generates_exactly_the_rest(

@@ -23,12 +23,14 @@ MAX_SAMPLES = 16  # OpenAI's `n` per request, as far as this form goes
 # only the recipe's labelled pool (the references a real user would have written).
 EXAMPLES_FROM = ("train", "pool")
 
-# A blank "Max tokens" on a dataset with references: replies may run to REPLY_CAP_FACTOR times
-# the longest reference (tokens ≈ characters / 4, the estimate's rule), and never fewer than
-# REPLY_CAP_MIN. Without a cap a small local model that does not stop (the untuned SmolLM2-135M
-# at the default temperature on the git requests) ran each reply to the context's end: the
-# Generate screen's ETA for the 363 train requests was 1.5 hours, with the cap a few minutes.
-# A typed number wins; a dataset without references keeps the backend's default.
+# A blank "Max tokens" on the embedded backend, for a dataset with references: replies may run
+# to REPLY_CAP_FACTOR times the longest reference (tokens ≈ characters / 4, the estimate's
+# rule), and never fewer than REPLY_CAP_MIN. Without a cap a small local model that does not
+# stop (the untuned SmolLM2-135M at the default temperature on the git requests) ran each
+# reply to the context's end: the Generate screen's ETA for the 363 train requests was 1:29:45;
+# with the cap the run took 3:56. A typed number wins; a dataset without references, and any
+# other backend (a hosted model stops by itself; a reasoning model needs room to reason),
+# keep the backend's default.
 REPLY_CAP_FACTOR = 4
 REPLY_CAP_MIN = 64
 
