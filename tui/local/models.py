@@ -428,10 +428,10 @@ class LlamaEngine:
         try:
             while True:
                 with self._cond:
-                    if not self._closing and not self._waiting and self._n_active == 0:
-                        self._threads.rest()
-                    while not self._closing and not self._waiting and self._n_active == 0:
-                        self._cond.wait()
+                    if self._idle():
+                        self._threads.rest()  # the next look's window spans the idle spell
+                        while self._idle():
+                            self._cond.wait()
                     if self._closing:
                         break
                     self._admit()
@@ -456,6 +456,10 @@ class LlamaEngine:
             raise
         finally:
             self._shutdown()
+
+    def _idle(self) -> bool:
+        """Nothing to decode and no reason to stop (read under _cond)."""
+        return not self._closing and not self._waiting and self._n_active == 0
 
     def _admit(self) -> None:
         """Move waiting requests into free slots (decoding thread, _cond held).
