@@ -28,6 +28,7 @@ from screens.generate.live import LiveRunView
 from screens.generate.live_run import LiveRun
 from screens.generate.progress import run_figures
 from screens.generate.run_header import run_settings
+from screens.generate.run_notice import run_notice
 from screens.generate.runs import RunsPanel
 from tui.engine.backend import client_for_thread, closing
 from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
@@ -259,10 +260,8 @@ class GenerateScreen(DistillScreen):
     def action_new_run(self) -> None:
         """Into the form, at its first field: the screen opens on the runs table (so the
         number keys switch screens), and the form is six tabs away from it."""
-        if self.generator is not None:
-            self.notify("A run is going: esc cancels it first.", severity="warning")
-            return
-        self.run_form.focus_first()
+        if not self._said_running():
+            self.run_form.focus_first()
 
     def action_filter(self) -> None:
         self.live_view.filter_box.focus()
@@ -322,9 +321,15 @@ class GenerateScreen(DistillScreen):
             return
         self._begin(run.id, budget, batch=batch)
 
-    def _busy(self) -> bool:
+    def _said_running(self) -> bool:
+        """Whether a run goes (said, when it does: the form is hidden until it ends)."""
         if self.generator is not None:
             self.notify("A run is going: esc cancels it first.", severity="warning")
+            return True
+        return False
+
+    def _busy(self) -> bool:
+        if self._said_running():
             return True
         if self.distill.backend is None:
             self.notify(
@@ -416,33 +421,14 @@ class GenerateScreen(DistillScreen):
         self._report(finished)
 
     def _report(self, finished: RunFinished) -> None:
-        title = f"Run {finished.run_id}"
-        if finished.status == "failed":
-            message = finished.message
-            if "HTTP 401" in message or "HTTP 403" in message:
-                message += (
-                    "\nThe backend refused the request: check the API key (OPENAI_API_KEY or "
-                    "DISTILL_API_KEY) and that it may use this model."
-                )
-            self.notify(
-                message, title=f"{title} stopped", severity="error", timeout=15, markup=False
-            )
-        elif finished.status == "budget":
-            self.notify(
-                finished.message, title=f"{title} stopped", severity="warning", markup=False
-            )
-        elif finished.status == "batch":
-            self.notify(
-                "The batches go on at the backend; ctrl+r on the run follows them again.",
-                title=f"{title}: stopped following",
-            )
-        elif finished.status == "cancelled":
-            self.notify(
-                "In-flight items were recorded as cancelled; ctrl+r resumes the rest.",
-                title=f"{title} cancelled",
-            )
-        else:
-            self.notify(finished.message, title=f"{title} finished", markup=False)
+        notice = run_notice(finished)
+        self.notify(
+            notice.message,
+            title=notice.title,
+            severity=notice.severity,
+            timeout=notice.timeout,
+            markup=False,
+        )
 
     def _set_running(self, running: bool, settings: Text | None = None) -> None:
         self.run_form.set_running(running, settings)
