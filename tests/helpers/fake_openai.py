@@ -597,6 +597,10 @@ class FakeOpenAIApp:
         chunks: list[bytes] = []  # joined once: a batch's upload comes in hundreds of chunks
         while True:
             message = await receive()
+            if message["type"] == "http.disconnect":
+                # The client gave up while its body was still arriving (a run stopped as it
+                # sent): no request reached the server, so none is recorded or counted.
+                return
             chunks.append(message.get("body", b""))
             if not message.get("more_body"):
                 break
