@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 # Worker groups that write how they ended (a generation's in-flight items and run status, an
 # eval run's status) and that quitting waits for after cancelling them: the Generate
 # screen's run, the Evals screen's grading, the Compare screen's grading.
-WAIT_ON_QUIT = frozenset({"generate", "eval-run", "compare-grade"})
+WAIT_ON_QUIT = frozenset({"generate", "eval-run", "compare-grade", "recipe"})
 
 
 class DistillApp(App[int]):

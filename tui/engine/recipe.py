@@ -49,6 +49,7 @@ from tui.engine.generation import (
     SamplingParams,
     create_run,
     estimate_run,
+    estimate_spec,
 )
 from tui.engine.report import RowSource, build_report, write_report
 from tui.engine.settings import Price, Settings, parse_backend_choice
@@ -527,26 +528,29 @@ class Recipe:
         return round_ == 1 and not self.pool_teacher
 
     def estimates(self) -> list[tuple[str, Estimate]]:
-        """Cost estimates of the paid generation steps still to run (for the confirmation)."""
+        """Cost estimates of the paid generation steps still to run (for the confirmation).
+        Asking creates nothing: a run not created yet is estimated from its spec, so an
+        answer of no leaves the workspace as it was."""
         out = []
         if "baseline" not in self.state.finished:
-            run_id = self._run_id(
-                Generation(
-                    "baseline",
-                    "",
-                    self.student_spec(self.student, "student", "recipe: student (eval)"),
-                )
+            baseline = Generation(
+                "baseline", "", self.student_spec(self.student, "student", "recipe: student (eval)")
             )
-            out.append(("student", estimate_run(self.store, run_id, self.price(self.student))))
+            out.append(("student", self._estimate(baseline, self.price(self.student))))
         # A pool teacher is a student fine-tuned later in the recipe, on the student's backend.
         teacher_paid = not (
             self.references_teacher or self.pool_teacher or self.config.teacher_source
         )
         if teacher_paid and "round-1/teacher" not in self.state.finished:
-            run_id = self._run_id(self._teacher_generation(1))
-            estimate = estimate_run(self.store, run_id, self.price(self.teacher, teacher=True))
-            out.append(("teacher", estimate))
+            price = self.price(self.teacher, teacher=True)
+            out.append(("teacher", self._estimate(self._teacher_generation(1), price)))
         return out
+
+    def _estimate(self, generation: Generation, price: Price) -> Estimate:
+        run_id = self.state.runs.get(generation.key)
+        if run_id is None:
+            return estimate_spec(self.store, generation.spec, price)
+        return estimate_run(self.store, run_id, price)  # what a resumed run still has to do
 
     def price(self, model: str, *, teacher: bool = False) -> Price:
         """A model's price on the backend it runs on: the teacher's prices for the teacher

@@ -1,0 +1,287 @@
+"""The Recipe view: the seven steps of the distillation recipe for the current dataset, which
+are done, and the key that opens each — a newcomer's map from a fresh start to a comparison.
+ctrl+s runs every step in the view (what `distill-tui run` does headless) and shows each
+step's progress, then the report; esc stops it, and ctrl+s again resumes from the last
+finished step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Vertical
+from textual.markup import escape
+from textual.widgets import OptionList, Static
+from textual.widgets.option_list import Option
+
+from screens.base import DistillScreen
+from screens.dialogs import ConfirmDialog
+from screens.recipe.board import RecipeBoard
+from tui.engine.generation import Estimate
+from tui.engine.offloop import EngineThread
+from tui.engine.recipe import (
+    STATE_FILE,
+    RecipeConfig,
+    RecipeError,
+    RecipeState,
+    StepStatus,
+    ensure_known_state,
+    recipe_progress,
+)
+from tui.engine.recipe_live import LiveRecipe, RecipeJob
+from tui.engine.store import StoreError
+from tui.widgets.progress_line import clock
+
+HINT = (
+    "enter opens the step's screen · ctrl+s runs every step here, as `distill-tui run` does "
+    "headless"
+)
+
+
+class RecipeScreen(DistillScreen):
+    CSS_PATH = "recipe.tcss"
+    BINDINGS = [
+        Binding("r", "refresh", "Refresh", id="recipe.refresh"),
+        Binding("ctrl+s", "run_recipe", "Run all steps", id="recipe.run"),
+        Binding("escape", "stop_recipe", "Stop", id="recipe.stop"),
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: LiveRecipe | None = None  # the run on view (going or ended)
+        self.engine: EngineThread[Any] | None = None  # set while a run goes
+
+    def compose_body(self) -> ComposeResult:
+        with Vertical(id="recipe"):
+            yield Static("", id="recipe-intro")
+            yield OptionList(id="steps")
+            yield RecipeBoard(id="recipe-run")
+            yield Static(HINT, id="recipe-hint")
+
+    def on_mount(self) -> None:
+        self.sub_title = "Recipe"
+        self.query_one(RecipeBoard).display = False
+        self.action_refresh()
+        self.query_one(OptionList).focus()
+
+    def on_screen_resume(self) -> None:
+        self._refresh_map()
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "stop_recipe":
+            return self.engine is not None  # not running: esc falls through to the app's
+        return True
+
+    def _dataset_id(self) -> int | None:
+        store = self.distill.store
+        current = self.distill.current_dataset_id
+        if current is not None:
+            return current
+        datasets = store.list_datasets()
+        if not datasets:
+            return None
+        preferred = next((d for d in datasets if d.name == "git-requests"), datasets[0])
+        return preferred.id
+
+    # -- the map ---------------------------------------------------------------------------
+
+    def action_refresh(self) -> None:
+        """The steps' map, read again; a run that ended leaves the view for it."""
+        if self.engine is None:
+            self._show_board(False)
+        self._refresh_map()
+
+    def _refresh_map(self) -> None:
+        steps = recipe_progress(self.distill.store, self._dataset_id(), self.distill.settings)
+        self.steps = steps
+        done = sum(s.done for s in steps)
+        nxt = next((s for s in steps if not s.done), None)
+        if self.query_one(RecipeBoard).display:
+            return
+        self.query_one("#recipe-intro", Static).update(
+            f"[b]{done} of 7 steps done.[/b] "
+            + (
+                f"Next: {escape(nxt.title.lower())} (key {self.distill.screen_key(nxt.screen)})."
+                if nxt
+                else "All done."
+            )
+        )
+        option_list = self.query_one(OptionList)
+        highlighted = option_list.highlighted
+        option_list.clear_options()
+        option_list.add_options([_option(s, self.distill.screen_key(s.screen)) for s in steps])
+        option_list.highlighted = (
+            highlighted if highlighted is not None else ((nxt.number - 1) if nxt else 0)
+        )
+
+    def _show_board(self, board: bool) -> None:
+        self.query_one(RecipeBoard).display = board
+        self.query_one(OptionList).display = not board
+        self.query_one("#recipe-hint", Static).update(
+            "esc stops the recipe (ctrl+s later resumes it) · the other screens stay usable"
+            if board and self.engine is not None
+            else "r returns to the steps' map · ctrl+s runs the recipe again (finished steps "
+            "are kept)"
+            if board
+            else HINT
+        )
+        if board:
+            self.query_one("#recipe-intro", Static).update(
+                "[b]The whole recipe, step by step[/b] (the seven steps' map: r)"
+            )
+
+    @on(OptionList.OptionSelected)
+    async def _open(self, event: OptionList.OptionSelected) -> None:
+        step = self.steps[event.option_index]
+        await self.app.run_action(f"switch_mode('{step.screen}')")
+
+    # -- running every step ----------------------------------------------------------------
+
+    def action_run_recipe(self) -> None:
+        if self.engine is not None:
+            self.notify("The recipe is running: esc stops it.", severity="warning")
+            return
+        try:
+            config = self._config()
+        except RecipeError as error:
+            self.notify(str(error), title="Cannot run the recipe", severity="error", markup=False)
+            return
+        backends = {
+            role: self.distill.backend_for(role) for role in ("student", "teacher", "judge")
+        }
+        missing = [role for role, backend in backends.items() if backend is None]
+        if missing:
+            self.notify(
+                "The backend is not connected yet (see the status line); try again in a moment.",
+                title="Cannot run the recipe",
+                severity="warning",
+            )
+            return
+        job = RecipeJob(
+            self.distill.store,
+            self.distill.settings,
+            config,
+            {role: b for role, b in backends.items() if b is not None},
+        )
+        self._run(job)
+
+    def _config(self) -> RecipeConfig:
+        """The recipe's defaults on the dataset in view, or on the dataset an earlier run in
+        this workspace chose (its steps resume there: another dataset is refused, naming
+        the state file to move away)."""
+        store = self.distill.store
+        ensure_known_state(store)
+        path = store.directory / STATE_FILE
+        state = RecipeState.load(path)
+        dataset_id = self._dataset_id()
+        if dataset_id is None:
+            raise RecipeError("the workspace has no dataset: import one on the Dataset screen (1)")
+        name = store.get_dataset(dataset_id).name
+        if state.dataset_id is not None and state.dataset_id != dataset_id:
+            try:
+                earlier = store.get_dataset(state.dataset_id).name
+            except StoreError:
+                earlier = f"id {state.dataset_id}"
+            raise RecipeError(
+                f"this workspace's recipe runs on dataset {earlier!r} ({path}): open that "
+                f"dataset to resume it, or move {path.name} away to run the recipe on {name!r}"
+            )
+        return RecipeConfig(dataset=name)
+
+    @work(exclusive=True, group="recipe", exit_on_error=False)
+    async def _run(self, job: RecipeJob) -> None:
+        live = LiveRecipe()
+        self.live = live
+        engine: EngineThread[Any] = EngineThread("recipe-preflight")
+        self.engine = engine
+        self.refresh_bindings()
+        board = self.query_one(RecipeBoard)
+        board.show(live, "Checking the models and the dataset…")
+        self._show_board(True)
+        try:
+            estimates: list[tuple[str, Estimate]] | None = await engine.run(job.preflight)
+            if estimates is None:
+                live.end()
+                board.say("Stopped before the first step: nothing was spent.")
+                return
+            if any(e.priced for _, e in estimates) and not await self._agreed(estimates):
+                live.end()
+                board.say("Not started: nothing was spent.")
+                return
+            job.reporter = live.reporter()
+            engine = EngineThread("recipe")
+            self.engine = engine
+            board.say("Running the recipe…")
+            report = await engine.run(job.run)
+        except (RecipeError, StoreError) as error:
+            live.end("failed", "")
+            board.say(f"Stopped: {error}")
+            self.notify(
+                f"{error}\nctrl+s resumes from the last finished step.",
+                title="The recipe stopped",
+                severity="error",
+                markup=False,
+            )
+            return
+        except Exception as error:  # said by the app's worker-error notification too
+            live.end("failed", "")
+            board.say(f"Failed: {error}")
+            raise
+        finally:
+            self.engine = None
+            if self.is_mounted:
+                self.refresh_bindings()
+                self._show_board(True)
+        if report is None:
+            live.end("stopped", "stopped here")
+            board.say(f"Stopped{self._job_note()}. ctrl+s resumes from the last finished step.")
+            self.notify("The recipe stopped: ctrl+s resumes it.", title="Recipe stopped")
+            return
+        live.end()
+        took = clock((live.ended or live.started) - live.started)
+        path = Path(self.distill.store.directory) / "reports" / "recipe.md"
+        board.say(f"Finished in {took}: the report is {path} (Compare, key 6, shows every run)")
+        board.show_report(report)
+        self.notify(str(report.get("summary") or "The recipe finished."), title="Recipe done")
+
+    def _job_note(self) -> str:
+        """A fine-tuning job the stop left going: it trains on, and a resumed run waits for
+        it (the Fine-tune screen can cancel it)."""
+        state = RecipeState.load(self.distill.store.directory / STATE_FILE)
+        going = [step for step in state.jobs if step not in state.finished]
+        if not going:
+            return ""
+        return " (the fine-tuning job it started goes on: the Fine-tune screen shows it)"
+
+    async def _agreed(self, estimates: list[tuple[str, Estimate]]) -> bool:
+        lines = [
+            f"{role}: {e.items} requests, ≈{e.prompt_tokens:,} prompt + "
+            f"{e.completion_tokens:,} output tokens, ≈${e.cost:.2f}"
+            for role, e in estimates
+        ]
+        total = sum(e.cost for _, e in estimates)
+        message = "\n".join(
+            [*lines, f"Estimated generation cost ≈ ${total:.2f} (fine-tuning is extra)."]
+        )
+        answer = await self.app.push_screen_wait(
+            ConfirmDialog("Run the recipe?", message, ok="Run")
+        )
+        return bool(answer)
+
+    def action_stop_recipe(self) -> None:
+        if self.engine is not None:
+            self.engine.cancel()
+            self.query_one(RecipeBoard).say("Stopping…")
+
+
+def _option(step: StepStatus, key: str) -> Option:
+    mark = "[green]✓[/green]" if step.done else "[dim]○[/dim]"
+    return Option(
+        # The detail names the dataset and models, which may hold brackets ("ops [/b]").
+        f"{mark} [b]{step.number}. {escape(step.title)}[/b]  [dim](key {key})[/dim]\n"
+        f"     {escape(step.detail)}",
+        id=f"step-{step.number}",
+    )

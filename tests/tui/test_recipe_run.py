@@ -1,0 +1,214 @@
+"""Running every step from the Recipe view (ctrl+s), against the fake server behaving as
+OpenAI: the cost is asked about first, each step shows as it goes, the report's rows end the
+run; esc stops it mid-step and ctrl+s resumes where it stopped, the finished items kept."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from pydantic import SecretStr
+from rich.console import Console
+from textual.widgets import OptionList, Static
+
+from screens.dialogs import ConfirmDialog
+from screens.recipe import RecipeScreen
+from screens.recipe.board import RecipeBoard
+from tests.helpers.fake_openai import FakeOpenAI, like_openai, slow
+from tests.tui.conftest import Driver, drive, plain
+from tui.app import DistillApp
+from tui.engine.backend import Backend, BackendSpec
+from tui.engine.datasets import ItemDraft
+from tui.engine.recipe import STATE_FILE, RecipeState
+from tui.engine.settings import load_settings
+from tui.engine.store import RunInfo, Store
+
+SIZE = (130, 45)
+
+
+@pytest.fixture
+def openai_fake() -> Iterator[FakeOpenAI]:
+    with like_openai(tokens_per_reply=3, job_seconds=0.3) as server:
+        yield server
+
+
+def git_dataset(store: Store) -> int:
+    items = [
+        ItemDraft(f"Create a new branch called 'topic-{i}'.", f"git branch topic-{i}")
+        for i in range(24)
+    ]
+    dataset = store.create_dataset("tiny-git", "Reply with a git command.", items)
+    store.random_split(dataset, 0.25, seed=3)
+    return dataset
+
+
+def app_on(store: Store, fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch) -> DistillApp:
+    """The app with the fake as OpenAI (kind openai: OpenAI's models, prices and rules)."""
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-test")
+    app = DistillApp(
+        settings=load_settings(workspace=store.directory), store=store, start_backend=False
+    )
+    spec = BackendSpec("openai", fake.base_url, SecretStr(fake.api_key), "openai")
+    client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, max_retries=0)
+    app.backend = Backend(spec, client, "openai")
+    return app
+
+
+def board_text(t: Driver) -> str:
+    """The board as drawn: its status, its steps and the report's table."""
+    board = t.app.screen.query_one(RecipeBoard)
+    console = Console(width=SIZE[0], record=True, file=io.StringIO())
+    for static in board.query(Static):
+        console.print(static.content)
+    return console.export_text()
+
+
+def chats(fake: FakeOpenAI) -> int:
+    return sum(r.path == "/v1/chat/completions" for r in fake.requests)
+
+
+def baseline_run(store: Store) -> RunInfo | None:
+    state = RecipeState.load(store.directory / STATE_FILE)
+    run_id = state.runs.get("baseline")
+    return store.get_run(run_id) if run_id is not None else None
+
+
+async def start(t: Driver) -> ConfirmDialog:
+    await t.press("0")
+    assert isinstance(t.app.screen, RecipeScreen)
+    await t.press("ctrl+s")
+    return await t.screen_of(ConfirmDialog)
+
+
+async def test_ctrl_s_asks_about_the_cost_then_runs_every_step_to_the_report(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        dialog = await start(t)
+        asked = "\n".join(plain(w) for w in dialog.query("Static"))
+        assert "student: 6 requests" in asked and "teacher: 18 requests" in asked
+        assert "Estimated generation cost ≈ $" in asked
+        assert chats(openai_fake) == 0  # nothing asked of a model before the answer
+        await t.press("enter")
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        shown = board_text(t)
+        # Each step as the recipe reached it, then the report's rows and business case.
+        for step in (
+            "✓ Student outputs on the eval split (baseline)",
+            "✓ Teacher labels the train split",
+            "✓ Fine-tune the student",
+            "✓ Compare",
+        ):
+            assert step in shown
+        for row in ("teacher", "baseline student", "fine-tuned student"):
+            assert row in shown
+        report = json.loads((store.directory / "reports" / "recipe.json").read_text())
+        assert report["summary"] and report["summary"] in shown.replace("\n", " ")
+        (job,) = store.list_jobs()
+        assert job.status == "succeeded"
+        assert [s for s, _, _ in t.notifications()] == ["information"]
+        # r goes back to the seven steps' map, every one done.
+        await t.press("r")
+        assert t.app.screen.query_one(OptionList).display
+        assert "7 of 7 steps done" in plain(t.app.screen.query_one("#recipe-intro"))
+
+
+async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    # The first three replies come at once, the others would take 30 s.
+    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(
+            lambda: baseline_run(store) is not None and baseline_run(store).n_done == 3
+        )
+        assert "▸ Student outputs on the eval split (baseline)" in board_text(t)
+        await t.press("escape")
+        await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
+        assert "■ Student outputs on the eval split (baseline)" in board_text(t)
+        run = baseline_run(store)
+        assert run is not None and run.status == "cancelled"
+        kept = run.n_done
+        assert kept == 3
+        state = json.loads((store.directory / STATE_FILE).read_text())
+        assert state["finished"] == []
+
+        answered = {c.input for c in store.completions(run.id) if c.status == "done"}
+        assert len(answered) == kept
+        openai_fake.policy = None
+        await t.press("ctrl+s")
+        await t.screen_of(ConfirmDialog)
+        await t.press("enter")
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        # The same baseline run went on: the requests it had answered were not asked again.
+        baseline = store.get_run(run.id)
+        assert (baseline.status, baseline.n_done) == ("done", 6)
+        asked = [
+            r.key
+            for r in openai_fake.requests
+            if r.path == "/v1/chat/completions"
+            and r.body.get("model") == run.model
+            and r.key in answered
+        ]
+        assert sorted(asked) == sorted(answered)
+        assert len(store.list_jobs()) == 1
+
+
+async def test_declining_the_cost_spends_nothing(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("escape")
+        await t.wait_until(lambda: "nothing was spent" in board_text(t))
+        await t.settle()
+        assert chats(openai_fake) == 0 and store.list_runs() == []
+        # esc again, the run over, is the app's: it does not try to stop anything.
+        assert t.app.screen.query_one(RecipeBoard).display
+
+
+async def test_another_datasets_recipe_is_named_and_left_alone(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    first = git_dataset(store)
+    second = store.create_dataset("other", "x", [ItemDraft("a", "b", "train")])
+    (store.directory / STATE_FILE).write_text(json.dumps({"version": 2, "dataset_id": first}))
+    before = (store.directory / STATE_FILE).read_bytes()
+    app = app_on(store, openai_fake, monkeypatch)
+    app.current_dataset_id = second
+    async with drive(app, size=SIZE) as t:
+        await t.press("0", "ctrl+s")
+        await t.settle()
+        assert not isinstance(t.app.screen, ConfirmDialog)
+        (error,) = t.errors()
+        assert "runs on dataset 'tiny-git'" in error and "to run the recipe on 'other'" in error
+    assert (store.directory / STATE_FILE).read_bytes() == before
+    assert chats(openai_fake) == 0
+    assert os.path.exists(store.directory / STATE_FILE)
+
+
+async def test_quitting_mid_step_records_the_step_as_cancelled(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    app = app_on(store, openai_fake, monkeypatch)
+    async with drive(app, size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: (run := baseline_run(store)) is not None and run.n_done == 3)
+        await t.press("q")
+        await t.wait_until(lambda: app.return_code is not None or not app.is_running, 15)
+    run = baseline_run(store)
+    assert run is not None and (run.status, run.n_done) == ("cancelled", 3)
+    assert RecipeState.load(store.directory / STATE_FILE).finished == []
