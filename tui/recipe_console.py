@@ -104,9 +104,7 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
         )
         console.print(
             f"{'Backend' if len(backends.distinct) == 1 else 'Backends'} {escape(backends.label)}: "
-            f"student [b]{escape(recipe.student)}[/b], teacher "
-            f"[b]{escape(recipe.teacher)}[/b]"
-            + (f" with {recipe.teacher_examples} examples" if recipe.teacher_examples else "")
+            f"{escape(recipe.describe())}"
         )
         await recipe.check_before_spending()  # before asking to spend: a refusal costs nothing
         estimates = recipe.estimates()

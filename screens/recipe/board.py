@@ -5,6 +5,7 @@ only when the recipe's version moved or a second passed for the running step's c
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from rich.console import Group, RenderableType
@@ -39,6 +40,7 @@ class RecipeBoard(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static("", id="run-status")
+        yield Static("", id="run-about", markup=False)  # names models, shown as written
         yield Static("", id="run-steps")
         yield Static("", id="run-report")
 
@@ -49,12 +51,17 @@ class RecipeBoard(VerticalScroll):
         self.live = live
         self.status = status
         self.query_one("#run-report", Static).update("")
+        self.query_one("#run-about", Static).update("")
         self._painted = (-1, -1, "")
         self._repaint()
 
     def say(self, status: str) -> None:
         self.status = status
         self._repaint()
+
+    def describe(self, about: str) -> None:
+        """The dataset and who teaches whom (`Recipe.describe`), under the status line."""
+        self.query_one("#run-about", Static).update(about)
 
     def show_report(self, report: dict[str, Any]) -> None:
         self.query_one("#run-report", Static).update(report_renderable(report))
@@ -65,13 +72,17 @@ class RecipeBoard(VerticalScroll):
             return
         live.catch_up()
         running = live.running
-        # The running step's clock moves once a second with no event.
-        second = int(running.elapsed()) if running is not None and live.ended is None else -1
+        # The clocks move once a second with no event.
+        going = live.ended is None
+        second = int(time.monotonic() - live.started) if going else -1
         painted = (live.version, second, self.status)
         if painted == self._painted:
             return
         self._painted = painted
-        self.query_one("#run-status", Static).update(Text(self.status, style="bold"))
+        status = Text(self.status, style="bold")
+        if going and running is not None:
+            status.append(f"  {clock(time.monotonic() - live.started)}", style="dim")
+        self.query_one("#run-status", Static).update(status)
         lines = Text("\n").join(_step_text(step) for step in live.steps.values())
         self.query_one("#run-steps", Static).update(lines)
 
@@ -84,10 +95,12 @@ def _step_text(step: StepLine) -> Text:
     if step.status == "skipped":
         text.append(" (done before)", style="dim")
     parts: list[str] = []
+    # A fine-tune's progress is in training steps ("round-1/train"), a generation's in items.
+    unit = "step " if step.key.endswith("/train") else ""
     if step.total is not None and step.status in ("running", "failed", "stopped"):
-        parts.append(f"{step.done or 0}/{step.total}")
-    elif step.done is not None and step.total is None and step.status == "running":
-        parts.append(f"step {step.done}")
+        parts.append(f"{unit}{step.done or 0}/{step.total}")
+    elif step.done is not None and step.status == "running":
+        parts.append(f"{unit}{step.done}")
     if step.note:
         parts.append(step.note)
     if step.status != "skipped":

@@ -31,7 +31,7 @@ from tui.engine.recipe import (
     ensure_known_state,
     recipe_progress,
 )
-from tui.engine.recipe_live import LiveRecipe, RecipeJob
+from tui.engine.recipe_live import LiveRecipe, Preflight, RecipeJob
 from tui.engine.store import StoreError
 from tui.widgets.progress_line import clock
 
@@ -202,11 +202,13 @@ class RecipeScreen(DistillScreen):
         board.show(live, "Checking the models and the dataset…")
         self._show_board(True)
         try:
-            estimates: list[tuple[str, Estimate]] | None = await engine.run(job.preflight)
-            if estimates is None:
+            preflight: Preflight | None = await engine.run(job.preflight)
+            if preflight is None:
                 live.end()
                 board.say("Stopped before the first step: nothing was spent.")
                 return
+            board.describe(f"{job.config.dataset} · {preflight.description}")
+            estimates = preflight.estimates
             if any(e.priced for _, e in estimates) and not await self._agreed(estimates):
                 live.end()
                 board.say("Not started: nothing was spent.")

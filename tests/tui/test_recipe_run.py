@@ -98,6 +98,8 @@ async def test_ctrl_s_asks_about_the_cost_then_runs_every_step_to_the_report(
         await t.press("enter")
         await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
         shown = board_text(t)
+        # Who teaches whom, as the headless command says it.
+        assert "tiny-git · student gpt-4o-mini-2024-07-18 · teacher gpt-4o" in shown
         # Each step as the recipe reached it, then the report's rows and business case.
         for step in (
             "✓ Student outputs on the eval split (baseline)",

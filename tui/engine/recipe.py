@@ -515,6 +515,23 @@ class Recipe:
             return self.config.pool_teacher
         return self.self_taught
 
+    def describe(self) -> str:
+        """Who teaches whom, in one line: what `distill-tui run` and the Recipe view say
+        before the first step ("student M · teacher: the student fine-tuned on a labelled
+        pool of 54, 5 samples and a vote")."""
+        if self.references_teacher:
+            teacher = "teacher: the dataset's references"
+        elif self.pool_teacher:
+            teacher = f"teacher: the student fine-tuned on a labelled pool of {len(self.pool())}"
+        else:
+            teacher = f"teacher {self.teacher}"
+            if self.teacher_examples:
+                teacher += f" with {self.teacher_examples} examples"
+        if self.teacher_samples > 1 and not self.references_teacher:
+            teacher += f", {self.teacher_samples} samples and a vote"
+        rounds = f" · up to {self.rounds} rounds" if self.rounds > 1 else ""
+        return f"student {self.student} · {teacher}{rounds}"
+
     def round_teacher_model(self, round_: int) -> str:
         if round_ > 1:
             return self.state.models[f"round-{round_ - 1}/train"]

@@ -134,6 +134,14 @@ class LiveRecipe(Receiver[StepEvent]):
         self.version += 1
 
 
+@dataclass(frozen=True)
+class Preflight:
+    """What the recipe says before its first step."""
+
+    description: str  # Recipe.describe()
+    estimates: list[tuple[str, Estimate]]
+
+
 class RecipeJob:
     """The recipe for an `EngineThread`: `preflight()` (what `distill-tui run` checks and
     estimates before it asks to spend) and `run()`, each a job of its own thread's loop.
@@ -159,15 +167,16 @@ class RecipeJob:
         self.backends = backends  # by role: student, teacher, judge
         self.reporter = reporter
 
-    async def preflight(self) -> list[tuple[str, Estimate]] | None:
-        """The estimates of the paid steps still to run; None when cancelled."""
+    async def preflight(self) -> Preflight | None:
+        """Who teaches whom, and the estimates of the paid steps still to run; None when
+        cancelled."""
 
-        async def check(recipe: Recipe) -> list[tuple[str, Estimate]] | None:
+        async def check(recipe: Recipe) -> Preflight | None:
             try:
                 await recipe.check_before_spending()
             except asyncio.CancelledError:
                 return None
-            return recipe.estimates()
+            return Preflight(recipe.describe(), recipe.estimates())
 
         return await self._with_recipe(check)
 
