@@ -39,10 +39,17 @@ def concurrency_text(stats: RunStats, changed: ConcurrencyChanged | None) -> Tex
 
 
 def run_figures(
-    live: LiveRun, stats: RunStats | None, *, running: bool, price: Price, local: bool
+    live: LiveRun,
+    stats: RunStats | None,
+    *,
+    running: bool,
+    price: Price,
+    local: bool,
+    elsewhere: bool = False,
 ) -> Figures:
     """The progress line of the run on view: the engine's totals while it runs (and after,
-    until another run is viewed), else the counts of what the store holds."""
+    until another run is viewed), else the counts of what the store holds. `elsewhere`: the
+    run is being generated in this app, not by this screen (the recipe on the Recipe view)."""
     if stats is not None:
         done = stats.done_before + stats.done
         failed, cancelled = stats.failed, stats.cancelled
@@ -68,8 +75,8 @@ def run_figures(
         notes.append("free (local)" if local else "unpriced")
     if not running:
         status = live.finished.status if live.finished else live.run.status
-        if status == "running":
-            status = "interrupted"  # nothing generates here: a session ended mid-run
+        if status == "running" and not elsewhere:
+            status = "interrupted"  # nothing generates it: a session ended mid-run
         notes.append(Text(status, style="bold"))
     figures = Figures(done=done, total=len(live.items), counts=tuple(parts), notes=tuple(notes))
     if stats is None:

@@ -30,12 +30,15 @@ RUN_COLUMNS = (
 )
 
 
-def run_row(run: RunInfo, dataset: DatasetInfo | None, stats: RunStats | None) -> tuple[str, ...]:
-    """A run's row; `stats` are the engine's totals when the run is generating now."""
+def run_row(
+    run: RunInfo, dataset: DatasetInfo | None, stats: RunStats | None, *, elsewhere: bool = False
+) -> tuple[str, ...]:
+    """A run's row; `stats` are the engine's totals when the run is generating now here;
+    `elsewhere`: it is generating in this app, not by this screen (the recipe)."""
     status, done, failed = run.status, run.n_done, run.n_failed
     if stats is not None:
         status, done, failed = "running", stats.done_before + stats.done, stats.failed
-    elif status == "running":
+    elif status == "running" and not elsewhere:
         status = "interrupted"  # marked running by a session that ended mid-run
     size = run_size(run, dataset)
     return (
@@ -71,6 +74,9 @@ class RunsPanel(Vertical):
         self.runs: list[RunInfo] = []
         self.dataset: DatasetInfo | None = None
         self._generating: tuple[int, Callable[[], RunStats]] | None = None
+        # Whether a run is generating in this app but not by this panel's screen (the
+        # recipe on the Recipe view): the screen sets it (Store.is_generating).
+        self.is_generating: Callable[[int], bool] = lambda run_id: False
         self._skip_highlights = 0  # cursor moves made by code, not by the user
 
     def compose(self) -> ComposeResult:
@@ -121,7 +127,13 @@ class RunsPanel(Vertical):
         running_id, stats = self._generating or (None, None)
         now = stats() if stats is not None else None
         rows = [
-            run_row(run, self.dataset, now if run.id == running_id else None) for run in self.runs
+            run_row(
+                run,
+                self.dataset,
+                now if run.id == running_id else None,
+                elsewhere=self.is_generating(run.id),
+            )
+            for run in self.runs
         ]
         if rows:
             self._skip_highlights += 1  # set_rows always sets the cursor

@@ -77,6 +77,7 @@ class GenerateScreen(DistillScreen):
     def on_mount(self) -> None:
         self.sub_title = "Generate"
         self.run_form.load_datasets()
+        self.runs_panel.is_generating = self.distill.store.is_generating
         self.watch(self.app, "backend_label", self._backend_changed)
         # Not a text box: the number keys that switch screens must keep working on arrival.
         self.runs_table.focus()
@@ -233,6 +234,7 @@ class GenerateScreen(DistillScreen):
             live,
             stats if generator is not None or live.finished is not None else None,
             running=generator is not None,
+            elsewhere=self.distill.store.is_generating(live.run.id),
             price=self.distill.settings.price(live.run.model, target.price_role),
             local=target.kind == "local",
         )
@@ -307,6 +309,13 @@ class GenerateScreen(DistillScreen):
             self.notify("No run to resume: pick one in the runs table.", severity="warning")
             return
         store = self.distill.store
+        if store.is_generating(run.id):
+            self.notify(
+                f"Run {run.id} is being generated already, by the recipe (the Recipe view, 0: "
+                "esc there stops it).",
+                severity="warning",
+            )
+            return
         pending = await store.in_thread(store.pending_items, run.id)
         # A run whose batches are still at the backend is followed, whatever the form says.
         batched = bool(await store.in_thread(store.unfinished_batches, run.id))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from rich import box
 from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
@@ -18,6 +19,7 @@ from textual.widgets import Static
 from tui.engine.recipe_live import LiveRecipe, StepLine
 from tui.widgets.progress_line import clock, on_repaint
 
+SAYS_NOTHING = {"unpriced", "", "None"}
 MARKS = {
     "running": ("▸", "bold cyan"),
     "done": ("✓", "green"),
@@ -28,9 +30,8 @@ MARKS = {
 
 
 class RecipeBoard(VerticalScroll):
-    """The steps of the run on view, and its report once it has one."""
-
-    can_focus = False
+    """The steps of the run on view, and its report once it has one (focused while shown,
+    so the arrows and page keys scroll a report taller than the screen)."""
 
     def __init__(self, *, id: str | None = None) -> None:
         super().__init__(id=id)
@@ -99,7 +100,7 @@ def _step_text(step: StepLine) -> Text:
     unit = "step " if step.key.endswith("/train") else ""
     if step.total is not None and step.status in ("running", "failed", "stopped"):
         parts.append(f"{unit}{step.done or 0}/{step.total}")
-    elif step.done is not None and step.status == "running":
+    elif step.done and step.status == "running":
         parts.append(f"{unit}{step.done}")
     if step.note:
         parts.append(step.note)
@@ -119,12 +120,14 @@ def report_renderable(report: dict[str, Any]) -> RenderableType:
         table = Table(
             title=f"Teacher and students on the eval split ({report.get('items')} items)",
             title_justify="left",
-            expand=False,
+            box=box.SIMPLE_HEAD,
         )
-        for header in rows[0]:
-            table.add_column(str(header))
+        # A column that says nothing (every cost "unpriced" on a local backend) is left out.
+        headers = [h for h in rows[0] if len({str(row.get(h)) for row in rows} - SAYS_NOTHING)]
+        for header in headers:
+            table.add_column(str(header), no_wrap=header == "run")
         for row in rows:
-            table.add_row(*(Text(str(v)) for v in row.values()))
+            table.add_row(*(Text(str(row.get(h, ""))) for h in headers))
         parts.append(table)
     if report.get("summary"):
         parts.append(Text(str(report["summary"]), style="bold"))

@@ -120,6 +120,7 @@ class RecipeScreen(DistillScreen):
     def _show_board(self, board: bool) -> None:
         self.query_one(RecipeBoard).display = board
         self.query_one(OptionList).display = not board
+        (self.query_one(RecipeBoard) if board else self.query_one(OptionList)).focus()
         self.query_one("#recipe-hint", Static).update(
             "esc stops the recipe (ctrl+s later resumes it) · the other screens stay usable"
             if board and self.engine is not None

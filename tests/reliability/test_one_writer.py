@@ -335,6 +335,10 @@ def test_two_generators_on_one_run_send_each_request_once(tmp_path: Path) -> Non
     ds = store.create_dataset("d", "", _items(40))
     run_id = create_run(store, RunSpec(dataset_id=ds, model="fake-model"))
 
+    # The second on a connection of its own, as a run's process has (Store.open_for_run):
+    # within one Store a second generator of a run going is refused (Store.generating).
+    other = Store._open_locked(store.directory, store.path)
+
     async def both() -> None:
         with FakeOpenAI(token_delay=0.001, tokens_per_reply=5) as fake:
             client = openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key)
@@ -342,7 +346,7 @@ def test_two_generators_on_one_run_send_each_request_once(tmp_path: Path) -> Non
             # from sending the same requests.
             await asyncio.gather(
                 Generator(store, client, concurrency=4).run(run_id),
-                Generator(store, client, concurrency=4).run(run_id),
+                Generator(other, client, concurrency=4).run(run_id),
             )
             await client.close()
             counts = Counter(r.key for r in fake.chat_requests)
@@ -353,6 +357,7 @@ def test_two_generators_on_one_run_send_each_request_once(tmp_path: Path) -> Non
         rows = store.query("SELECT status, attempts FROM completions WHERE run_id = ?", (run_id,))
         assert len(rows) == 40 and {tuple(r) for r in rows} == {("done", 1)}
     finally:
+        other.close()
         store.close()
 
 

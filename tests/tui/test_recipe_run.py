@@ -17,6 +17,7 @@ from rich.console import Console
 from textual.widgets import OptionList, Static
 
 from screens.dialogs import ConfirmDialog
+from screens.generate import GenerateScreen
 from screens.recipe import RecipeScreen
 from screens.recipe.board import RecipeBoard
 from tests.helpers.fake_openai import FakeOpenAI, like_openai, slow
@@ -214,3 +215,32 @@ async def test_quitting_mid_step_records_the_step_as_cancelled(
     run = baseline_run(store)
     assert run is not None and (run.status, run.n_done) == ("cancelled", 3)
     assert RecipeState.load(store.directory / STATE_FILE).finished == []
+
+
+async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resume_it(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: (run := baseline_run(store)) is not None and run.n_done == 3)
+        run = baseline_run(store)
+        assert run is not None
+        await t.press("2")
+        screen = t.app.screen
+        assert isinstance(screen, GenerateScreen)
+        await t.wait_until(lambda: screen.runs_panel.runs != [])
+        assert [r.id for r in screen.runs_panel.runs] == [run.id]
+        assert screen.runs_panel.table._rows[0][4] == "running"  # not "interrupted"
+        asked = len(openai_fake.requests)
+        await t.press("ctrl+r")
+        await t.pilot.pause(0.3)
+        assert any(
+            "is being generated already, by the recipe" in m for _, _, m in t.notifications()
+        )
+        assert screen.generator is None and len(openai_fake.requests) == asked
+        await t.press("0", "escape")
+        await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
+    assert store.get_run(run.id).status == "cancelled"

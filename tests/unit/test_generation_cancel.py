@@ -12,7 +12,7 @@ import pytest
 from tests.helpers.fake_openai import FakeOpenAI
 from tui.engine.datasets import ItemDraft
 from tui.engine.generation import Generator, ItemStarted, RunSpec, create_run
-from tui.engine.store import Store
+from tui.engine.store import Store, StoreError
 
 N = 40
 CONCURRENCY = 4
@@ -67,3 +67,22 @@ async def test_cancelling_the_run_task_stops_it_like_cancel(store: Store) -> Non
             again = {r.item_id: r for r in rows}
             assert all(again[r.item_id].output.startswith("echo: ") for r in cancelled)
             assert fake.duplicates() == []
+
+
+async def test_a_second_generator_of_a_run_going_is_refused_and_a_later_one_resumes(
+    store: Store,
+) -> None:
+    dataset = store.create_dataset("x", "", [ItemDraft(f"request {i}", "") for i in range(8)])
+    run_id = create_run(store, RunSpec(dataset, "fake-model"))
+    with FakeOpenAI(tokens_per_reply=5, token_delay=0.05) as fake:
+        async with openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key) as client:
+            first = asyncio.create_task(Generator(store, client, concurrency=2).run(run_id))
+            await asyncio.sleep(0.1)
+            assert store.is_generating(run_id)
+            with pytest.raises(StoreError, match=f"run {run_id} is being generated already"):
+                await Generator(store, client, concurrency=2).run(run_id)
+            finished = await first
+            assert finished.status == "done" and not store.is_generating(run_id)
+            assert len(fake.chat_requests) == 8  # the refused one asked for nothing
+            again = await Generator(store, client, concurrency=2).run(run_id)
+            assert again.status == "done" and len(fake.chat_requests) == 8

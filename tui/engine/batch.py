@@ -284,6 +284,10 @@ class BatchRunner(Stoppable):
     async def run(
         self, run_id: int, on_event: Callable[[BatchEvent], None] | None = None
     ) -> RunFinished:
+        with self.store.generating(run_id):
+            return await self._run(run_id, on_event)
+
+    async def _run(self, run_id: int, on_event: Callable[[BatchEvent], None] | None) -> RunFinished:
         emit = on_event or (lambda event: None)
         store = self.store
         # The batches sent before (resumed first), and the items no batch holds.

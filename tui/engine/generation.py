@@ -586,6 +586,10 @@ class Generator(Stoppable):
     async def run(
         self, run_id: int, on_event: Callable[[Event], None] | None = None
     ) -> RunFinished:
+        with self.store.generating(run_id):
+            return await self._run(run_id, on_event)
+
+    async def _run(self, run_id: int, on_event: Callable[[Event], None] | None) -> RunFinished:
         emit = on_event or (lambda event: None)
         store = self.store
         run, pending, self.stats = await open_run(store, run_id, RunStats)

@@ -1004,6 +1004,12 @@ class Recipe:
                     last.get("total_steps"),
                     f"train loss {last.get('train_loss', float('nan')):.3f}",
                 )
+            elif update.new_events:
+                # Before the first step (files validated, the job queued, a GGUF base
+                # converted for training: up to a minute), the job's own last word.
+                said = update.new_events[-1].message.strip().splitlines()
+                if said:
+                    self.reporter.advance(step, 0, None, said[0][:80])
 
         job = await JobWatcher(self.store, self.client).watch(self.state.jobs[step], progress)
         if job.status != "succeeded" or not job.fine_tuned_model:

@@ -172,6 +172,10 @@ class RunProcess:
     async def run(
         self, run_id: int, on_event: Callable[[Event], None] | None = None
     ) -> RunFinished:
+        with self.store.generating(run_id):  # in this process: the child writes the run
+            return await self._run(run_id, on_event)
+
+    async def _run(self, run_id: int, on_event: Callable[[Event], None] | None) -> RunFinished:
         emit = on_event or (lambda event: None)
         self.stats = RunStats(started=time.monotonic())
         proc, self.spare = self.spare, None

@@ -12,13 +12,14 @@ refused without being touched.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import random
 import sqlite3
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -311,6 +312,7 @@ class Store:
         self._executor: ThreadPoolExecutor | None = None
         self.read_only = False  # opened with Store.open(read_only=True): only looks
         self._workspace_lock: workspace_lock.Lock | None = None
+        self._generating: set[int] = set()  # runs a generator of this process is running
 
     # -- opening -------------------------------------------------------------------------
 
@@ -783,6 +785,29 @@ class Store:
         else:
             rows = self.query(self._RUNS_SQL.format(where="WHERE r.dataset_id = ?"), (dataset_id,))
         return [_run_info(row) for row in rows]
+
+    @contextlib.contextmanager
+    def generating(self, run_id: int) -> Iterator[None]:
+        """Held by whatever generates `run_id` in this process (a Generate screen's run, the
+        recipe running in the Recipe view, a batch): a second generator of the same run is
+        refused rather than left to share its items, and `is_generating` tells the screens
+        that a run marked running is going, not interrupted. (Another process cannot write
+        the workspace at all: its lock, tui/engine/workspace_lock.py.)"""
+        with self._lock:
+            if run_id in self._generating:
+                raise StoreError(
+                    f"run {run_id} is being generated already (by the Generate screen or the "
+                    "recipe on the Recipe view): stop it there first"
+                )
+            self._generating.add(run_id)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._generating.discard(run_id)
+
+    def is_generating(self, run_id: int) -> bool:
+        return run_id in self._generating
 
     def set_run_status(self, run_id: int, status: str, *, finished: bool = False) -> None:
         with self.transaction() as conn:
