@@ -79,6 +79,21 @@ def baseline_run(store: Store) -> RunInfo | None:
     return store.get_run(run_id) if run_id is not None else None
 
 
+def three_at_once(fake: FakeOpenAI) -> None:
+    """The first three replies come at once, the others would take 30 s."""
+    fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+
+
+async def run_until_three_done(t: Driver, store: Store) -> RunInfo:
+    """ctrl+s on the Recipe view, yes to the cost, then wait for the baseline's three replies."""
+    await start(t)
+    await t.press("enter")
+    await t.wait_until(lambda: (run := baseline_run(store)) is not None and run.n_done == 3)
+    run = baseline_run(store)
+    assert run is not None
+    return run
+
+
 async def start(t: Driver) -> ConfirmDialog:
     await t.press("0")
     assert isinstance(t.app.screen, RecipeScreen)
@@ -126,14 +141,9 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     git_dataset(store)
-    # The first three replies come at once, the others would take 30 s.
-    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    three_at_once(openai_fake)
     async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
-        await start(t)
-        await t.press("enter")
-        await t.wait_until(
-            lambda: baseline_run(store) is not None and baseline_run(store).n_done == 3
-        )
+        await run_until_three_done(t, store)
         assert "▸ Student outputs on the eval split (baseline)" in board_text(t)
         await t.press("escape")
         await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
@@ -204,12 +214,10 @@ async def test_quitting_mid_step_records_the_step_as_cancelled(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     git_dataset(store)
-    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    three_at_once(openai_fake)
     app = app_on(store, openai_fake, monkeypatch)
     async with drive(app, size=SIZE) as t:
-        await start(t)
-        await t.press("enter")
-        await t.wait_until(lambda: (run := baseline_run(store)) is not None and run.n_done == 3)
+        await run_until_three_done(t, store)
         await t.press("q")
         await t.wait_until(lambda: app.return_code is not None or not app.is_running, 15)
     run = baseline_run(store)
@@ -221,13 +229,9 @@ async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resum
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     git_dataset(store)
-    openai_fake.policy = lambda ctx: slow(per_token=10.0) if ctx.n > 3 else None
+    three_at_once(openai_fake)
     async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
-        await start(t)
-        await t.press("enter")
-        await t.wait_until(lambda: (run := baseline_run(store)) is not None and run.n_done == 3)
-        run = baseline_run(store)
-        assert run is not None
+        run = await run_until_three_done(t, store)
         await t.press("2")
         screen = t.app.screen
         assert isinstance(screen, GenerateScreen)
