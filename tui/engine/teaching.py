@@ -12,7 +12,17 @@ Measured and not adopted: a teacher made of several pool-only students (the same
 pool, training seeds 0-3), their greedy answers put to a vote, labelled 28 of 229 held-out
 train requests right against 21-33 for each student alone (mean 26), and twelve such students
 (three loss settings x four seeds) 30; one of the twelve was right on 53. Four trainings for
-a label or two more in a hundred: the teacher stays one pool-only student, sampled n times."""
+a label or two more in a hundred: the teacher stays one pool-only student, sampled n times.
+
+Measured and not adopted: choosing among the samples by how well each explains its request
+(noisy-channel reranking: log P(request | command) under the untuned SmolLM2, given pool
+examples the other way round, "Command: ... Request: ..."), instead of the vote. On one
+recipe run's 309 labelled train requests (the pool's 54 references as the examples; the
+other references only measured): the vote 33 right, the channel 40 with 12 examples and 42
+with all 54, the channel plus the vote's counts 40-41; one of the samples was right on 60.
+About 0.6 s a request on two cores (the examples' prefix evaluated once). A label or three
+more in a hundred, as above; and it needs the prompt's log-probabilities, which the chat API
+(OpenAI's, the local backend's) does not give."""
 
 from __future__ import annotations
 
