@@ -223,7 +223,7 @@ class RecipeScreen(DistillScreen):
             live.end("failed", "")
             board.say(f"Stopped: {error}")
             self.notify(
-                f"{error}\nctrl+s resumes from the last finished step.",
+                f"{error}\nctrl+s runs it again (the finished steps are kept).",
                 title="The recipe stopped",
                 severity="error",
                 markup=False,

@@ -248,3 +248,20 @@ async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resum
         await t.press("0", "escape")
         await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
     assert store.get_run(run.id).status == "cancelled"
+
+
+async def test_a_dataset_the_recipe_cannot_use_is_said_on_the_board_and_nothing_is_asked(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store.create_dataset(
+        "unsplit", "x", [ItemDraft(f"request {i}", "git status") for i in range(12)]
+    )
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await t.press("0", "ctrl+s")
+        await t.wait_until(lambda: "Stopped:" in board_text(t))
+        await t.settle()
+        assert "dataset 'unsplit' needs a train/eval split" in board_text(t)
+        (error,) = t.errors()
+        assert "ctrl+s runs it again" in error
+        assert not isinstance(t.app.screen, ConfirmDialog)
+    assert chats(openai_fake) == 0 and store.list_runs() == []
