@@ -20,7 +20,7 @@ from tui.engine.generation import (
     RunFinished,
 )
 from tui.engine.offloop import Receiver
-from tui.engine.store import BatchInfo, CompletionRow, Item, RunInfo
+from tui.engine.store import CLAIMED, BatchInfo, CompletionRow, Item, RunInfo
 
 
 class LiveRun(Receiver[Event | BatchUpdate]):
@@ -106,6 +106,31 @@ class LiveRun(Receiver[Event | BatchUpdate]):
         """The items changed since the last call (None: any item may have)."""
         changed, self._changed = self._changed, set()
         return changed
+
+    def sync(self, completions: Iterable[CompletionRow]) -> None:
+        """Apply what the store holds now of a run generated elsewhere in this app (the
+        recipe on the Recipe view), as the events that would have said it: an item claimed
+        shows as streaming (its text comes when it finishes), a finished one as finished."""
+        for c in completions:
+            if c.status == CLAIMED:
+                if self.status.get(c.item_id) != "streaming":
+                    self.on_event(ItemStarted(c.item_id, c.attempts))
+            elif self.status.get(c.item_id) != c.status or self.text.get(c.item_id) != [c.output]:
+                self.on_event(
+                    ItemFinished(
+                        c.item_id,
+                        c.status,  # type: ignore[arg-type]  # done, failed or cancelled
+                        c.output,
+                        c.error,
+                        c.finish_reason,
+                        c.prompt_tokens,
+                        c.completion_tokens,
+                        c.latency_ms,
+                        c.first_token_ms,
+                        0.0,
+                        c.attempts,
+                    )
+                )
 
     def on_event(self, event: Event | BatchUpdate) -> None:
         if isinstance(event, BatchUpdate):

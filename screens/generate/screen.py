@@ -29,9 +29,10 @@ from screens.generate.live_run import LiveRun
 from screens.generate.progress import run_figures
 from screens.generate.run_header import run_settings
 from screens.generate.run_notice import run_notice
+from screens.generate.runner import make_runner
 from screens.generate.runs import RunsPanel
-from tui.engine.backend import client_for_thread, closing
-from tui.engine.batch import BatchRunner, batch_price, runs_with_batches
+from tui.engine.backend import closing
+from tui.engine.batch import BatchRunner, runs_with_batches
 from tui.engine.generation import RunFinished, RunStats, create_run
 from tui.engine.offloop import EngineThread
 from tui.engine.run_form import FormError, RunForm
@@ -63,6 +64,7 @@ class GenerateScreen(DistillScreen):
         self.stats: RunStats | None = None  # of the last generator, kept after it ends
         # A run's process started ahead, its imports done, so that a run starts at once.
         self.spare: asyncio.subprocess.Process | None = None
+        self._elsewhere: int | None = None  # the run on view the recipe was generating
 
     # -- layout --------------------------------------------------------------------------
 
@@ -82,6 +84,7 @@ class GenerateScreen(DistillScreen):
         # Not a text box: the number keys that switch screens must keep working on arrival.
         self.runs_table.focus()
         self._start_spare()
+        self.set_interval(1.0, self._follow_elsewhere)
 
     async def on_unmount(self) -> None:
         await RunProcess.stop_spare(self.spare)
@@ -200,6 +203,27 @@ class GenerateScreen(DistillScreen):
     @on(RunsPanel.Chosen)
     def _run_chosen(self) -> None:
         self.items_table.focus()
+
+    def _follow_elsewhere(self) -> None:
+        """Once a second: the run on view, if the recipe (Recipe view) generates it, is read
+        again from the store, its finished items shown as they finish; when it stops, the
+        view and the runs table say how it ended."""
+        live, store = self.live, self.distill.store
+        if live is not None and self.generator is None and store.is_generating(live.run.id):
+            self._elsewhere = live.run.id
+            self._sync_elsewhere(live)
+        elif self._elsewhere is not None:
+            run_id, self._elsewhere = self._elsewhere, None
+            self._load_runs()
+            if live is not None and live.run.id == run_id and self.generator is None:
+                self._view_run(run_id)
+
+    @work(exclusive=True, group="generate-elsewhere", exit_on_error=False)
+    async def _sync_elsewhere(self, live: LiveRun) -> None:
+        store = self.distill.store
+        rows = await store.in_thread(store.completions, live.run.id)
+        if self.live is live:
+            live.sync(rows)
 
     def _view_run(self, run_id: int) -> None:
         store = self.distill.store
@@ -348,12 +372,8 @@ class GenerateScreen(DistillScreen):
         return False
 
     def _begin(self, run_id: int, budget: float | None, *, batch: bool = False) -> None:
-        """Generate the run in a process of its own (run_process.RunProcess): at 64 streams
-        reading the replies is most of a core, which on the UI's loop would stall every key
-        and repaint, and on a thread of this process still holds the interpreter the UI
-        needs. A batch run, a few requests a minute, runs on a thread with its own event
-        loop (EngineThread). The UI reads the totals and drains the events at the live
-        view's repaint rate."""
+        """Generate the run (screens/generate/runner.py says on what); the UI reads the
+        totals and drains the events at the live view's repaint rate."""
         settings = self.distill.settings
         run = self.distill.store.get_run(run_id)
         # The backend the model was picked from (a teacher on OpenAI, a student served
@@ -361,35 +381,17 @@ class GenerateScreen(DistillScreen):
         target = self.run_form.target(run.model, run.role)
         backend = target.backend or self.distill.backend
         assert backend is not None
-        price = settings.price(run.model, target.price_role)
-        # Stored completions (and their metadata) exist on OpenAI and the local backend.
-        store_completions = backend.spec.kind in ("openai", "local")
-        generator: RunProcess | BatchRunner
-        client: AsyncOpenAI | None = None
-        if batch:
-            client = client_for_thread(backend.client)  # the UI loop's pool is not the thread's
-            first, longest = self.BATCH_POLL
-            generator = BatchRunner(
-                self.distill.store,
-                client,
-                price=batch_price(price, settings.batch_discount),
-                budget=budget,
-                store_completions=store_completions,
-                poll_interval=first,
-                max_poll_interval=longest,
-            )
-        else:
-            spare, self.spare = self.spare, None
-            generator = RunProcess(
-                self.distill.store,
-                backend.client,
-                process=spare,
-                concurrency=settings.concurrency,
-                max_retries=settings.max_retries,
-                price=price,
-                budget=budget,
-                store_completions=store_completions,
-            )
+        spare, self.spare = (None, self.spare) if batch else (self.spare, None)
+        generator, client = make_runner(
+            self.distill.store,
+            backend,
+            settings,
+            settings.price(run.model, target.price_role),
+            budget=budget,
+            batch=batch,
+            spare=spare,
+            batch_poll=self.BATCH_POLL,
+        )
         self.generator = generator
         self.engine = EngineThread(f"generate-run-{run_id}") if batch else None
         self._view_run(run_id)

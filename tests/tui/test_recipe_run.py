@@ -225,11 +225,13 @@ async def test_quitting_mid_step_records_the_step_as_cancelled(
     assert RecipeState.load(store.directory / STATE_FILE).finished == []
 
 
-async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resume_it(
+async def test_the_generate_screen_follows_the_recipes_run_and_will_not_resume_it(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     git_dataset(store)
-    three_at_once(openai_fake)
+    # Three replies at once, the fourth after ~2 s, the fifth after ~4 s, the sixth never.
+    delays = {4: 0.6, 5: 1.3}
+    openai_fake.policy = lambda ctx: slow(per_token=delays.get(ctx.n, 10.0)) if ctx.n > 3 else None
     async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
         run = await run_until_three_done(t, store)
         await t.press("2")
@@ -238,6 +240,11 @@ async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resum
         await t.wait_until(lambda: screen.runs_panel.runs != [])
         assert [r.id for r in screen.runs_panel.runs] == [run.id]
         assert screen.runs_panel.table._rows[0][4] == "running"  # not "interrupted"
+        # The run on view follows the store while the recipe generates it.
+        live = screen.live
+        assert live is not None and live.run.id == run.id
+        await t.wait_until(lambda: live.counts().get("done") == 5, timeout=20)
+        assert store.is_generating(run.id) and screen.live is live
         asked = len(openai_fake.requests)
         await t.press("ctrl+r")
         await t.pilot.pause(0.3)
@@ -247,6 +254,11 @@ async def test_the_generate_screen_sees_the_recipes_run_going_and_will_not_resum
         assert screen.generator is None and len(openai_fake.requests) == asked
         await t.press("0", "escape")
         await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
+        # Back on Generate: the run's end is said there too (not "interrupted").
+        await t.press("2")
+        await t.wait_until(lambda: screen.live is not None and screen.live.run.status != "running")
+        assert screen.live is not None and screen.live.run.status == "cancelled"
+        assert screen.runs_panel.table._rows[0][4] == "cancelled"
     assert store.get_run(run.id).status == "cancelled"
 
 
