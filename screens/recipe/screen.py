@@ -147,7 +147,7 @@ class RecipeScreen(DistillScreen):
             return
         try:
             config = self._config()
-        except RecipeError as error:
+        except (RecipeError, StoreError) as error:
             self.notify(str(error), title="Cannot run the recipe", severity="error", markup=False)
             return
         backends = {
