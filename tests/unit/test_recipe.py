@@ -108,7 +108,15 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
         second = Recorder()
         recipe = Recipe(store, c, settings, config, backend_kind="local", reporter=second)
         assert recipe.pool_teacher and recipe.teacher_samples == 3
-        defaults = Recipe(store, c, settings, RecipeConfig(dataset="colours"), backend_kind="local")
+        # The defaults' choices, on a state of their own (this one's steps ran with `config`).
+        defaults = Recipe(
+            store,
+            c,
+            settings,
+            RecipeConfig(dataset="colours"),
+            backend_kind="local",
+            state_file="defaults.json",
+        )
         assert (defaults.teacher_samples, defaults.min_confidence) == (5, 0.0)
         report = await recipe.run()
     assert second.skipped == before
@@ -227,4 +235,38 @@ def test_unknown_dataset_and_missing_split(tmp_path: Path) -> None:
     )
     with pytest.raises(RecipeError, match="needs a train/eval split"):
         recipe.dataset_id()
+    store.close()
+
+
+def test_a_resume_under_other_settings_is_refused_naming_them(tmp_path: Path) -> None:
+    """The state file keeps the config its steps ran with: a resume with another teacher (the
+    Recipe view's defaults after a headless `--config` start, say) would mix two recipes."""
+    store = Store.open(tmp_path / "ws")
+    dataset(store)
+
+    def recipe(**config: Any) -> Recipe:
+        return Recipe(
+            store,
+            None,  # type: ignore[arg-type]
+            Settings(),
+            RecipeConfig(dataset="colours", **config),
+            backend_kind="local",
+        )
+
+    recipe(teacher_model="references").dataset_id()  # a first step saves the state
+    state = json.loads((store.directory / STATE_FILE).read_text())
+    assert state["config"]["teacher_model"] == "references"
+    assert "dataset" not in state["config"] and "concurrency" not in state["config"]
+    recipe(teacher_model="references", concurrency=3)  # how many at once changes no result
+    with pytest.raises(RecipeError) as refused:
+        recipe()
+    message = str(refused.value)
+    assert "teacher_model: 'references' then, None now" in message
+    assert f"move {STATE_FILE} away to start over" in message
+    assert json.loads((store.directory / STATE_FILE).read_text()) == state  # untouched
+    # A state from before this release, with no config: the next run's is adopted.
+    del state["config"]
+    (store.directory / STATE_FILE).write_text(json.dumps(state))
+    recipe().pool()  # its next step saves the state
+    assert json.loads((store.directory / STATE_FILE).read_text())["config"]["teacher_model"] is None
     store.close()

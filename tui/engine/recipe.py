@@ -166,6 +166,25 @@ class RecipeConfig(BaseModel):
         )
 
 
+# Config keys a resume may change: the dataset is the state's own (dataset_id), and how many
+# requests go at once changes no result.
+RESUMABLE_KEYS = frozenset({"dataset", "concurrency"})
+
+
+def settled_config(config: RecipeConfig) -> dict[str, Any]:
+    """What of a config decides the recipe's results (as JSON values, for the state file)."""
+    return config.model_dump(mode="json", exclude=set(RESUMABLE_KEYS))
+
+
+def config_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """The keys whose values differ, each as "key: X then, Y now"."""
+    return [
+        f"{key}: {then.get(key)!r} then, {now.get(key)!r} now"
+        for key in sorted(set(then) | set(now))
+        if then.get(key) != now.get(key)
+    ]
+
+
 def load_config(path: Path | None) -> RecipeConfig:
     if path is None:
         return RecipeConfig()
@@ -209,6 +228,9 @@ class RecipeState:
     best_round: int | None = None
     report: dict[str, Any] | None = None
     finished: list[str] = field(default_factory=list)
+    # The config the steps were run with (RecipeConfig, but its dataset and concurrency): a
+    # resume under another is refused (`config_changes`). None in a state from before.
+    config: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, path: Path) -> RecipeState:
@@ -280,6 +302,16 @@ class Recipe:
         self.reports_dir = store.directory / "reports" / variant.removesuffix(".json")
         self.state = RecipeState.load(self.state_path)
         self._checked = False
+        settled = settled_config(config)
+        if self.state.config is None:
+            self.state.config = settled  # written with the first step's save
+        elif changes := config_changes(self.state.config, settled):
+            raise RecipeError(
+                f"the recipe in this workspace was run with other settings ({'; '.join(changes)}"
+                f"), saved in {self.state_path}: resume it with the config it was started with "
+                f"(distill-tui run --config FILE; the Recipe view runs the defaults), or move "
+                f"{self.state_path.name} away to start over"
+            )
 
     # -- configuration resolved ------------------------------------------------------------
 
