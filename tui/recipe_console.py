@@ -21,7 +21,14 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from tui.engine.recipe import Recipe, RecipeError, Reporter, ensure_known_state, load_config
+from tui.engine.recipe import (
+    Recipe,
+    RecipeError,
+    Reporter,
+    ensure_known_state,
+    load_config,
+    workspace_config,
+)
 
 
 class RichReporter(Reporter):
@@ -77,7 +84,7 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
     from tui.engine.backend import BackendError, open_backends
 
     console = Console(stderr=False)
-    config = load_config(args.config)
+    config = load_config(args.config or workspace_config(store.directory))
     settings = config.backend_settings(settings)
     ensure_known_state(store)
     try:

@@ -24,12 +24,15 @@ from tui.engine.generation import Estimate
 from tui.engine.offloop import EngineThread
 from tui.engine.recipe import (
     STATE_FILE,
+    WORKSPACE_CONFIG,
     RecipeConfig,
     RecipeError,
     RecipeState,
     StepStatus,
     ensure_known_state,
+    load_config,
     recipe_progress,
+    workspace_config,
 )
 from tui.engine.recipe_live import LiveRecipe, Preflight, RecipeJob
 from tui.engine.store import StoreError
@@ -190,7 +193,33 @@ class RecipeScreen(DistillScreen):
                 f"this workspace's recipe runs on dataset {earlier!r} ({path}): open that "
                 f"dataset to resume it, or move {path.name} away to run the recipe on {name!r}"
             )
-        return RecipeConfig(dataset=name)
+        # The workspace's recipe.toml, as `distill-tui run` reads it; on the dataset in view
+        # unless it names one.
+        config = load_config(workspace_config(store.directory))
+        if "dataset" not in config.model_fields_set:
+            config = config.model_copy(update={"dataset": name})
+        elif config.dataset != name:
+            raise RecipeError(
+                f"{store.directory / WORKSPACE_CONFIG} runs the recipe on dataset "
+                f"{config.dataset!r}: open that dataset to run it (this one is {name!r})"
+            )
+        # The view runs on the app's open backends (Settings, 7): a file that puts a role
+        # elsewhere is for the headless command, which opens the backends it names.
+        settings = self.distill.settings
+        wanted = config.backend_settings(settings)
+        elsewhere = [
+            f"{role} on {wanted.backend_kind(role)}"
+            for role in ("teacher", "student", "judge")
+            if getattr(config, f"{role}_backend") is not None
+            and wanted.backend_kind(role) != settings.backend_kind(role)
+        ]
+        if elsewhere:
+            raise RecipeError(
+                f"{store.directory / WORKSPACE_CONFIG} puts the {', the '.join(elsewhere)}; the "
+                "Recipe view runs on the app's backends (Settings, 7): name them there, or run "
+                "`distill-tui run`"
+            )
+        return config
 
     @work(exclusive=True, group="recipe", exit_on_error=False)
     async def _run(self, job: RecipeJob) -> None:

@@ -277,3 +277,37 @@ async def test_a_dataset_the_recipe_cannot_use_is_said_on_the_board_and_nothing_
         assert "ctrl+s runs it again" in error
         assert not isinstance(t.app.screen, ConfirmDialog)
     assert chats(openai_fake) == 0 and store.list_runs() == []
+
+
+async def test_the_workspaces_recipe_toml_is_what_the_view_runs(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    git_dataset(store)
+    config = store.directory / "recipe.toml"
+    config.write_text("[recipe]\nteacher_samples = 2\nmax_tokens = 7\n")
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        assert "teacher gpt-4o, 2 samples and a vote" in board_text(t)
+        teacher = [
+            r.body for r in openai_fake.requests if r.body and r.body.get("model") == "gpt-4o"
+        ]
+        assert teacher and all(b["n"] == 2 and b["max_tokens"] == 7 for b in teacher)
+        assert RecipeState.load(store.directory / STATE_FILE).config["teacher_samples"] == 2
+
+        # A broken file is named, and nothing runs.
+        config.write_text("[recipe]\nteacher_samples = 0\n")
+        await t.press("r", "ctrl+s")
+        await t.settle()
+        (error,) = t.errors()
+        assert "recipe.toml: teacher_samples" in error
+        assert not t.app.screen.query_one(RecipeBoard).display
+
+        # A file that puts a role on another backend is for the headless command.
+        config.write_text(
+            '[recipe]\nteacher_samples = 2\nmax_tokens = 7\nteacher_backend = "local"\n'
+        )
+        await t.press("ctrl+s")
+        await t.settle()
+        assert "puts the teacher on local" in t.errors()[-1]

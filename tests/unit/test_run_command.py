@@ -107,11 +107,12 @@ def run_answering(args: list[str], env: dict[str, str], answer: bytes) -> tuple[
     return code, out.decode(errors="replace")
 
 
-def test_no_at_the_prompt_spends_nothing(fake: FakeOpenAI, workspace: Path, tmp_path: Path) -> None:
-    code, out = run_answering(
-        ["run", "--config", str(config(tmp_path))], command_env(fake, workspace), b"n"
-    )
+def test_no_at_the_prompt_spends_nothing(fake: FakeOpenAI, workspace: Path) -> None:
+    # Without --config the workspace's own recipe.toml is the config (the Recipe view's too).
+    config(workspace)
+    code, out = run_answering(["run"], command_env(fake, workspace), b"n")
     assert code == 1, out
+    assert "student: 5 requests" in out  # tiny-git's eval split, not the shipped dataset's
     assert "Estimated generation cost ≈ $" in out
     assert "Nothing was spent." in out
     assert paid_requests(fake) == []

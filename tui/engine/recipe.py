@@ -185,6 +185,16 @@ def config_changes(then: dict[str, Any], now: dict[str, Any]) -> list[str]:
     ]
 
 
+WORKSPACE_CONFIG = "recipe.toml"
+
+
+def workspace_config(directory: Path) -> Path | None:
+    """The workspace's own recipe config (`<workspace>/recipe.toml`), if it has one: what
+    `distill-tui run` reads without --config, and what the Recipe view runs with."""
+    path = directory / WORKSPACE_CONFIG
+    return path if path.is_file() else None
+
+
 def load_config(path: Path | None) -> RecipeConfig:
     if path is None:
         return RecipeConfig()
@@ -309,8 +319,8 @@ class Recipe:
             raise RecipeError(
                 f"the recipe in this workspace was run with other settings ({'; '.join(changes)}"
                 f"), saved in {self.state_path}: resume it with the config it was started with "
-                f"(distill-tui run --config FILE; the Recipe view runs the defaults), or move "
-                f"{self.state_path.name} away to start over"
+                f"(distill-tui run --config FILE, or the workspace's {WORKSPACE_CONFIG}, which "
+                f"the Recipe view runs), or move {self.state_path.name} away to start over"
             )
 
     # -- configuration resolved ------------------------------------------------------------
