@@ -237,7 +237,11 @@ class RecipeScreen(DistillScreen):
                 live.end()
                 board.say("Stopped before the first step: nothing was spent.")
                 return
-            board.describe(f"{job.config.dataset} · {preflight.description}")
+            source = workspace_config(self.distill.store.directory)
+            board.describe(
+                f"{job.config.dataset} · {preflight.description}"
+                + (f" · config {source.name}" if source else "")
+            )
             estimates = preflight.estimates
             if any(e.priced for _, e in estimates) and not await self._agreed(estimates):
                 live.end()

@@ -289,7 +289,7 @@ async def test_the_workspaces_recipe_toml_is_what_the_view_runs(
         await start(t)
         await t.press("enter")
         await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
-        assert "teacher gpt-4o, 2 samples and a vote" in board_text(t)
+        assert "teacher gpt-4o, 2 samples and a vote · config recipe.toml" in board_text(t)
         teacher = [
             r.body for r in openai_fake.requests if r.body and r.body.get("model") == "gpt-4o"
         ]
