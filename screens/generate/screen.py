@@ -212,6 +212,7 @@ class GenerateScreen(DistillScreen):
         if live is not None and self.generator is None and store.is_generating(live.run.id):
             self._elsewhere = live.run.id
             self._sync_elsewhere(live)
+            self._load_runs()  # its row's counts too
         elif self._elsewhere is not None:
             run_id, self._elsewhere = self._elsewhere, None
             self._load_runs()

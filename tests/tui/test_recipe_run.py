@@ -244,6 +244,7 @@ async def test_the_generate_screen_follows_the_recipes_run_and_will_not_resume_i
         live = screen.live
         assert live is not None and live.run.id == run.id
         await t.wait_until(lambda: live.counts().get("done") == 5, timeout=20)
+        await t.wait_until(lambda: screen.runs_panel.table._rows[0][5] == "5", timeout=5)
         assert store.is_generating(run.id) and screen.live is live
         asked = len(openai_fake.requests)
         await t.press("ctrl+r")
