@@ -22,8 +22,10 @@ from rich.table import Table
 from rich.text import Text
 
 from tui.engine.recipe import (
+    STATE_FILE,
     Recipe,
     RecipeError,
+    RecipeState,
     Reporter,
     ensure_known_state,
     load_config,
@@ -140,7 +142,19 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
         return 0
     except RecipeError as error:
         console.print(f"[red]distill-tui run: {escape(str(error))}")
-        console.print("Re-run the same command to resume from the last finished step.")
+        if _started(store):  # nothing to resume when the recipe stopped before its first step
+            console.print(
+                "Once that is fixed, the same command resumes from the last finished step."
+            )
         return 1
     finally:
         await backends.aclose()
+
+
+def _started(store: Any) -> bool:
+    """Whether the workspace's recipe has a step to resume from (a run, a job, a finished step)."""
+    try:
+        state = RecipeState.load(store.directory / STATE_FILE)
+    except RecipeError:
+        return False
+    return bool(state.runs or state.jobs or state.finished)

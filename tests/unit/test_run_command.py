@@ -5,6 +5,7 @@ without a terminal to ask on it refuses unless given --yes."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import select
@@ -150,4 +151,41 @@ def test_without_a_terminal_it_refuses_unless_told_yes(
     )
     assert result.returncode == 1, result.stdout + result.stderr
     assert "add --yes to spend money without asking" in result.stdout
+    assert paid_requests(fake) == []
+
+
+def test_a_recipe_that_cannot_start_says_why_and_offers_no_resume(
+    fake: FakeOpenAI, workspace: Path
+) -> None:
+    (workspace / "recipe.toml").write_text('[recipe]\ndataset = "nope"\n')
+    result = subprocess.run(
+        [str(COMMAND), "run", "--yes"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=command_env(fake, workspace),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "no dataset named 'nope' in the workspace (there are: tiny-git)" in " ".join(
+        result.stdout.split()
+    )
+    assert "resumes" not in result.stdout  # nothing ran: nothing to resume
+    assert paid_requests(fake) == []
+    # A recipe with a step behind it is told how to go on once its problem is fixed.
+    (workspace / "recipe.toml").write_text('[recipe]\ndataset = "tiny-git"\nmax_tokens = 8\n')
+    state = {"version": 2, "finished": ["baseline"], "config": {"max_tokens": 9}}
+    (workspace / "recipe-state.json").write_text(json.dumps(state))
+    result = subprocess.run(
+        [str(COMMAND), "run", "--yes"],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=command_env(fake, workspace),
+        timeout=300,
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    said = " ".join(result.stdout.split())  # as printed, wrapped to the console's width
+    assert "max_tokens: 9 then, 8 now" in said
+    assert "Once that is fixed, the same command resumes" in said
     assert paid_requests(fake) == []
