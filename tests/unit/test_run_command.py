@@ -108,6 +108,20 @@ def run_answering(args: list[str], env: dict[str, str], answer: bytes) -> tuple[
     return code, out.decode(errors="replace")
 
 
+def run_without_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run the command with no terminal to ask on: its exit code and its output, the lines
+    the console wrapped to its width joined again (one space between words)."""
+    result = subprocess.run(
+        [str(COMMAND), *args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    return result.returncode, " ".join((result.stdout + result.stderr).split())
+
+
 def test_no_at_the_prompt_spends_nothing(fake: FakeOpenAI, workspace: Path) -> None:
     # Without --config the workspace's own recipe.toml is the config (the Recipe view's too).
     config(workspace)
@@ -141,16 +155,11 @@ def test_yes_at_the_prompt_runs_the_recipe(
 def test_without_a_terminal_it_refuses_unless_told_yes(
     fake: FakeOpenAI, workspace: Path, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [str(COMMAND), "run", "--config", str(config(tmp_path))],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=command_env(fake, workspace),
-        timeout=300,
+    code, said = run_without_terminal(
+        ["run", "--config", str(config(tmp_path))], command_env(fake, workspace)
     )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "add --yes to spend money without asking" in result.stdout
+    assert code == 1, said
+    assert "add --yes to spend money without asking" in said
     assert paid_requests(fake) == []
 
 
@@ -158,34 +167,17 @@ def test_a_recipe_that_cannot_start_says_why_and_offers_no_resume(
     fake: FakeOpenAI, workspace: Path
 ) -> None:
     (workspace / "recipe.toml").write_text('[recipe]\ndataset = "nope"\n')
-    result = subprocess.run(
-        [str(COMMAND), "run", "--yes"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=command_env(fake, workspace),
-        timeout=300,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    assert "no dataset named 'nope' in the workspace (there are: tiny-git)" in " ".join(
-        result.stdout.split()
-    )
-    assert "resumes" not in result.stdout  # nothing ran: nothing to resume
+    code, said = run_without_terminal(["run", "--yes"], command_env(fake, workspace))
+    assert code == 1, said
+    assert "no dataset named 'nope' in the workspace (there are: tiny-git)" in said
+    assert "resumes" not in said  # nothing ran: nothing to resume
     assert paid_requests(fake) == []
     # A recipe with a step behind it is told how to go on once its problem is fixed.
     (workspace / "recipe.toml").write_text('[recipe]\ndataset = "tiny-git"\nmax_tokens = 8\n')
     state = {"version": 2, "finished": ["baseline"], "config": {"max_tokens": 9}}
     (workspace / "recipe-state.json").write_text(json.dumps(state))
-    result = subprocess.run(
-        [str(COMMAND), "run", "--yes"],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        env=command_env(fake, workspace),
-        timeout=300,
-    )
-    assert result.returncode == 1, result.stdout + result.stderr
-    said = " ".join(result.stdout.split())  # as printed, wrapped to the console's width
+    code, said = run_without_terminal(["run", "--yes"], command_env(fake, workspace))
+    assert code == 1, said
     assert "max_tokens: 9 then, 8 now" in said
     assert "Once that is fixed, the same command resumes" in said
     assert paid_requests(fake) == []
