@@ -54,7 +54,6 @@ class RecipeScreen(DistillScreen):
 
     def __init__(self) -> None:
         super().__init__()
-        self.live: LiveRecipe | None = None  # the run on view (going or ended)
         self.engine: EngineThread[Any] | None = None  # set while a run goes
 
     def compose_body(self) -> ComposeResult:
@@ -223,8 +222,7 @@ class RecipeScreen(DistillScreen):
 
     @work(exclusive=True, group="recipe", exit_on_error=False)
     async def _run(self, job: RecipeJob) -> None:
-        live = LiveRecipe()
-        self.live = live
+        live = LiveRecipe()  # the board holds it once shown
         engine: EngineThread[Any] = EngineThread("recipe-preflight")
         self.engine = engine
         self.refresh_bindings()
