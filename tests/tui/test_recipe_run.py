@@ -130,6 +130,9 @@ async def test_ctrl_s_asks_about_the_cost_then_runs_every_step_to_the_report(
         assert report["summary"] and report["summary"] in shown.replace("\n", " ")
         (job,) = store.list_jobs()
         assert job.status == "succeeded"
+        # The notification is a message the app handles a moment after the board says it.
+        await t.wait_until(lambda: bool(t.notifications()))
+        await t.settle()
         assert [s for s, _, _ in t.notifications()] == ["information"]
         # r goes back to the seven steps' map, every one done.
         await t.press("r")
@@ -248,9 +251,11 @@ async def test_the_generate_screen_follows_the_recipes_run_and_will_not_resume_i
         assert store.is_generating(run.id) and screen.live is live
         asked = len(openai_fake.requests)
         await t.press("ctrl+r")
-        await t.pilot.pause(0.3)
-        assert any(
-            "is being generated already, by the recipe" in m for _, _, m in t.notifications()
+        await t.wait_until(
+            lambda: any(
+                "is being generated already, by the recipe" in m
+                for _, _, m in t.notifications()
+            )
         )
         assert screen.generator is None and len(openai_fake.requests) == asked
         await t.press("0", "escape")
