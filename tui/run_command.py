@@ -31,5 +31,30 @@ def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
         print(f"distill-tui run: {error}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("Interrupted: run the same command again to resume.", file=sys.stderr)
+        print(
+            f"Interrupted: run the same command again to resume.{_left_training(store)}",
+            file=sys.stderr,
+        )
         return 130
+
+
+def _left_training(store: Any) -> str:
+    """A fine-tuning job the interrupt left going trains on (on a paid backend, billed):
+    say which, and how a user stops it."""
+    from tui.engine.recipe import STATE_FILE, RecipeState
+    from tui.engine.store import StoreError
+
+    going = []
+    for job_id in RecipeState.load(store.directory / STATE_FILE).jobs.values():
+        try:
+            job = store.get_job(job_id)
+        except StoreError:
+            continue
+        if not job.finished:
+            going.append(job)
+    if not going:
+        return ""
+    return (
+        f"\nIts fine-tuning job {going[0].remote_id} trains on at {going[0].base_url}: the "
+        "resumed run waits for it; the app's Fine-tune screen (key 5) cancels it with c."
+    )

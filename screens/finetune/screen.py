@@ -24,6 +24,7 @@ from tui.engine.finetune import (
     TrainingSet,
     Validation,
     build_training_set,
+    cancel_job,
     launch_job,
     token_counter_for,
     training_set_report,
@@ -235,8 +236,12 @@ class FineTuneScreen(DistillScreen):
         if job.finished:
             self.notify(f"Job {job.remote_id} already {job.status}.", markup=False)
             return
-        await backend.client.fine_tuning.jobs.cancel(job.remote_id)
-        self.notify(f"Cancelling {job.remote_id}…", markup=False)
+        try:
+            job = await cancel_job(self.distill.store, backend.client, job.id)
+        except FineTuneError as error:
+            self.notify(str(error), title="Not cancelled", severity="warning", markup=False)
+            return
+        self.notify(f"Job {job.remote_id}: {job.status}.", markup=False)
 
     def action_generate(self) -> None:
         if self.selected_job is None:

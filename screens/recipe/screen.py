@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import openai
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -20,6 +21,7 @@ from textual.widgets.option_list import Option
 from screens.base import DistillScreen
 from screens.dialogs import ConfirmDialog
 from screens.recipe.board import RecipeBoard
+from tui.engine.finetune import FineTuneError, cancel_job
 from tui.engine.generation import Estimate
 from tui.engine.offloop import EngineThread
 from tui.engine.recipe import (
@@ -35,7 +37,7 @@ from tui.engine.recipe import (
     workspace_config,
 )
 from tui.engine.recipe_live import LiveRecipe, Preflight, RecipeJob
-from tui.engine.store import StoreError
+from tui.engine.store import JobInfo, StoreError
 from tui.widgets.progress_line import clock
 
 HINT = (
@@ -50,11 +52,14 @@ class RecipeScreen(DistillScreen):
         Binding("r", "refresh", "Refresh", id="recipe.refresh"),
         Binding("ctrl+s", "run_recipe", "Run all steps", id="recipe.run"),
         Binding("escape", "stop_recipe", "Stop", id="recipe.stop"),
+        Binding("x", "cancel_job", "Cancel the job", id="recipe.cancel_job"),
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self.engine: EngineThread[Any] | None = None  # set while a run goes
+        # The fine-tuning job a stopped recipe left training (x cancels it).
+        self.left_training: JobInfo | None = None
 
     def compose_body(self) -> ComposeResult:
         with Vertical(id="recipe"):
@@ -75,6 +80,8 @@ class RecipeScreen(DistillScreen):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "stop_recipe":
             return self.engine is not None  # not running: esc falls through to the app's
+        if action == "cancel_job":
+            return self.engine is None and self.left_training is not None
         return True
 
     def _dataset_id(self) -> int | None:
@@ -222,6 +229,7 @@ class RecipeScreen(DistillScreen):
 
     @work(exclusive=True, group="recipe", exit_on_error=False)
     async def _run(self, job: RecipeJob) -> None:
+        self.left_training = None
         live = LiveRecipe()  # the board holds it once shown
         engine: EngineThread[Any] = EngineThread("recipe-preflight")
         self.engine = engine
@@ -282,13 +290,50 @@ class RecipeScreen(DistillScreen):
         self.notify(str(report.get("summary") or "The recipe finished."), title="Recipe done")
 
     def _job_note(self) -> str:
-        """A fine-tuning job the stop left going: it trains on, and a resumed run waits for
-        it (the Fine-tune screen can cancel it)."""
+        """A fine-tuning job the stop left going: it trains on (on a paid backend, billed),
+        a resumed run waits for it, and x cancels it."""
         state = RecipeState.load(self.distill.store.directory / STATE_FILE)
-        going = [step for step in state.jobs if step not in state.finished]
-        if not going:
+        store = self.distill.store
+        going = [
+            job
+            for step, job_id in state.jobs.items()
+            if step not in state.finished and not (job := store.get_job(job_id)).finished
+        ]
+        self.left_training = going[0] if going else None
+        self.refresh_bindings()
+        if self.left_training is None:
             return ""
-        return " (the fine-tuning job it started goes on: the Fine-tune screen shows it)"
+        return (
+            f" (its fine-tuning job {self.left_training.remote_id} trains on: ctrl+s waits for "
+            "it, x cancels it)"
+        )
+
+    @work(group="recipe-cancel", exit_on_error=False)
+    async def action_cancel_job(self) -> None:
+        job = self.left_training
+        backend = self.distill.backend_for("student")
+        if job is None or backend is None or self.engine is not None:
+            return
+        answer = await self.app.push_screen_wait(
+            ConfirmDialog(
+                "Cancel the fine-tuning job?",
+                f"{job.remote_id} on {backend.label} throws away what it has trained so far; "
+                "ctrl+s then starts a new job for this step.",
+                ok="Cancel the job",
+            )
+        )
+        if not answer:
+            return
+        board = self.query_one(RecipeBoard)
+        try:
+            job = await cancel_job(self.distill.store, backend.client, job.id)
+        except (FineTuneError, openai.APIError) as error:
+            board.say(f"The job was not cancelled: {error}{self._job_note()}")
+            self.notify(str(error), title="Not cancelled", severity="warning", markup=False)
+            return
+        self.left_training = None
+        self.refresh_bindings()
+        board.say(f"Stopped; fine-tuning job {job.remote_id} {job.status}. ctrl+s resumes.")
 
     async def _agreed(self, estimates: list[tuple[str, Estimate]]) -> bool:
         lines = [

@@ -179,6 +179,42 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
         assert len(store.list_jobs()) == 1
 
 
+async def test_x_cancels_the_job_a_stop_left_training_and_ctrl_s_trains_anew(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On OpenAI a job left training is billed: after esc the board names it, x cancels it
+    (asked first), and ctrl+s then starts a new job for the step instead of failing on it."""
+    git_dataset(store)
+    openai_fake.app.job_seconds = 120
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
+        await t.press("escape")
+        await t.wait_until(lambda: "x cancels it" in board_text(t))
+        (job,) = store.list_jobs()
+        assert f"fine-tuning job {job.remote_id} trains on" in board_text(t)
+        remote = openai_fake.app.jobs[job.remote_id]
+        await t.press("x")
+        dialog = await t.screen_of(ConfirmDialog)
+        assert job.remote_id in "\n".join(plain(w) for w in dialog.query("Static"))
+        await t.press("escape")  # no: the job trains on
+        await t.settle()
+        assert remote.data["status"] != "cancelled"
+        await t.press("x")
+        await t.screen_of(ConfirmDialog)
+        await t.press("enter")
+        await t.wait_until(lambda: f"{job.remote_id} cancelled" in board_text(t))
+        assert remote.data["status"] == "cancelled"
+        assert store.get_job(job.id).status == "cancelled"
+        openai_fake.app.job_seconds = 0.3
+        await t.press("ctrl+s")  # nothing left to generate before the job: nothing asked
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        jobs = {j.remote_id: j.status for j in store.list_jobs()}
+        assert len(jobs) == 2 and jobs[job.remote_id] == "cancelled"
+        assert sorted(jobs.values()) == ["cancelled", "succeeded"]
+
+
 async def test_declining_the_cost_spends_nothing(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -253,8 +289,7 @@ async def test_the_generate_screen_follows_the_recipes_run_and_will_not_resume_i
         await t.press("ctrl+r")
         await t.wait_until(
             lambda: any(
-                "is being generated already, by the recipe" in m
-                for _, _, m in t.notifications()
+                "is being generated already, by the recipe" in m for _, _, m in t.notifications()
             )
         )
         assert screen.generator is None and len(openai_fake.requests) == asked

@@ -19,6 +19,7 @@ from tui.engine.finetune import (
     Source,
     TrainingSet,
     build_training_set,
+    cancel_job,
     launch_job,
     metrics_series,
     unfinished_jobs,
@@ -245,6 +246,23 @@ async def test_a_real_job_end_to_end(server: Any, store: Store) -> None:
         finished = await Generator(store, c, concurrency=2).run(run)
         assert finished.status == "done"
         assert all(r.status == "done" for r in store.completions(run))
+
+
+async def test_cancel_a_job_then_cancel_it_again(server: Any, store: Store) -> None:
+    """Cancelling is recorded from the backend's answer; a job already ended is left alone,
+    and one that ended behind the workspace's back is named, not cancelled twice."""
+    _, run_id = teacher_run(store, n=24)
+    training = build_training_set(store, Source(run_id=run_id), system_prompt=STUDENT_PROMPT)
+    async with client(server.url) as c:
+        tiny = model_id((await c.models.list()).data, "tiny-student")
+        job = await launch_job(store, c, training, base_model=tiny, suffix="stop")
+        cancelled = await cancel_job(store, c, job.id)
+        assert cancelled.status == "cancelled" and store.get_job(job.id).finished
+        assert (await c.fine_tuning.jobs.retrieve(job.remote_id)).status == "cancelled"
+        assert (await cancel_job(store, c, job.id)).status == "cancelled"  # asks nothing
+        store.update_job(job.id, status="running")  # the workspace did not hear of the end
+        with pytest.raises(FineTuneError, match=f"did not cancel {job.remote_id}"):
+            await cancel_job(store, c, job.id)
 
 
 async def test_a_backend_without_fine_tuning_says_so(store: Store) -> None:

@@ -9,6 +9,7 @@ import json
 import os
 import pty
 import select
+import signal
 import subprocess
 import sys
 import time
@@ -181,3 +182,39 @@ def test_a_recipe_that_cannot_start_says_why_and_offers_no_resume(
     assert "max_tokens: 9 then, 8 now" in said
     assert "Once that is fixed, the same command resumes" in said
     assert paid_requests(fake) == []
+
+
+def test_ctrl_c_while_a_job_trains_names_the_job_it_leaves_training(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """The job goes on (on OpenAI, billed): the interrupt says which one and where, and a
+    resumed run waits for that job rather than paying for a second."""
+    with like_openai(tokens_per_reply=3, job_seconds=120) as fake:
+        proc = subprocess.Popen(
+            [str(COMMAND), "run", "--yes", "--config", str(config(tmp_path))],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=command_env(fake, workspace),
+        )
+        try:
+            deadline = time.monotonic() + 120
+            while "POST /v1/fine_tuning/jobs" not in paid_requests(fake):
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.1)
+            time.sleep(1)  # the job is in the state file the moment it is created
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        said = " ".join(err.decode().split())
+        assert proc.returncode == 130, said
+        store = Store.open(workspace)
+        (job,) = store.list_jobs()
+        store.close()
+        assert not job.finished
+        assert f"Its fine-tuning job {job.remote_id} trains on at {fake.base_url}" in said
+        assert "Fine-tune screen (key 5) cancels it" in said
+        assert fake.app.jobs[job.remote_id].data["status"] != "cancelled"

@@ -553,6 +553,22 @@ class JobWatcher:
             await asyncio.sleep(self.interval)
 
 
+async def cancel_job(store: Store, client: openai.AsyncOpenAI, job_id: int) -> JobInfo:
+    """Ask the job's backend to cancel it and record what the backend answers (OpenAI says
+    "cancelled" at once; what was trained is gone). A job that has already ended is left as
+    it is. Safe to retry: cancelling a cancelled job changes nothing."""
+    job = await store.in_thread(store.get_job, job_id)
+    if job.finished:
+        return job
+    try:
+        remote = await client.fine_tuning.jobs.cancel(job.remote_id)
+    except (openai.NotFoundError, openai.BadRequestError) as error:
+        # Ended on its own meanwhile (OpenAI refuses to cancel a finished job), or gone.
+        raise FineTuneError(f"the backend did not cancel {job.remote_id}: {error}") from error
+    await store.in_thread(store.update_job, job_id, status=remote.status)
+    return await store.in_thread(store.get_job, job_id)
+
+
 def unfinished_jobs(store: Store, base_url: str | None = None) -> list[JobInfo]:
     """Jobs to resume polling when the app starts (optionally only this backend's)."""
     return [

@@ -1004,6 +1004,11 @@ class Recipe:
             self.reporter.skip(step, title, self.state.models.get(step, ""))
             return self.state.models[step]
         self.reporter.step(step, title, None)
+        if step in self.state.jobs and self._cancelled(self.state.jobs[step]):
+            # Cancelled while the recipe was stopped (the Recipe view's x, the Fine-tune
+            # screen): going on means training anew.
+            del self.state.jobs[step]
+            self._save()
         if step not in self.state.jobs:
             validation = validate_training_set(
                 training,
@@ -1058,11 +1063,20 @@ class Recipe:
             # Forget the failed job so a re-run starts a new one.
             del self.state.jobs[step]
             self._save()
-            raise RecipeError(f"the fine-tuning job {job.remote_id} {job.status}: {job.error}")
+            why = f": {job.error}" if job.error else ""
+            raise RecipeError(
+                f"the fine-tuning job {job.remote_id} {job.status}{why} (a re-run starts a new one)"
+            )
         self.state.models[step] = job.fine_tuned_model
         self.reporter.finish(step, job.fine_tuned_model)
         self._save(step)
         return job.fine_tuned_model
+
+    def _cancelled(self, job_id: int) -> bool:
+        try:
+            return self.store.get_job(job_id).status == "cancelled"
+        except StoreError:  # deleted from the workspace: nothing to wait for
+            return True
 
     # -- the comparison ------------------------------------------------------------------------
 
