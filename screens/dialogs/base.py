@@ -29,12 +29,12 @@ class Dialog(ModalScreen[T | None], Generic[T]):
     def show_error(self, message: str) -> None:
         self.query_one("#dialog-error", Static).update(message)
 
-    def buttons(self, ok: str = "OK") -> ComposeResult:
+    def buttons(self, ok: str = "OK", cancel: str = "Cancel") -> ComposeResult:
         # Errors quote file names, columns and values: shown as written, not as markup.
         yield Static("", id="dialog-error", classes="error", markup=False)
         with Horizontal(classes="buttons"):
             yield Button(ok, variant="primary", id="ok")
-            yield Button("Cancel", id="cancel")
+            yield Button(cancel, id="cancel")
 
     @on(Button.Pressed, "#cancel")
     def _cancel_pressed(self) -> None:
@@ -49,17 +49,18 @@ class Dialog(ModalScreen[T | None], Generic[T]):
 
 
 class ConfirmDialog(Dialog[bool]):
-    def __init__(self, title: str, message: str, ok: str = "Yes") -> None:
+    def __init__(self, title: str, message: str, ok: str = "Yes", cancel: str = "Cancel") -> None:
         super().__init__()
         self.title_text = title
         self.message = message
         self.ok = ok
+        self.cancel = cancel
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="box"):
             yield Label(self.title_text, classes="title")
             yield Static(self.message, markup=False)
-            yield from self.buttons(self.ok)
+            yield from self.buttons(self.ok, self.cancel)
 
     def on_mount(self) -> None:
         self.query_one("#ok", Button).focus()

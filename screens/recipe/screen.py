@@ -279,7 +279,9 @@ class RecipeScreen(DistillScreen):
                 self._show_board(True)
         if report is None:
             live.end("stopped", "stopped here")
-            board.say(f"Stopped{self._job_note()}. ctrl+s resumes from the last finished step.")
+            board.say(
+                f"Stopped. {self._job_note() or 'ctrl+s resumes from the last finished step.'}"
+            )
             self.notify("The recipe stopped: ctrl+s resumes it.", title="Recipe stopped")
             return
         live.end()
@@ -304,8 +306,8 @@ class RecipeScreen(DistillScreen):
         if self.left_training is None:
             return ""
         return (
-            f" (its fine-tuning job {self.left_training.remote_id} trains on: ctrl+s waits for "
-            "it, x cancels it)"
+            f"Its fine-tuning job {self.left_training.remote_id} trains on: ctrl+s resumes and "
+            "waits for it, x cancels it."
         )
 
     @work(group="recipe-cancel", exit_on_error=False)
@@ -320,6 +322,7 @@ class RecipeScreen(DistillScreen):
                 f"{job.remote_id} on {backend.label} throws away what it has trained so far; "
                 "ctrl+s then starts a new job for this step.",
                 ok="Cancel the job",
+                cancel="Keep training",
             )
         )
         if not answer:
@@ -328,7 +331,7 @@ class RecipeScreen(DistillScreen):
         try:
             job = await cancel_job(self.distill.store, backend.client, job.id)
         except (FineTuneError, openai.APIError) as error:
-            board.say(f"The job was not cancelled: {error}{self._job_note()}")
+            board.say(f"The job was not cancelled: {error}. {self._job_note()}")
             self.notify(str(error), title="Not cancelled", severity="warning", markup=False)
             return
         self.left_training = None
