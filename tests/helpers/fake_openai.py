@@ -1603,8 +1603,10 @@ class FakeOpenAIProcess:
         batches: bool = False,
         batch_seconds: float = 0.5,
         reply: str = "echo",
+        fine_tuning: bool = False,
     ) -> None:
         self.api_key = api_key
+        self.fine_tuning = fine_tuning
         self.reply = reply  # a name in REPLIES: a function cannot cross to the child
         self.tokens_per_reply = tokens_per_reply
         self.token_delay = token_delay
@@ -1628,6 +1630,8 @@ class FakeOpenAIProcess:
             args.append("--no-markers")
         if self.batches:
             args += ["--batches", "--batch-seconds", str(self.batch_seconds)]
+        if self.fine_tuning:
+            args.append("--fine-tuning")
         limits = self.rate_limits
         if limits is not None:
             args += ["--minute", str(limits.minute)]
@@ -1695,6 +1699,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--batches", action="store_true", help="serve /v1/files and /v1/batches")
     parser.add_argument(
+        "--fine-tuning", action="store_true", help="serve /v1/files and /v1/fine_tuning/jobs"
+    )
+    parser.add_argument(
         "--batch-seconds", type=float, default=0.5, help="how long a batch takes (default 0.5)"
     )
     args = parser.parse_args(argv)
@@ -1710,6 +1717,7 @@ def main(argv: list[str] | None = None) -> None:
         rate_limits=limits,
         batches=args.batches,
         batch_seconds=args.batch_seconds,
+        fine_tuning=args.fine_tuning,
         port=args.port,
     ).start()
     print(f"listening on {server.port}", flush=True)

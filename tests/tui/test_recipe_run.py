@@ -4,6 +4,7 @@ run; esc stops it mid-step and ctrl+s resumes where it stopped, the finished ite
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import openai
+import psutil
 import pytest
 from pydantic import SecretStr
 from rich.console import Console
@@ -67,6 +69,15 @@ def board_text(t: Driver) -> str:
     for static in board.query(Static):
         console.print(static.content)
     return console.export_text()
+
+
+def run_processes() -> int:
+    """This test's child processes that generate a run (tui/engine/run_process.py)."""
+    running = 0
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):  # ended meanwhile
+            running += "tui.engine.run_process" in " ".join(child.cmdline())
+    return running
 
 
 def chats(fake: FakeOpenAI) -> int:
@@ -148,6 +159,9 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
     async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
         await run_until_three_done(t, store)
         assert "▸ Student outputs on the eval split (baseline)" in board_text(t)
+        # The step streams in a process of its own (the next step's started ahead), so
+        # reading the replies never holds the UI's interpreter.
+        assert run_processes() >= 1
         await t.press("escape")
         await t.wait_until(lambda: "ctrl+s resumes" in board_text(t))
         assert "■ Student outputs on the eval split (baseline)" in board_text(t)
@@ -177,6 +191,8 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
         ]
         assert sorted(asked) == sorted(answered)
         assert len(store.list_jobs()) == 1
+        # The run's processes ended with their steps, and the spare with the recipe.
+        await t.wait_until(lambda: run_processes() == 0, timeout=10)
 
 
 async def test_x_cancels_the_job_a_stop_left_training_and_ctrl_s_trains_anew(

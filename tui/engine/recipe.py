@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tomllib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,7 @@ from tui.engine.generation import (
     estimate_spec,
 )
 from tui.engine.report import RowSource, build_report, write_report
+from tui.engine.run_process import RunProcess
 from tui.engine.settings import Price, Settings, parse_backend_choice
 from tui.engine.store import Store, StoreError
 from tui.engine.stored_import import (
@@ -295,8 +297,12 @@ class Recipe:
         teacher_backend_kind: str | None = None,
         judge_client: openai.AsyncOpenAI | None = None,
         state_file: str | None = None,
+        runner: Callable[..., Generator | RunProcess] = Generator,
     ) -> None:
         self.store = store
+        # What generates a run: a Generator on this loop (the headless command), or in the
+        # app a RunProcess, whose reading of the replies does not hold the UI's interpreter.
+        self.runner = runner
         self.client = client  # the student's backend: its runs, the training file, the job
         self.teacher_client = teacher_client or client
         self.judge_client = judge_client or client  # model graders (score_model, label_model)
@@ -823,7 +829,7 @@ class Recipe:
         self.reporter.step(step, generation.title, total)
         model = self.store.get_run(run_id).model
         kind = self.teacher_backend_kind if generation.teacher else self.backend_kind
-        generator = Generator(
+        generator = self.runner(
             self.store,
             self.teacher_client if generation.teacher else self.client,
             concurrency=self.concurrency,
