@@ -223,10 +223,12 @@ class RecipeJob:
 
 class RunProcesses:
     """The recipe's generation steps, each in a process of its own as the Generate screen's
-    runs are: on the recipe's thread, reading 64 streams held the UI's loop up to 63-123 ms
-    p99 while keys were typed on another screen, 35-41 ms in a process (bench/recipe_view.py,
-    2 cores, load < 1). A process spends ~1.2 s importing the engine before its first
-    request, so each step's process starts the next one's, which waits for its job.
+    runs are. bench/recipe_view.py, 400 requests at 64 streams, 2 cores, load < 1: on the
+    recipe's thread, reading the replies held the UI's loop 10-14 ms p99, and 63-123 ms while
+    10 keys a second were typed on another screen; in a process 4-7 ms and 26-48 ms (the
+    keys alone: 12-17 ms). A process spends ~1.2 s importing the engine before its first
+    request (the step took 8.2 s against 7.4), so each step's process starts the next
+    one's, which waits for its job.
 
     Called as the recipe calls a `Generator`; `close()` ends the spare left over."""
 
