@@ -195,11 +195,15 @@ class DistillApp(App[int]):
         self.backends = backends
         self.backend = backends.student
         self.backend_label = backends.label
-        backend = backends.student
-        # Jobs started in an earlier session are polled again (their ids are in the store).
+        self.watch_earlier_jobs(backends.student)
+
+    def watch_earlier_jobs(self, backend: Backend) -> None:
+        """Jobs an earlier session started on the student's backend are polled again (their
+        ids are in the store), the embedded backend's whatever port it had then."""
         from tui.engine.finetune import unfinished_jobs
 
-        for job in unfinished_jobs(self.store, str(backend.client.base_url)):
+        local = backend.spec.kind == "local"
+        for job in unfinished_jobs(self.store, str(backend.client.base_url), any_port=local):
             self.watch_job(job.id)
 
     def watch_job(self, job_id: int) -> None:
@@ -213,6 +217,8 @@ class DistillApp(App[int]):
 
     @work(group="jobs")
     async def _watch_job(self, job_id: int) -> None:
+        import openai
+
         from tui.engine.finetune import JobWatcher
 
         backend = self.backend
@@ -224,6 +230,10 @@ class DistillApp(App[int]):
 
         try:
             job = await JobWatcher(self.store, backend.client).watch(job_id, updated)
+        except openai.NotFoundError:
+            # Another server's at the same address (a port the local backend once had): not
+            # this backend's job to follow.
+            return
         finally:
             self._watching.discard(job_id)
         if job.status == "succeeded":

@@ -7,23 +7,27 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import openai
 import pytest
 from pydantic import SecretStr
 from textual.widgets import Input, RichLog, Select, Static
 
 from screens.finetune import FineTuneScreen, run_source
+from tests.helpers.fake_openai import like_openai
 from tests.helpers.pilot import wait_until
 from tests.helpers.tiny_model import build_tiny_gguf
 from tests.local.server_harness import KEY, client, model_id, start_thread_server
 from tui.app import DistillApp
 from tui.engine.backend import Backend, BackendSpec
 from tui.engine.datasets import ItemDraft
+from tui.engine.finetune import Source, build_training_set, launch_job
 from tui.engine.runs import references_as_run
 from tui.engine.settings import load_settings
 from tui.engine.store import Store
 from tui.widgets.loss_chart import LossChart
 
 SIZE = (140, 45)
+EARLIER_URL = "http://127.0.0.1:9/v1"  # the embedded backend's address in a past session
 
 
 def teacher_workspace(path: Path, n: int = 24) -> tuple[Store, int]:
@@ -239,3 +243,26 @@ async def test_training_set_sources_and_what_each_keeps(tmp_path: Path) -> None:
         await settle()
         assert "18 training and 2 validation examples" in text_of(app, "#report")
     store.close()
+
+
+async def test_a_job_an_earlier_session_left_on_the_embedded_backend_is_followed_again(
+    tmp_path: Path,
+) -> None:
+    """The embedded backend listens on a new port each start and its server keeps the jobs:
+    a job the last session left training is polled again, not shown "running" for ever."""
+    store, run = teacher_workspace(tmp_path / "ws")
+    training = build_training_set(store, Source(run_id=run), system_prompt="Reply.")
+    with like_openai(job_seconds=0.3) as fake:
+        c = openai.AsyncOpenAI(base_url=fake.base_url, api_key=fake.api_key, max_retries=0)
+        job = await launch_job(store, c, training, base_model="gpt-4o-mini-2024-07-18")
+        with store.transaction() as conn:  # as the last session's server recorded it
+            conn.execute("UPDATE jobs SET base_url = ? WHERE id = ?", (EARLIER_URL, job.id))
+        app = DistillApp(
+            settings=load_settings(workspace=tmp_path / "ws"), store=store, start_backend=False
+        )
+        spec = BackendSpec("local", fake.base_url, SecretStr(fake.api_key), "local")
+        app.backend = Backend(spec, c, "local")
+        async with app.run_test(size=SIZE) as pilot:
+            app.watch_earlier_jobs(app.backend)
+            await wait_until(pilot, lambda: store.get_job(job.id).finished, timeout=30)
+        assert store.get_job(job.id).status == "succeeded"

@@ -214,6 +214,11 @@ async def test_a_real_job_end_to_end(server: Any, store: Store) -> None:
         assert [j.id for j in unfinished_jobs(store)] == [job.id]
         assert [j.id for j in unfinished_jobs(store, str(c.base_url))] == [job.id]
         assert unfinished_jobs(store, "http://127.0.0.1:9/v1") == []  # another backend's
+        # The local backend listens on a new port each start; its server keeps the jobs.
+        assert [j.id for j in unfinished_jobs(store, "http://127.0.0.1:9/v1", any_port=True)] == [
+            job.id
+        ]
+        assert unfinished_jobs(store, "http://10.0.0.9:9/v1", any_port=True) == []
 
         updates: list[Any] = []
         watcher = JobWatcher(store, c, interval=0.2)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import openai
 
@@ -569,13 +570,23 @@ async def cancel_job(store: Store, client: openai.AsyncOpenAI, job_id: int) -> J
     return await store.in_thread(store.get_job, job_id)
 
 
-def unfinished_jobs(store: Store, base_url: str | None = None) -> list[JobInfo]:
-    """Jobs to resume polling when the app starts (optionally only this backend's)."""
+def unfinished_jobs(
+    store: Store, base_url: str | None = None, *, any_port: bool = False
+) -> list[JobInfo]:
+    """Jobs to resume polling when the app starts (optionally only this backend's). The
+    embedded local backend listens on a new port each time it starts, and its server keeps
+    the workspace's jobs across starts: for it (`any_port`) the port does not tell backends
+    apart, so a job an earlier session started is polled again rather than left "running"."""
+
+    def where(url: str) -> str:
+        address = urlsplit(redact_url(url).rstrip("/"))
+        host = (address.hostname or "") if any_port else address.netloc
+        return f"{address.scheme}://{host}{address.path}"
+
     return [
         j
         for j in store.list_jobs()
-        if not j.finished
-        and (base_url is None or redact_url(j.base_url) == redact_url(base_url).rstrip("/"))
+        if not j.finished and (base_url is None or where(j.base_url) == where(base_url))
     ]
 
 
