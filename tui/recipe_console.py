@@ -154,7 +154,6 @@ async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int
 def _started(store: Any) -> bool:
     """Whether the workspace's recipe has a step to resume from (a run, a job, a finished step)."""
     try:
-        state = RecipeState.load(store.directory / STATE_FILE)
+        return RecipeState.load(store.directory / STATE_FILE).started
     except RecipeError:
         return False
-    return bool(state.runs or state.jobs or state.finished)

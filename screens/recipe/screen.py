@@ -6,6 +6,7 @@ finished step."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,7 @@ class RecipeScreen(DistillScreen):
                 if nxt
                 else "All done."
             )
+            + self._recipe_note()
         )
         option_list = self.query_one(OptionList)
         highlighted = option_list.highlighted
@@ -125,6 +127,31 @@ class RecipeScreen(DistillScreen):
         option_list.highlighted = (
             highlighted if highlighted is not None else ((nxt.number - 1) if nxt else 0)
         )
+
+    def _recipe_note(self) -> str:
+        """Where the workspace's recipe (ctrl+s, `distill-tui run`) stands, when it has run
+        on this dataset: a user back after a quit sees what ctrl+s will do."""
+        store = self.distill.store
+        try:
+            state = RecipeState.load(store.directory / STATE_FILE)
+        except RecipeError as error:
+            return f"\n[$warning]{escape(str(error))}[/]"
+        if not state.started or state.dataset_id != self._dataset_id():
+            return ""
+        if state.report is not None and "compare" in state.finished:
+            return (
+                f"\nThe recipe ran to its report ({escape(str(store.directory / 'reports'))}"
+                "/recipe.md): ctrl+s shows it again."
+            )
+        going = ""
+        for step, job_id in state.jobs.items():
+            with contextlib.suppress(StoreError):
+                job = store.get_job(job_id)
+                if step not in state.finished and not job.finished:
+                    going = f"; its fine-tuning job {escape(job.remote_id)} trains on"
+        steps = len(state.finished)
+        when = f"after {steps} step{'s' if steps > 1 else ''}" if steps else "during its first step"
+        return f"\nThe recipe stopped {when}{going}: ctrl+s resumes it."
 
     def _show_board(self, board: bool) -> None:
         self.query_one(RecipeBoard).display = board

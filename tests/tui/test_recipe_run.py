@@ -148,7 +148,9 @@ async def test_ctrl_s_asks_about_the_cost_then_runs_every_step_to_the_report(
         # r goes back to the seven steps' map, every one done.
         await t.press("r")
         assert t.app.screen.query_one(OptionList).display
-        assert "7 of 7 steps done" in plain(t.app.screen.query_one("#recipe-intro"))
+        intro = plain(t.app.screen.query_one("#recipe-intro"))
+        assert "7 of 7 steps done" in intro
+        assert "The recipe ran to its report" in intro and "ctrl+s shows it again" in intro
 
 
 async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
@@ -171,6 +173,10 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
         assert kept == 3
         state = json.loads((store.directory / STATE_FILE).read_text())
         assert state["finished"] == []
+        # The steps' map (r) says where the recipe stands, as it will after a restart.
+        await t.press("r")
+        intro = plain(t.app.screen.query_one("#recipe-intro"))
+        assert "The recipe stopped during its first step: ctrl+s resumes it." in intro
 
         answered = {c.input for c in store.completions(run.id) if c.status == "done"}
         assert len(answered) == kept

@@ -258,6 +258,11 @@ class RecipeState:
                 f"{path}: the recipe's saved state is unreadable ({error}); delete it to start over"
             ) from error
 
+    @property
+    def started(self) -> bool:
+        """Whether a step is behind it to resume from (a run, a job, a finished step)."""
+        return bool(self.runs or self.jobs or self.finished)
+
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
