@@ -966,6 +966,18 @@ class FakeOpenAIApp:
         self._job_event(job, f"Validating training file: {body['training_file']}")
         return 200, data, None
 
+    def fail_job(self, job_id: str, code: str, message: str) -> None:
+        """End a job as failed now, as a server does whose trainer died (the local backend
+        after a restart: "server_stopped")."""
+        job = self.jobs[job_id]
+        job.data.update(
+            status="failed",
+            finished_at=int(time.time()),
+            error={"code": code, "message": message, "param": None},
+        )
+        job.timeline = job.timeline[: job.played]
+        self._job_event(job, message, level="error")
+
     def _job_event(
         self, job: _Job, message: str, level: str = "info", data: dict[str, Any] | None = None
     ) -> None:

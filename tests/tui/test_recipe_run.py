@@ -237,6 +237,32 @@ async def test_x_cancels_the_job_a_stop_left_training_and_ctrl_s_trains_anew(
         assert sorted(jobs.values()) == ["cancelled", "succeeded"]
 
 
+async def test_a_job_that_ended_with_the_last_sessions_server_is_trained_anew_on_resume(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On the embedded backend a quit mid-fine-tune ends the job with the server: ctrl+s in
+    the next session trains again at once, instead of failing on that job first."""
+    git_dataset(store)
+    openai_fake.app.job_seconds = 120
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
+        await t.press("escape")
+        await t.wait_until(lambda: "x cancels it" in board_text(t))
+        (job,) = store.list_jobs()
+        openai_fake.app.fail_job(
+            job.remote_id, "server_stopped", "The local server was stopped while this job ran."
+        )
+        openai_fake.app.job_seconds = 0.3
+        await t.press("ctrl+s")
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        assert t.errors() == []
+        jobs = {j.remote_id: j.status for j in store.list_jobs()}
+        assert len(jobs) == 2 and jobs[job.remote_id] == "failed"
+        assert sorted(jobs.values()) == ["failed", "succeeded"]
+
+
 async def test_declining_the_cost_spends_nothing(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:

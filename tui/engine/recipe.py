@@ -1020,7 +1020,8 @@ class Recipe:
             # screen): going on means training anew.
             del self.state.jobs[step]
             self._save()
-        if step not in self.state.jobs:
+        resumed = step in self.state.jobs
+        if not resumed:
             validation = validate_training_set(
                 training,
                 count=token_counter_for(
@@ -1074,6 +1075,11 @@ class Recipe:
             # Forget the failed job so a re-run starts a new one.
             del self.state.jobs[step]
             self._save()
+            if resumed and (job.error or "").startswith("server_stopped"):
+                # The embedded backend's job ended with the session that started it (the app
+                # quit mid-step): resuming means training again, not a second ctrl+s.
+                self.reporter.advance(step, 0, None, f"{job.remote_id} ended with its server")
+                return await self._finetune(step, training, suffix)
             why = f": {job.error}" if job.error else ""
             raise RecipeError(
                 f"the fine-tuning job {job.remote_id} {job.status}{why} (a re-run starts a new one)"
