@@ -41,17 +41,9 @@ def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
 def _left_training(store: Any) -> str:
     """A fine-tuning job the interrupt left going trains on (on a paid backend, billed):
     say which, and how a user stops it."""
-    from tui.engine.recipe import STATE_FILE, RecipeState
-    from tui.engine.store import StoreError
+    from tui.engine.recipe import STATE_FILE, RecipeState, jobs_in_training
 
-    going = []
-    for job_id in RecipeState.load(store.directory / STATE_FILE).jobs.values():
-        try:
-            job = store.get_job(job_id)
-        except StoreError:
-            continue
-        if not job.finished:
-            going.append(job)
+    going = jobs_in_training(store, RecipeState.load(store.directory / STATE_FILE))
     if not going:
         return ""
     return (

@@ -6,7 +6,6 @@ finished step."""
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from tui.engine.recipe import (
     RecipeState,
     StepStatus,
     ensure_known_state,
+    jobs_in_training,
     load_config,
     recipe_progress,
     workspace_config,
@@ -143,12 +143,10 @@ class RecipeScreen(DistillScreen):
                 f"\nThe recipe ran to its report ({escape(str(store.directory / 'reports'))}"
                 "/recipe.md): ctrl+s shows it again."
             )
-        going = ""
-        for step, job_id in state.jobs.items():
-            with contextlib.suppress(StoreError):
-                job = store.get_job(job_id)
-                if step not in state.finished and not job.finished:
-                    going = f"; its fine-tuning job {escape(job.remote_id)} trains on"
+        going = "".join(
+            f"; its fine-tuning job {escape(job.remote_id)} trains on"
+            for job in jobs_in_training(store, state)[:1]
+        )
         steps = len(state.finished)
         when = f"after {steps} step{'s' if steps > 1 else ''}" if steps else "during its first step"
         return f"\nThe recipe stopped {when}{going}: ctrl+s resumes it."
@@ -321,13 +319,8 @@ class RecipeScreen(DistillScreen):
     def _job_note(self) -> str:
         """A fine-tuning job the stop left going: it trains on (on a paid backend, billed),
         a resumed run waits for it, and x cancels it."""
-        state = RecipeState.load(self.distill.store.directory / STATE_FILE)
         store = self.distill.store
-        going = [
-            job
-            for step, job_id in state.jobs.items()
-            if step not in state.finished and not (job := store.get_job(job_id)).finished
-        ]
+        going = jobs_in_training(store, RecipeState.load(store.directory / STATE_FILE))
         self.left_training = going[0] if going else None
         self.refresh_bindings()
         if self.left_training is None:

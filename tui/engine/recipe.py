@@ -55,7 +55,7 @@ from tui.engine.generation import (
 from tui.engine.report import RowSource, build_report, write_report
 from tui.engine.run_process import RunProcess
 from tui.engine.settings import Price, Settings, parse_backend_choice
-from tui.engine.store import Store, StoreError
+from tui.engine.store import JobInfo, Store, StoreError
 from tui.engine.stored_import import (
     StoredImportError,
     TeacherSourceConfig,
@@ -267,6 +267,21 @@ class RecipeState:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=1), encoding="utf-8")
         tmp.replace(path)
+
+
+def jobs_in_training(store: Store, state: RecipeState) -> list[JobInfo]:
+    """The fine-tuning jobs the recipe started for steps not finished that have not ended, as
+    the workspace last heard: a stop or a quit leaves them training (on OpenAI, billed), and
+    a resumed run waits for them."""
+    going = []
+    for step, job_id in state.jobs.items():
+        try:
+            job = store.get_job(job_id)
+        except StoreError:  # deleted from the workspace: nothing to follow
+            continue
+        if step not in state.finished and not job.finished:
+            going.append(job)
+    return going
 
 
 class Reporter:
