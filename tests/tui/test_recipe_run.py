@@ -4,12 +4,14 @@ run; esc stops it mid-step and ctrl+s resumes where it stopped, the finished ite
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import psutil
@@ -18,6 +20,7 @@ from pydantic import SecretStr
 from rich.console import Console
 from textual.widgets import OptionList, Static
 
+import tui.engine.recipe as recipe_module
 from screens.dialogs import ConfirmDialog
 from screens.generate import GenerateScreen
 from screens.recipe import RecipeScreen
@@ -261,6 +264,32 @@ async def test_a_job_that_ended_with_the_last_sessions_server_is_trained_anew_on
         jobs = {j.remote_id: j.status for j in store.list_jobs()}
         assert len(jobs) == 2 and jobs[job.remote_id] == "failed"
         assert sorted(jobs.values()) == ["failed", "succeeded"]
+
+
+async def test_esc_while_the_job_is_being_created_still_records_it(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stopped after the backend created the job but before the recipe heard of it, the job
+    would train on unknown to the recipe (billed) and a resume would pay for a second."""
+    git_dataset(store)
+    openai_fake.app.job_seconds = 120
+    created = recipe_module.launch_job
+
+    async def slow_to_answer(*args: Any, **kwargs: Any) -> Any:
+        job = await created(*args, **kwargs)
+        await asyncio.sleep(1.0)  # the job exists on the backend and in the store
+        return job
+
+    monkeypatch.setattr(recipe_module, "launch_job", slow_to_answer)
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await start(t)
+        await t.press("enter")
+        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
+        await t.press("escape")
+        await t.wait_until(lambda: "Stopped." in board_text(t))
+        (job,) = store.list_jobs()
+        assert f"fine-tuning job {job.remote_id} trains on" in board_text(t)
+        assert job.id in RecipeState.load(store.directory / STATE_FILE).jobs.values()
 
 
 async def test_declining_the_cost_spends_nothing(

@@ -202,8 +202,7 @@ def test_ctrl_c_while_a_job_trains_names_the_job_it_leaves_training(
             while "POST /v1/fine_tuning/jobs" not in paid_requests(fake):
                 assert proc.poll() is None and time.monotonic() < deadline
                 time.sleep(0.1)
-            time.sleep(1)  # the job is in the state file the moment it is created
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(signal.SIGINT)  # a job created is recorded before the recipe stops
             _, err = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:

@@ -15,6 +15,8 @@ and `teacher_model = "references"` trains on the dataset's own answers (the ceil
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import tomllib
 from collections.abc import Callable
@@ -1050,23 +1052,36 @@ class Recipe:
             path.write_bytes(training.jsonl("train"))
             self.state.training_files[step] = str(path)
             c = self.config.finetune
-            job = await launch_job(
-                self.store,
-                self.client,
-                training,
-                base_model=self.student,
-                hyperparameters=Hyperparameters(
-                    c.n_epochs, c.batch_size, c.learning_rate_multiplier
-                ),
-                suffix=suffix,
-                seed=c.seed,
-                validation=validation,
-            )
-            self.state.jobs[step] = job.id
-            self.state.notes[step] = (
-                f"{len(training.train)} train + {len(training.validation)} validation examples"
-            )
-            self._save()
+
+            async def launch() -> None:
+                job = await launch_job(
+                    self.store,
+                    self.client,
+                    training,
+                    base_model=self.student,
+                    hyperparameters=Hyperparameters(
+                        c.n_epochs, c.batch_size, c.learning_rate_multiplier
+                    ),
+                    suffix=suffix,
+                    seed=c.seed,
+                    validation=validation,
+                )
+                self.state.jobs[step] = job.id
+                self.state.notes[step] = (
+                    f"{len(training.train)} train + {len(training.validation)} validation examples"
+                )
+                self._save()
+
+            # A stop (esc, ctrl+c) while the files upload or the job is created waits for the
+            # job to be in the state: stopped between the two, the job would train on (billed)
+            # unknown to the recipe, and a resume would pay for a second one.
+            launching = asyncio.ensure_future(launch())
+            try:
+                await asyncio.shield(launching)
+            except asyncio.CancelledError:
+                with contextlib.suppress(Exception):
+                    await launching
+                raise
 
         def progress(update: JobUpdate) -> None:
             steps = [e.metrics for e in update.new_events if e.metrics]
