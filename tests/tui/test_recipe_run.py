@@ -32,7 +32,7 @@ from tui.engine.backend import Backend, BackendSpec
 from tui.engine.datasets import ItemDraft
 from tui.engine.recipe import STATE_FILE, RecipeState
 from tui.engine.settings import load_settings
-from tui.engine.store import RunInfo, Store
+from tui.engine.store import JobInfo, RunInfo, Store
 
 SIZE = (130, 45)
 
@@ -204,73 +204,14 @@ async def test_esc_stops_mid_step_and_ctrl_s_resumes_where_it_stopped(
         await t.wait_until(lambda: run_processes() == 0, timeout=10)
 
 
-async def test_x_cancels_the_job_a_stop_left_training_and_ctrl_s_trains_anew(
+async def test_a_job_left_training_is_recorded_cancelled_with_x_and_trained_anew(
     store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On OpenAI a job left training is billed: after esc the board names it, x cancels it
-    (asked first), and ctrl+s then starts a new job for the step instead of failing on it."""
-    git_dataset(store)
-    openai_fake.app.job_seconds = 120
-    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
-        await start(t)
-        await t.press("enter")
-        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
-        await t.press("escape")
-        await t.wait_until(lambda: "x cancels it" in board_text(t))
-        (job,) = store.list_jobs()
-        assert f"fine-tuning job {job.remote_id} trains on" in board_text(t)
-        remote = openai_fake.app.jobs[job.remote_id]
-        await t.press("x")
-        dialog = await t.screen_of(ConfirmDialog)
-        assert job.remote_id in "\n".join(plain(w) for w in dialog.query("Static"))
-        await t.press("escape")  # no: the job trains on
-        await t.settle()
-        assert remote.data["status"] != "cancelled"
-        await t.press("x")
-        await t.screen_of(ConfirmDialog)
-        await t.press("enter")
-        await t.wait_until(lambda: f"{job.remote_id} cancelled" in board_text(t))
-        assert remote.data["status"] == "cancelled"
-        assert store.get_job(job.id).status == "cancelled"
-        openai_fake.app.job_seconds = 0.3
-        await t.press("ctrl+s")  # nothing left to generate before the job: nothing asked
-        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
-        jobs = {j.remote_id: j.status for j in store.list_jobs()}
-        assert len(jobs) == 2 and jobs[job.remote_id] == "cancelled"
-        assert sorted(jobs.values()) == ["cancelled", "succeeded"]
-
-
-async def test_a_job_that_ended_with_the_last_sessions_server_is_trained_anew_on_resume(
-    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """On the embedded backend a quit mid-fine-tune ends the job with the server: ctrl+s in
-    the next session trains again at once, instead of failing on that job first."""
-    git_dataset(store)
-    openai_fake.app.job_seconds = 120
-    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
-        await start(t)
-        await t.press("enter")
-        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
-        await t.press("escape")
-        await t.wait_until(lambda: "x cancels it" in board_text(t))
-        (job,) = store.list_jobs()
-        openai_fake.app.fail_job(
-            job.remote_id, "server_stopped", "The local server was stopped while this job ran."
-        )
-        openai_fake.app.job_seconds = 0.3
-        await t.press("ctrl+s")
-        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
-        assert t.errors() == []
-        jobs = {j.remote_id: j.status for j in store.list_jobs()}
-        assert len(jobs) == 2 and jobs[job.remote_id] == "failed"
-        assert sorted(jobs.values()) == ["failed", "succeeded"]
-
-
-async def test_esc_while_the_job_is_being_created_still_records_it(
-    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Stopped after the backend created the job but before the recipe heard of it, the job
-    would train on unknown to the recipe (billed) and a resume would pay for a second."""
+    """A stopped recipe's fine-tuning job trains on (on OpenAI, billed). Stopped while the job
+    is being created, the recipe still records it (else it would train unknown to the recipe
+    and a resume would pay for a second); the board names it and x cancels it (asked first);
+    ctrl+s then trains anew, and so it does, at once, after a job the embedded backend's
+    server lost when the app quit (failed, server_stopped)."""
     git_dataset(store)
     openai_fake.app.job_seconds = 120
     created = recipe_module.launch_job
@@ -281,15 +222,49 @@ async def test_esc_while_the_job_is_being_created_still_records_it(
         return job
 
     monkeypatch.setattr(recipe_module, "launch_job", slow_to_answer)
+
+    async def stop_once_a_job_is_created(jobs: int) -> JobInfo:
+        await t.wait_until(lambda: len(store.list_jobs()) == jobs, timeout=60)
+        await t.press("escape")  # within the second the recipe takes to hear of the job
+        await t.wait_until(lambda: "Stopped." in board_text(t))
+        job = store.list_jobs()[0]  # the newest
+        assert job.id in RecipeState.load(store.directory / STATE_FILE).jobs.values()
+        assert f"fine-tuning job {job.remote_id} trains on" in board_text(t)
+        assert "x cancels it" in board_text(t)
+        return job
+
     async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
         await start(t)
         await t.press("enter")
-        await t.wait_until(lambda: len(store.list_jobs()) == 1, timeout=60)
-        await t.press("escape")
-        await t.wait_until(lambda: "Stopped." in board_text(t))
-        (job,) = store.list_jobs()
-        assert f"fine-tuning job {job.remote_id} trains on" in board_text(t)
-        assert job.id in RecipeState.load(store.directory / STATE_FILE).jobs.values()
+        first = await stop_once_a_job_is_created(1)
+        remote = openai_fake.app.jobs[first.remote_id]
+        await t.press("x")
+        dialog = await t.screen_of(ConfirmDialog)
+        assert first.remote_id in "\n".join(plain(w) for w in dialog.query("Static"))
+        await t.press("escape")  # Keep training
+        await t.settle()
+        assert remote.data["status"] != "cancelled"
+        await t.press("x")
+        await t.screen_of(ConfirmDialog)
+        await t.press("enter")
+        await t.wait_until(lambda: f"{first.remote_id} cancelled" in board_text(t))
+        assert remote.data["status"] == "cancelled"
+        assert store.get_job(first.id).status == "cancelled"
+
+        await t.press("ctrl+s")  # nothing left to generate before the job: nothing asked
+        second = await stop_once_a_job_is_created(2)
+        assert second.id != first.id
+        openai_fake.app.fail_job(
+            second.remote_id, "server_stopped", "The local server was stopped while this job ran."
+        )
+        openai_fake.app.job_seconds = 0.3
+        await t.press("ctrl+s")
+        await t.wait_until(lambda: "Finished in" in board_text(t), timeout=60)
+        assert t.errors() == []
+        jobs = {j.remote_id: j.status for j in store.list_jobs()}
+        assert len(jobs) == 3
+        assert (jobs[first.remote_id], jobs[second.remote_id]) == ("cancelled", "failed")
+        assert sorted(jobs.values()) == ["cancelled", "failed", "succeeded"]
 
 
 async def test_declining_the_cost_spends_nothing(
