@@ -134,7 +134,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import openai
 
@@ -157,6 +157,7 @@ from tui.engine.store import Store  # noqa: E402
 
 SYSTEM = "You are a helpful assistant that turns a request into the git command that does it."
 MODEL = "fake-model"
+S = TypeVar("S")
 METADATA = {"task": "git"}
 
 
@@ -663,6 +664,17 @@ def app_settings(server: Any, workspace: Path, concurrency: int, model: str) -> 
     )
 
 
+async def on_screen(app: Any, pilot: Any, mode: str, kind: type[S]) -> S:
+    """The headless app's `mode` screen, once its backend is connected."""
+    while app.backend is None:
+        await pilot.pause(0.05)
+    await app.action_switch_mode(mode)
+    await pilot.pause()
+    screen = app.screen
+    assert isinstance(screen, kind), screen
+    return screen
+
+
 async def tui_run(
     server: Any,
     requests: list[str],
@@ -699,12 +711,7 @@ async def tui_run(
         async with contextlib.AsyncExitStack() as stack:
             stack.enter_context(counting(figures.counts))
             pilot = await stack.enter_async_context(app.run_test(size=size))
-            while app.backend is None:
-                await pilot.pause(0.05)
-            await app.action_switch_mode("generate")
-            await pilot.pause()
-            screen = app.screen
-            assert isinstance(screen, GenerateScreen), screen
+            screen = await on_screen(app, pilot, "generate", GenerateScreen)
             screen.query_one("#model", Input).value = MODEL
             await pilot.pause()
             # The screen starts a run's process ahead, whose imports take ~1.2 s: a user

@@ -41,6 +41,7 @@ from bench.generation import (
     TuiFigures,
     app_settings,
     load_requests,
+    on_screen,
     type_keys,
 )
 from tests.helpers.fake_openai import FakeOpenAIProcess
@@ -78,12 +79,7 @@ async def one_pass(
         settings = settings.model_copy(update={"teacher_model": TEACHER})
         app = DistillApp(settings=settings, store=store, start_backend=True)
         async with app.run_test(size=(160, 50)) as pilot:
-            while app.backend is None:
-                await pilot.pause(0.05)
-            await app.action_switch_mode("recipe")
-            await pilot.pause()
-            screen = app.screen
-            assert isinstance(screen, RecipeScreen), screen
+            screen = await on_screen(app, pilot, "recipe", RecipeScreen)
             await asyncio.sleep(1.0)
 
             def baseline_done() -> bool:
