@@ -32,20 +32,27 @@ def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
         return 1
     except KeyboardInterrupt:
         print(
-            f"Interrupted: run the same command again to resume.{_left_training(store)}",
+            "Interrupted: run the same command again to resume."
+            + _left_training(store, local=settings.backend_kind("student") == "local"),
             file=sys.stderr,
         )
         return 130
 
 
-def _left_training(store: Any) -> str:
+def _left_training(store: Any, *, local: bool) -> str:
     """A fine-tuning job the interrupt left going trains on (on a paid backend, billed):
-    say which, and how a user stops it."""
+    say which, and how a user stops it. The embedded backend's ends with its server, which
+    stops with the command unless an app window shares it: the next run trains again."""
     from tui.engine.recipe import STATE_FILE, RecipeState, jobs_in_training
 
     going = jobs_in_training(store, RecipeState.load(store.directory / STATE_FILE))
     if not going:
         return ""
+    if local:
+        return (
+            f"\nIts fine-tuning job {going[0].remote_id} ends with the embedded backend's "
+            "server (unless a distill-tui window shares it): the same command trains again."
+        )
     return (
         f"\nIts fine-tuning job {going[0].remote_id} trains on at {going[0].base_url}: the "
         "resumed run waits for it; the app's Fine-tune screen (key 5) cancels it with c."
