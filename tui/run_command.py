@@ -33,10 +33,21 @@ def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
     except KeyboardInterrupt:
         print(
             "Interrupted: run the same command again to resume."
-            + _left_training(store, local=settings.backend_kind("student") == "local"),
+            + _left_training(store, local=_student_kind(args, settings, store) == "local"),
             file=sys.stderr,
         )
         return 130
+
+
+def _student_kind(args: argparse.Namespace, settings: Any, store: Any) -> str:
+    """The kind of the student's backend as the recipe opened it: its config may name one."""
+    from tui.engine.recipe import RecipeError, load_config, workspace_config
+
+    try:
+        config = load_config(args.config or workspace_config(store.directory))
+    except RecipeError:  # changed since the recipe read it
+        return str(settings.backend_kind("student"))
+    return str(config.backend_settings(settings).backend_kind("student"))
 
 
 def _left_training(store: Any, *, local: bool) -> str:
