@@ -24,6 +24,7 @@ from rich.text import Text
 from tui.engine.recipe import (
     STATE_FILE,
     Recipe,
+    RecipeConfig,
     RecipeError,
     RecipeState,
     Reporter,
@@ -82,12 +83,18 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         console.print(f"[dim]{escape(step)}: {escape(note)}")
 
 
+def command_config(args: argparse.Namespace, settings: Any, store: Any) -> tuple[RecipeConfig, Any]:
+    """The config `distill-tui run` runs (--config, else the workspace's recipe.toml, else the
+    defaults) and the settings with the backends it names for each role."""
+    config = load_config(args.config or workspace_config(store.directory))
+    return config, config.backend_settings(settings)
+
+
 async def run_recipe(args: argparse.Namespace, settings: Any, store: Any) -> int:
     from tui.engine.backend import BackendError, open_backends
 
     console = Console(stderr=False)
-    config = load_config(args.config or workspace_config(store.directory))
-    settings = config.backend_settings(settings)
+    config, settings = command_config(args, settings, store)
     ensure_known_state(store)
     try:
         # One client per distinct backend: the teacher may be on OpenAI or a GPU box while

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 from pathlib import Path
 from typing import Any
@@ -41,13 +42,12 @@ def run(args: argparse.Namespace, settings: Any, store: Any) -> int:
 
 def _student_kind(args: argparse.Namespace, settings: Any, store: Any) -> str:
     """The kind of the student's backend as the recipe opened it: its config may name one."""
-    from tui.engine.recipe import RecipeError, load_config, workspace_config
+    from tui.engine.recipe import RecipeError
+    from tui.recipe_console import command_config
 
-    try:
-        config = load_config(args.config or workspace_config(store.directory))
-    except RecipeError:  # changed since the recipe read it
-        return str(settings.backend_kind("student"))
-    return str(config.backend_settings(settings).backend_kind("student"))
+    with contextlib.suppress(RecipeError):  # else changed since the recipe read it
+        _, settings = command_config(args, settings, store)
+    return str(settings.backend_kind("student"))
 
 
 def _left_training(store: Any, *, local: bool) -> str:
