@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 from textual.actions import parse
 from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header
 
@@ -23,7 +24,16 @@ if TYPE_CHECKING:
     from tui.engine.finetune import JobUpdate
     from tui.engine.selection import CompletionSelection
     from tui.engine.settings import Settings
-    from tui.engine.store import Store
+    from tui.engine.store import JobInfo, Store
+
+
+class JobEnded(Message):
+    """A fine-tuning job the app followed has ended (the store says how): the screen in view
+    reads it again; the others do when shown."""
+
+    def __init__(self, job: JobInfo) -> None:
+        super().__init__()
+        self.job = job
 
 
 class DistillHost(Protocol):

@@ -16,7 +16,7 @@ from textual.reactive import reactive
 from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
-from screens.base import DistillScreen
+from screens.base import DistillScreen, JobEnded
 from tui.engine.settings import Settings
 from tui.engine.store import Store
 from tui.screen_registry import KEYS, SCREENS_IN_ORDER
@@ -236,6 +236,7 @@ class DistillApp(App[int]):
             return
         finally:
             self._watching.discard(job_id)
+        self.screen.post_message(JobEnded(job))
         if job.status == "succeeded":
             self.notify(
                 f"{job.fine_tuned_model} is ready (Fine-tune screen: g generates).", markup=False

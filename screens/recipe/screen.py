@@ -18,7 +18,7 @@ from textual.markup import escape
 from textual.widgets import OptionList, Static
 from textual.widgets.option_list import Option
 
-from screens.base import DistillScreen
+from screens.base import DistillScreen, JobEnded
 from screens.dialogs import ConfirmDialog
 from screens.recipe.board import RecipeBoard
 from tui.engine.finetune import FineTuneError, cancel_job
@@ -130,7 +130,10 @@ class RecipeScreen(DistillScreen):
 
     def _recipe_note(self) -> str:
         """Where the workspace's recipe (ctrl+s, `distill-tui run`) stands, when it has run
-        on this dataset: a user back after a quit sees what ctrl+s will do."""
+        on this dataset: a user back after a quit sees what ctrl+s will do, and x cancels a
+        fine-tuning job the recipe left training (on a paid backend, billed)."""
+        self.left_training = None
+        self.refresh_bindings()
         store = self.distill.store
         try:
             state = RecipeState.load(store.directory / STATE_FILE)
@@ -143,13 +146,17 @@ class RecipeScreen(DistillScreen):
                 f"\nThe recipe ran to its report ({escape(str(store.directory / 'reports'))}"
                 "/recipe.md): ctrl+s shows it again."
             )
-        going = "".join(
-            f"; its fine-tuning job {escape(job.remote_id)} trains on"
-            for job in jobs_in_training(store, state)[:1]
-        )
         steps = len(state.finished)
         when = f"after {steps} step{'s' if steps > 1 else ''}" if steps else "during its first step"
-        return f"\nThe recipe stopped {when}{going}: ctrl+s resumes it."
+        going = jobs_in_training(store, state)
+        if not going:
+            return f"\nThe recipe stopped {when}: ctrl+s resumes it."
+        self.left_training = going[0]
+        self.refresh_bindings()
+        return (
+            f"\nThe recipe stopped {when}; its fine-tuning job "
+            f"{escape(going[0].remote_id)} trains on: ctrl+s resumes it, x cancels the job."
+        )
 
     def _show_board(self, board: bool) -> None:
         self.query_one(RecipeBoard).display = board
@@ -351,12 +358,34 @@ class RecipeScreen(DistillScreen):
         try:
             job = await cancel_job(self.distill.store, backend.client, job.id)
         except (FineTuneError, openai.APIError) as error:
-            board.say(f"The job was not cancelled: {error}. {self._job_note()}")
+            if board.display:
+                board.say(f"The job was not cancelled: {error}. {self._job_note()}")
             self.notify(str(error), title="Not cancelled", severity="warning", markup=False)
             return
+        self._job_ended(job)
+        if not board.display:
+            self.notify(
+                f"Fine-tuning job {job.remote_id} {job.status}: ctrl+s resumes the recipe.",
+                markup=False,
+            )
+
+    @on(JobEnded)
+    def _on_job_ended(self, event: JobEnded) -> None:
+        left = self.left_training
+        if self.engine is None and left is not None and event.job.id == left.id:
+            self._job_ended(event.job)
+
+    def _job_ended(self, job: JobInfo) -> None:
+        """The job a stopped recipe left training ended (x, or the app following it): the
+        board or the map says so, and x has nothing left to cancel."""
         self.left_training = None
         self.refresh_bindings()
-        board.say(f"Stopped; fine-tuning job {job.remote_id} {job.status}. ctrl+s resumes.")
+        if self.query_one(RecipeBoard).display:
+            self.query_one(RecipeBoard).say(
+                f"Stopped; fine-tuning job {job.remote_id} {job.status}. ctrl+s resumes."
+            )
+        else:
+            self._refresh_map()
 
     async def _agreed(self, estimates: list[tuple[str, Estimate]]) -> bool:
         lines = [

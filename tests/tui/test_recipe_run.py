@@ -30,6 +30,7 @@ from tests.tui.conftest import Driver, drive, plain
 from tui.app import DistillApp
 from tui.engine.backend import Backend, BackendSpec
 from tui.engine.datasets import ItemDraft
+from tui.engine.finetune import TrainingSet, launch_job
 from tui.engine.recipe import STATE_FILE, RecipeState
 from tui.engine.settings import load_settings
 from tui.engine.store import JobInfo, RunInfo, Store
@@ -265,6 +266,58 @@ async def test_a_job_left_training_is_recorded_cancelled_with_x_and_trained_anew
         assert len(jobs) == 3
         assert (jobs[first.remote_id], jobs[second.remote_id]) == ("cancelled", "failed")
         assert sorted(jobs.values()) == ["cancelled", "failed", "succeeded"]
+
+
+async def test_back_after_a_quit_the_map_names_the_job_left_training_and_x_cancels_it(
+    store: Store, openai_fake: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A later session's steps' map names the job a stopped recipe left training, and x
+    cancels it there (asked first); a job that ends while the map is shown (the app follows
+    it) leaves the map's note at once, and x with it."""
+    dataset = git_dataset(store)
+    openai_fake.app.job_seconds = 120
+    turns = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    training = TrainingSet([{"messages": turns}] * 10, [])
+    client = openai.AsyncOpenAI(base_url=openai_fake.base_url, api_key=openai_fake.api_key)
+    first, second = [
+        await launch_job(store, client, training, base_model="gpt-4o-mini-2024-07-18")
+        for _ in range(2)
+    ]
+    state = RecipeState(dataset_id=dataset, runs={"baseline": 1}, finished=["baseline"])
+    state.jobs["pool-only/train"] = first.id
+    state.save(store.directory / STATE_FILE)
+
+    def intro(t: Driver) -> str:
+        return " ".join(plain(t.app.screen.query_one("#recipe-intro", Static)).split())
+
+    stopped = "The recipe stopped after 1 step: ctrl+s resumes it."  # and nothing more
+
+    async with drive(app_on(store, openai_fake, monkeypatch), size=SIZE) as t:
+        await t.press("0")
+        assert (
+            f"The recipe stopped after 1 step; its fine-tuning job {first.remote_id} trains on: "
+            "ctrl+s resumes it, x cancels the job." in intro(t)
+        )
+        await t.press("x")
+        dialog = await t.screen_of(ConfirmDialog)
+        assert first.remote_id in "\n".join(plain(w) for w in dialog.query("Static"))
+        await t.press("enter")
+        await t.wait_until(lambda: stopped in intro(t))
+        assert openai_fake.app.jobs[first.remote_id].data["status"] == "cancelled"
+        assert store.get_job(first.id).status == "cancelled"
+        assert not t.app.screen.check_action("cancel_job", ())
+
+        state.jobs["pool-only/train"] = second.id
+        state.save(store.directory / STATE_FILE)
+        await t.press("r")
+        assert f"job {second.remote_id} trains on" in intro(t)
+        openai_fake.app.fail_job(
+            second.remote_id, "server_stopped", "The local server was stopped while this job ran."
+        )
+        t.app.watch_job(second.id)
+        await t.wait_until(lambda: stopped in intro(t))
+        assert not t.app.screen.check_action("cancel_job", ())
+        assert t.errors() == []
 
 
 async def test_declining_the_cost_spends_nothing(
