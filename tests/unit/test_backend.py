@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -114,12 +115,20 @@ async def test_make_client_sends_to_the_backend_with_its_key_retries_and_timeout
 # ---- the local server as a child process ------------------------------------------------------
 
 
-async def test_local_server_start_stop_leaves_nothing(tmp_path: Path) -> None:
+async def test_local_server_start_stop_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     progress: list[str] = []
+    temp = tmp_path / "tmp"  # where the server's port file is written
+    temp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temp))
     server = LocalServer()
     spec = await server.start(tmp_path / "ws", [], progress.append, extra_args=FAST)
     pid = server.pid
     assert pid is not None and pid_alive(pid)
+    # The port file's folder is gone once the port is read: an app killed with -9 leaves
+    # nothing behind in the temp directory.
+    assert list(temp.iterdir()) == []
     try:
         assert spec.kind == "local"
         assert spec.base_url is not None and spec.base_url.startswith("http://127.0.0.1:")

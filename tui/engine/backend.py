@@ -326,6 +326,10 @@ class LocalServer:
                 self._forget_launch()
                 return None
             raise
+        # The port is known: its file goes now rather than at stop(), which an app killed
+        # with -9 (or a test that kills one) never reaches.
+        self._tmp.cleanup()
+        self._tmp = None
         base_url = f"http://127.0.0.1:{port}/v1"
         spec = BackendSpec("local", base_url, SecretStr(key), "local")
         progress(f"local: server on 127.0.0.1:{port}, checking /v1/models…")
