@@ -20,6 +20,7 @@ TEST_TOOLS = {
     "pytest-asyncio": "runs the async tests (asyncio_mode = auto)",
     "pytest-textual-snapshot": "the snap_compare fixture (tests/snapshots)",
     "pytest-timeout": "the per-test timeout (timeout = 600)",
+    "pytest-xdist": "one worker a core (addopts: -n auto)",
     "ruff": "tests/test_quality.py runs it",
     "mypy": "tests/test_quality.py runs it",
     "import-linter": "tests/test_quality.py runs lint-imports",
