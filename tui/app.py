@@ -18,7 +18,7 @@ from textual.worker import Worker, WorkerState
 
 from screens.base import DistillScreen, JobEnded
 from tui.engine.settings import Settings
-from tui.engine.store import Store
+from tui.engine.store import JobInfo, Store
 from tui.screen_registry import KEYS, SCREENS_IN_ORDER
 
 if TYPE_CHECKING:
@@ -68,6 +68,7 @@ class DistillApp(App[int]):
         self._mode_history: list[str] = []
         self.job_updates: dict[int, JobUpdate] = {}
         self._watching: set[int] = set()
+        self._asking_to_quit = False  # q's question about a job the server would end
         # Shared between screens: the dataset open on the Dataset screen (the Generate
         # screen's default), and the completions picked on the Completions screen for the
         # Evals or the Fine-tune screen (the mode they were handed to).
@@ -147,9 +148,51 @@ class DistillApp(App[int]):
             self.screen.prefill(model=model, role="fine-tuned", system_prompt=system_prompt)
 
     async def action_quit(self) -> None:
-        """q: a generation or a grading going on is cancelled first and given a moment to
+        """q: a fine-tuning job the embedded backend trains ends with its server, which stops
+        with the last app using it: asked first, as a stray q must not throw away a
+        fine-tune. Then a generation or a grading going on is cancelled and given a moment to
         record its in-flight items and its status, so the next session sees a cancelled run
         or eval run (not one still "running" that no one runs)."""
+        if self._asking_to_quit:
+            return
+        job = self._job_ending_with_the_server()
+        if job is None:
+            await self._quit()
+            return
+        from screens.dialogs import ConfirmDialog
+
+        async def answered(quit_anyway: bool | None) -> None:
+            self._asking_to_quit = False
+            if quit_anyway:
+                await self._quit()
+
+        self._asking_to_quit = True
+        self.push_screen(
+            ConfirmDialog(
+                "Quit and lose the fine-tuning job?",
+                f"{job.remote_id} (fine-tuning {job.base_model}) trains on the embedded "
+                "backend, whose server stops with this window: the job ends unfinished. The "
+                "Fine-tune screen (or the recipe's ctrl+s) trains again from the start later.",
+                ok="Quit",
+                cancel="Keep training",
+            ),
+            answered,
+        )
+
+    def _job_ending_with_the_server(self) -> JobInfo | None:
+        """A job the embedded backend trains that quitting would end: none on another backend,
+        nor when another app (a window, `distill-tui run`) keeps the server going."""
+        from tui.engine.finetune import unfinished_jobs
+
+        backend = self.backend
+        if backend is None or backend.server is None or self.store.read_only:
+            return None
+        jobs = unfinished_jobs(self.store, str(backend.client.base_url))
+        if not jobs or not backend.server.ends_with_this_app():
+            return None
+        return jobs[0]
+
+    async def _quit(self) -> None:
         running = [w for w in self.workers if w.group in WAIT_ON_QUIT and not w.is_finished]
         for worker in running:
             worker.cancel()

@@ -6,14 +6,19 @@ a notification, and the app stays usable."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from textual.message import Message
+from textual.widgets import Static
 
+from screens.dialogs import ConfirmDialog
 from tests.tui.conftest import SIZE, plain
 from tui.app import DistillApp
+from tui.engine.backend import Backend, LocalServer, make_client
 from tui.engine.host import pid_alive
 from tui.engine.local_model import LOCAL_DEFAULT_MODEL
 from tui.engine.settings import load_settings
@@ -87,3 +92,75 @@ async def test_a_backend_that_cannot_open_is_reported_and_the_app_stays(tmp_path
         assert app.return_code == 0
     finally:
         store.close()
+
+
+async def test_q_asks_before_it_ends_a_job_the_embedded_server_trains(store: Store) -> None:
+    """The embedded backend's jobs end with its server, which stops with the last app using it:
+    q asks first (a stray q must not throw away a fine-tune); with another app using the
+    server (a second window, `distill-tui run`) the job goes on and q quits at once."""
+
+    async def app_with_a_job_training() -> DistillApp:
+        server = LocalServer()
+        spec = await server.start(store.directory, [], extra_args=["--preload", "none"])
+        assert spec.base_url is not None
+        store.save_job(
+            remote_id=f"ftjob-on-{spec.base_url}",
+            base_url=spec.base_url,
+            base_model=LOCAL_DEFAULT_MODEL,
+            status="running",
+        )
+        app = DistillApp(
+            settings=load_settings(workspace=store.directory), store=store, start_backend=False
+        )
+        app.backend = Backend(spec, make_client(spec), "local", server=server)
+        return app
+
+    asking = await app_with_a_job_training()
+    assert asking.backend is not None and asking.backend.server is not None
+    server_pid = asking.backend.server.pid
+    async with asking.run_test(size=SIZE) as pilot:
+        await pilot.press("q")
+        await wait_for(lambda: isinstance(asking.screen, ConfirmDialog), 10, "q asked")
+        said = " ".join(" ".join(plain(w) for w in asking.screen.query(Static)).split())
+        assert f"ftjob-on-{asking.backend.spec.base_url}" in said and "ends unfinished" in said
+        await pilot.press("q")  # asked already: not a second question, nor a quit
+        await pilot.press("escape")  # Keep training
+        await pilot.pause()
+        assert asking.is_running and not isinstance(asking.screen, ConfirmDialog)
+        await pilot.press("q")
+        await wait_for(lambda: isinstance(asking.screen, ConfirmDialog), 10, "q asked")
+        await pilot.press("enter")  # Quit
+    assert asking.return_code == 0
+    assert server_pid is not None and not pid_alive(server_pid)
+
+    # Another app uses the server: quitting this one leaves it, and the job, going.
+    leaving = await app_with_a_job_training()
+    other = subprocess.Popen(
+        [sys.executable, "-c", JOIN_AND_WAIT, str(store.directory)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert other.stdout is not None and other.stdout.readline() == b"joined\n"
+        assert leaving.backend is not None and leaving.backend.server is not None
+        server_pid = leaving.backend.server.pid
+        async with leaving.run_test(size=SIZE) as pilot:
+            await pilot.press("q")
+        assert leaving.return_code == 0
+        assert server_pid is not None and pid_alive(server_pid)
+    finally:
+        other.communicate(b"\n", timeout=30)
+    # The last app gone, the server stops by itself.
+    await wait_for(lambda: not pid_alive(server_pid), 60, "the unused server stopped")
+
+
+# A second app using the workspace's local server, until a line comes on its stdin.
+JOIN_AND_WAIT = """
+import sys
+from tui.engine.local_instance import Membership
+membership = Membership(sys.argv[1])
+assert membership.join() is not None
+print("joined", flush=True)
+sys.stdin.readline()
+membership.leave()
+"""

@@ -188,6 +188,14 @@ class LocalServer:
     def started_here(self) -> bool:
         return self.proc is not None
 
+    def ends_with_this_app(self) -> bool:
+        """Whether the server stops when this app leaves it (and its fine-tuning jobs with
+        it): no other app (a window, `distill-tui run`) alive uses it."""
+        if self._membership is None:
+            return False
+        clients = local_instance.live_clients(self._membership.workspace)
+        return all(pid == os.getpid() for pid in clients)
+
     async def start(
         self,
         workspace: Path,
