@@ -154,7 +154,7 @@ def _clock_figures(job: JobInfo, estimated_finish: int | None) -> Figures | None
     estimate of when it ends."""
     try:
         start = datetime.fromisoformat(job.created_at)
-        end = datetime.fromisoformat(job.updated_at) if job.finished else None
+        end = datetime.fromisoformat(job.finished_at or job.updated_at) if job.finished else None
     except ValueError:
         return None
     elapsed = ((end or datetime.now(start.tzinfo)) - start).total_seconds()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -235,6 +236,14 @@ async def test_a_real_job_end_to_end(server: Any, store: Store) -> None:
         again = await JobWatcher(store, c).poll_once(job.id)
         assert again.new_events == []
         assert len(store.job_events(job.id)) == len(events)
+        # When it ended is the backend's word, not when the workspace last heard of it (the
+        # Fine-tune screen's clock of a job that ended while no app watched).
+        remote = await c.fine_tuning.jobs.retrieve(job.remote_id)
+        assert remote.finished_at is not None
+        ended = datetime.fromtimestamp(remote.finished_at, UTC)
+        assert again.job.finished_at is not None
+        assert datetime.fromisoformat(again.job.finished_at) == ended
+        assert datetime.fromisoformat(again.job.updated_at) >= ended
 
         # Step 7: generate with the fine-tuned model.
         run = create_run(

@@ -518,12 +518,18 @@ class JobWatcher:
         error = None
         if remote.error is not None and remote.error.message:
             error = f"{remote.error.code}: {remote.error.message}"
+        ended = getattr(remote, "finished_at", None)
         await self.store.in_thread(
             self.store.update_job,
             job_id,
             status=remote.status,
             fine_tuned_model=remote.fine_tuned_model,
             error=error,
+            finished_at=(
+                datetime.fromtimestamp(ended, UTC).isoformat(timespec="seconds")
+                if isinstance(ended, int | float)
+                else None
+            ),
         )
         job = await self.store.in_thread(self.store.get_job, job_id)
         return JobUpdate(

@@ -188,6 +188,11 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE items ADD COLUMN source TEXT NOT NULL DEFAULT '';
     """,
+    # When the backend says a job ended (its finished_at): updated_at is when the workspace
+    # last heard of it, which for a job that ended while no app watched is the next start.
+    """
+    ALTER TABLE jobs ADD COLUMN finished_at TEXT;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -1120,7 +1125,7 @@ class Store:
         return int(row[0])
 
     def update_job(self, job_id: int, **fields: Any) -> None:
-        allowed = {"status", "fine_tuned_model", "error", "hyperparameters"}
+        allowed = {"status", "fine_tuned_model", "error", "hyperparameters", "finished_at"}
         unknown = set(fields) - allowed
         if unknown:
             raise StoreError(f"unknown job fields: {', '.join(sorted(unknown))}")
@@ -1682,6 +1687,7 @@ class JobInfo:
     error: str | None
     created_at: str
     updated_at: str
+    finished_at: str | None = None  # the backend's word, where it gives one
 
     @property
     def finished(self) -> bool:
