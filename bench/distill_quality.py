@@ -13,8 +13,11 @@ with the shipped git dataset, judged on its eval split (never tuned on):
     two-rounds   the same with expert iteration: 20 % of the pool held out to judge the
                  rounds, round 2 taught by round 1's student
     greedy       one greedy label a request, every label the gate passes, one round
-    context      the untuned model as the teacher, given the 10 nearest pool examples
-                 (context distillation), 5 samples and the vote, gated, one round
+    no-gate      the default's labels (the same teacher run), every voted label trained
+                 on: what the gate adds
+    context-only the untuned model as the teacher, given the 10 nearest pool examples
+                 (context distillation), one greedy label a request, no gate
+    context      the same teacher with 5 samples and the vote, gated, one round
     references   the student fine-tuned on every train reference (the ceiling)
     random-pool  the default with a random pool of the same size (its own pool-only
                  student, teacher and fine-tune)
@@ -55,6 +58,18 @@ VARIANTS: dict[str, tuple[dict[str, Any], str | None, tuple[str, ...]]] = {
     "default": ({}, None, ()),
     "two-rounds": ({"rounds": 2}, "default", ("baseline",)),
     "greedy": ({"rounds": 1, "teacher_samples": 1}, "default", ("baseline", "pool-only")),
+    "no-gate": ({"gate": []}, "default", ("baseline", "pool-only", "teacher", "round-1/teacher")),
+    "context-only": (
+        {
+            "rounds": 1,
+            "pool_teacher": False,
+            "teacher_examples": 10,
+            "teacher_samples": 1,
+            "gate": [],
+        },
+        "default",
+        ("baseline", "pool-only"),
+    ),
     "context": (
         {"rounds": 1, "pool_teacher": False, "teacher_examples": 10},
         "default",
@@ -74,7 +89,11 @@ def state_file(variant: str) -> str:
     return STATE_FILE if variant == "default" else f"bench-{variant}.json"
 
 
-def _reused(key: str, prefixes: tuple[str, ...]) -> bool:
+def _reused(key: str, prefixes: tuple[str, ...], gate: bool = True) -> bool:
+    """Whether a step of the parent's is the variant's too; a variant with a gate of its own
+    takes the parent's labels but not the parent's gate."""
+    if not gate and key.endswith("/gate"):
+        return False
     return any(key == p or key.startswith(p + "/") for p in prefixes)
 
 
@@ -95,10 +114,11 @@ def seed(store: Store, variant: str) -> None:
         _, state.pool_validation = split_validation(
             state.pool, config.pool_validation, config.finetune.seed
         )
+    same_gate = "gate" not in VARIANTS[variant][0]
     for name in ("runs", "eval_runs", "jobs", "models", "training_files", "notes"):
-        mine = {k: v for k, v in getattr(source, name).items() if _reused(k, prefixes)}
+        mine = {k: v for k, v in getattr(source, name).items() if _reused(k, prefixes, same_gate)}
         setattr(state, name, mine)
-    state.finished = [k for k in source.finished if _reused(k, prefixes)]
+    state.finished = [k for k in source.finished if _reused(k, prefixes, same_gate)]
     if _reused("round-1/train", prefixes) and source.best_round is not None:
         state.best_round = 1
     path.write_text(json.dumps(asdict(state), indent=1), encoding="utf-8")

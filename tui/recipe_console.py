@@ -79,6 +79,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(table)
     if report.get("summary"):
         console.print(f"[b]{escape(report['summary'])}")
+    if report.get("chance"):
+        console.print(escape(report["chance"]))
     for step, note in (report.get("teaching") or {}).get("notes", {}).items():
         console.print(f"[dim]{escape(step)}: {escape(note)}")
 

@@ -112,8 +112,11 @@ class CompareSummary(Vertical):
         case = business_case(comparison) if comparison is not None else ""
         line = self.query_one("#compare-case", Static)
         line.display = bool(case)
-        text = Text(case, style="bold")
+        headline, _, chance = case.partition("\n")
+        text = Text(headline, style="bold")
         text.highlight_regex(r"\d+% of the teacher's lead recovered", "green")
+        if chance:
+            text.append("\n" + chance)
         line.update(text)
         self._show_filters(comparison, filter, counts)
 

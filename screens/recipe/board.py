@@ -131,4 +131,6 @@ def report_renderable(report: dict[str, Any]) -> RenderableType:
         parts.append(table)
     if report.get("summary"):
         parts.append(Text(str(report["summary"]), style="bold"))
+    if report.get("chance"):
+        parts.append(Text(str(report["chance"])))
     return Group(*parts)

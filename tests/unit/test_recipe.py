@@ -197,6 +197,23 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
     # 4 of the 6 measured (and the pool-only student's 4); 2 exact answers are already more
     # than a model that learned nothing gives.
     assert rates["fine-tuned student"] >= 2 / 6, rates
+    # Request by request against each other row: the wins and losses the stored grades give.
+    tuned = {
+        r.item_id: r.grades["exact"].passed
+        for r in result_rows(store, state["eval_runs"]["round-1/student/eval"])
+    }
+    for label, step in (("baseline student", "baseline/eval"), ("teacher", "teacher/eval")):
+        other = {
+            r.item_id: r.grades["exact"].passed
+            for r in result_rows(store, state["eval_runs"][step])
+        }
+        pair = report["paired"][label]
+        assert (pair["wins"], pair["losses"]) == (
+            sum(bool(tuned[i]) and not other[i] for i in tuned),
+            sum(bool(other[i]) and not tuned[i] for i in tuned),
+        )
+        assert 0 < pair["p"] <= 1
+    assert report["chance"].startswith("Request by request (exact), the fine-tuned student")
     assert "round-1/labels" in report["teaching"]["notes"]
     assert report["teaching"]["pool_choice"] == state["pool_choice"] == "diverse"
     reports = store.directory / "reports"
@@ -204,6 +221,7 @@ async def test_recipe_end_to_end_and_resume(server: Any, tmp_path: Path) -> None
     markdown = (reports / "recipe.md").read_text()
     assert "pool-only student" in markdown and "fine-tuned student" in markdown
     assert "pool of 12 (the requests that best stand for the rest)" in markdown
+    assert report["chance"] in markdown
 
     # Everything finished: a third run does nothing again.
     async with client(server.url) as c:

@@ -14,6 +14,7 @@ from tui.engine.evals import EvalRunner, compare, create_eval, start_eval_run
 from tui.engine.report import (
     business_case,
     cost_per_1k,
+    mcnemar_p,
     money,
     price_by_role,
     row_name,
@@ -72,10 +73,16 @@ def test_business_case_of_a_comparison(tmp_path: Path) -> None:
         # Exact match, by the data's verdicts: untuned 2, teacher 9, fine-tuned 8 of 10; the
         # share of the teacher's lead recovered is (8 − 2) / (9 − 2).
         tuned_rate, teacher_rate = (pass_rate(r, "exact match") for r in ("fine-tuned", "teacher"))
+        # Request by request (VERDICTS' exact match): the fine-tuned student passes items 2,
+        # 3, 5, 6, 7, 9 and 10 the untuned student fails, and fails item 8 it passes: 7 to 1,
+        # p = 2 × (1 + 8) / 2^8 = 0.07. Against the teacher it wins item 10 and loses 4 and 8.
         assert business_case(comparison) == (
             f"fine-tuned student {tuned_rate:.0%} exact match vs teacher {teacher_rate:.0%} "
             f"({lead_recovered():.0%} of its lead recovered), "
-            "3.0× faster, $0.02 vs $0.18 / 1k req"
+            "3.0× faster, $0.02 vs $0.18 / 1k req\n"
+            "Request by request (exact match), the fine-tuned student beats the baseline "
+            "student on 7 and loses on 1 (McNemar p = 0.07: could be chance); beats the "
+            "teacher on 1 and loses on 2 (p = 1.00: could be chance)."
         )
         # The same case whichever run is the baseline the deltas are taken against.
         by_teacher = compare(store, eval_id, [teacher, student, tuned], teacher, price)
@@ -84,6 +91,16 @@ def test_business_case_of_a_comparison(tmp_path: Path) -> None:
         assert business_case(compare(store, eval_id, [student, tuned], student, price)) == ""
     finally:
         store.close()
+
+
+def test_mcnemar_p_is_the_chance_of_so_uneven_a_split() -> None:
+    """Two-sided exact: a fair coin over the requests where the two runs disagree."""
+    assert mcnemar_p(0, 0) == 1.0  # they never disagree: nothing to tell them apart
+    assert mcnemar_p(10, 0) == pytest.approx(2 / 2**10)
+    assert mcnemar_p(0, 10) == mcnemar_p(10, 0)
+    assert mcnemar_p(7, 1) == pytest.approx(2 * 9 / 2**8)
+    assert mcnemar_p(3, 3) == 1.0
+    assert mcnemar_p(2, 0) == 0.5  # two requests either way: a coin's two heads
 
 
 def test_runs_are_priced_on_their_roles_backend() -> None:

@@ -8,6 +8,7 @@ same line (`business_case`)."""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,76 @@ def lead_recovered(
     }
 
 
+def mcnemar_p(wins: int, losses: int) -> float:
+    """Two-sided exact McNemar test: the chance of a split of the discordant pairs at least
+    this uneven if neither run were better (a fair coin over wins + losses)."""
+    n = wins + losses
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(wins, losses) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired(
+    comparison: Comparison, run_id: int, other_id: int, grader: str
+) -> dict[str, Any] | None:
+    """Two runs request by request under one grader: on how many items the first passes where
+    the other fails (wins) and the reverse (losses), and the exact McNemar p of that split.
+    Items either run has no verdict on are left out; None when no item has both."""
+    wins = losses = both = 0
+    for item in comparison.items:
+        mine, theirs = item.cells.get(run_id), item.cells.get(other_id)
+        a = mine.passed.get(grader) if mine else None
+        b = theirs.passed.get(grader) if theirs else None
+        if a is None or b is None:
+            continue
+        both += 1
+        wins += a and not b
+        losses += b and not a
+    if not both:
+        return None
+    return {"items": both, "wins": wins, "losses": losses, "p": mcnemar_p(wins, losses)}
+
+
+def _paired_against(
+    comparison: Comparison, tuned: RunColumn | None, others: dict[str, RunColumn | None]
+) -> dict[str, dict[str, Any]]:
+    """The fine-tuned student request by request against each named run, on the main grader
+    (exact match when it is there), for `chance_line`."""
+    if tuned is None or not comparison.graders:
+        return {}
+    main = _main(comparison.graders)
+    out = {}
+    for name, other in others.items():
+        if other is not None and (pair := paired(comparison, tuned.run_id, other.run_id, main)):
+            out[name] = {"grader": main, **pair}
+    return out
+
+
+def chance_line(report: dict[str, Any]) -> str:
+    """Whether the fine-tuned student's differences from the untuned student and the teacher
+    are more than chance, in one sentence: on a 91-item eval split a request or two either
+    way is what two equally good models show."""
+    pairs = report.get("paired") or {}
+    if not pairs:
+        return ""
+    grader = next(iter(pairs.values()))["grader"]
+    said = []
+    for name, pair in pairs.items():
+        verdict = "could be chance" if pair["p"] >= 0.05 else "more than chance"
+        test = "" if said else "McNemar "
+        said.append(
+            f"beats the {name} on {pair['wins']} and loses on {pair['losses']} "
+            f"({test}p = {pair['p']:.2f}: {verdict})"
+        )
+    return f"Request by request ({grader}), the fine-tuned student " + "; ".join(said) + "."
+
+
+def _main(graders: Sequence[str]) -> str:
+    """The grader the business case is told in: exact match when it is there (the last)."""
+    return graders[-1] if len(graders) > 1 else graders[0]
+
+
 def build_report(
     store: Store,
     eval_id: int,
@@ -154,8 +225,18 @@ def build_report(
         "improvements": len(comparison.rows("improvements")),
         "regressions": len(comparison.rows("regressions")),
         "items": len(comparison.items),
+        "paired": _paired_against(
+            comparison,
+            tuned,
+            {
+                "baseline student": untuned,
+                "pool-only student": named.get("pool-only student"),
+                "teacher": teacher,
+            },
+        ),
     }
     report["summary"] = summary_line(report, teacher, tuned, comparison.graders)
+    report["chance"] = chance_line(report)
     return report
 
 
@@ -168,7 +249,7 @@ def summary_line(
     """The business case in one line."""
     if tuned is None or not graders:
         return ""
-    main = graders[-1] if len(graders) > 1 else graders[0]  # exact match when it is there
+    main = _main(graders)
     rate = tuned.pass_rates.get(main)
     # Short enough for one line of a 120-column terminal (the Compare screen shows it).
     head = f"fine-tuned student {rate:.0%} {main}" if rate is not None else ""
@@ -191,9 +272,30 @@ def summary_line(
 
 def business_case(comparison: Comparison) -> str:
     """A comparison's business case in one line (`summary_line`), when a teacher, an untuned
-    student and a fine-tuned student are among its runs, all graded ("" otherwise). The
-    untuned student is the comparison's baseline when it is one; the teacher and the
-    fine-tuned student are the newest of their kind."""
+    student and a fine-tuned student are among its runs, all graded ("" otherwise), and
+    whether the fine-tuned student's differences from the other two are more than chance
+    (`chance_line`) on a second line."""
+    runs = _case_runs(comparison)
+    if runs is None:
+        return ""
+    base, teacher, student = runs
+    lead = lead_recovered(comparison.graders, base, student, teacher)
+    case = summary_line({"recovered": lead}, teacher, student, comparison.graders)
+    pool = [c for c in comparison.runs if row_name(c.role, c.label, c.model) == "pool-only student"]
+    others = {
+        "baseline student": base,
+        "pool-only student": max(pool, key=lambda c: c.run_id) if pool else None,
+        "teacher": teacher,
+    }
+    pairs = _paired_against(comparison, student, others)
+    chance = chance_line({"paired": pairs})
+    return f"{case}\n{chance}" if case and chance else case
+
+
+def _case_runs(comparison: Comparison) -> tuple[RunColumn, RunColumn, RunColumn] | None:
+    """(untuned student, teacher, fine-tuned student) of a comparison, all graded. The untuned
+    student is the comparison's baseline when it is one; the teacher and the fine-tuned
+    student are the newest of their kind."""
     kinds: dict[str, list[RunColumn]] = {}
     for column in comparison.runs:
         kinds.setdefault(row_name(column.role, column.label, column.model), []).append(column)
@@ -201,7 +303,7 @@ def business_case(comparison: Comparison) -> str:
         kinds.get(k, []) for k in ("teacher", "baseline student", "fine-tuned student")
     )
     if not (teachers and untuned and tuned):
-        return ""
+        return None
     base = next(
         (c for c in untuned if c.run_id == comparison.baseline_run_id),
         min(untuned, key=lambda c: c.run_id),
@@ -209,9 +311,8 @@ def business_case(comparison: Comparison) -> str:
     teacher = max(teachers, key=lambda c: c.run_id)
     student = max(tuned, key=lambda c: c.run_id)
     if any(c.eval_run_id is None for c in (base, teacher, student)):
-        return ""  # not graded yet: no case to make
-    lead = lead_recovered(comparison.graders, base, student, teacher)
-    return summary_line({"recovered": lead}, teacher, student, comparison.graders)
+        return None  # not graded yet: no case to make
+    return base, teacher, student
 
 
 def label_quality(
@@ -267,6 +368,8 @@ def report_markdown(report: dict[str, Any]) -> str:
     lines.append("")
     if report.get("summary"):
         lines += [f"**{report['summary']}**", ""]
+    if report.get("chance"):
+        lines += [report["chance"], ""]
     lines.append(
         f"Eval `{report.get('eval')}` on {report.get('items')} eval-split items: "
         f"{report.get('improvements')} improved, {report.get('regressions')} regressed "
