@@ -163,7 +163,7 @@ def chance_line(report: dict[str, Any]) -> str:
     if not pairs:
         return ""
     grader = next(iter(pairs.values()))["grader"]
-    said = []
+    said: list[str] = []
     for name, pair in pairs.items():
         verdict = "could be chance" if pair["p"] >= 0.05 else "more than chance"
         test = "" if said else "McNemar "
