@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from textual import on, work
-from textual.app import App, SystemCommand
+from textual.app import App, ScreenStackError, SystemCommand
 from textual.binding import Binding
 from textual.reactive import reactive
 from textual.screen import Screen
@@ -279,7 +279,8 @@ class DistillApp(App[int]):
             return
         finally:
             self._watching.discard(job_id)
-        self.screen.post_message(JobEnded(job))
+        with contextlib.suppress(ScreenStackError):  # the app closing meanwhile
+            self.screen.post_message(JobEnded(job))
         if job.status == "succeeded":
             self.notify(
                 f"{job.fine_tuned_model} is ready (Fine-tune screen: g generates).", markup=False

@@ -156,9 +156,9 @@ def _paired_against(
 
 
 def chance_line(report: dict[str, Any]) -> str:
-    """Whether the fine-tuned student's differences from the untuned student and the teacher
-    are more than chance, in one sentence: on a 91-item eval split a request or two either
-    way is what two equally good models show."""
+    """Whether the fine-tuned student's differences from each other row (the untuned and the
+    pool-only student, the teacher) are more than chance, in one sentence: on a 91-item eval
+    split a request or two either way is what two equally good models show."""
     pairs = report.get("paired") or {}
     if not pairs:
         return ""
