@@ -217,3 +217,49 @@ def test_ctrl_c_while_a_job_trains_names_the_job_it_leaves_training(
         assert f"Its fine-tuning job {job.remote_id} trains on at {fake.base_url}" in said
         assert "Fine-tune screen (key 5) cancels it" in said
         assert fake.app.jobs[job.remote_id].data["status"] != "cancelled"
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_the_embedded_backend_says_its_job_ends_with_the_server(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """On the embedded backend (no backend set: the default) a job the interrupt leaves does
+    not train on: it ends with the local server, which stops with the command. The message
+    says so, and that the same command trains again."""
+    env = dict(os.environ, DISTILL_WORKSPACE=str(workspace))
+    env.pop("DISTILL_BACKEND", None)
+    state = workspace / "recipe-state.json"
+
+    def jobs() -> dict[str, int]:
+        try:
+            return dict(json.loads(state.read_text())["jobs"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            return {}
+
+    proc = subprocess.Popen(
+        [str(COMMAND), "run", "--yes", "--config", str(config(tmp_path))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not jobs():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    said = " ".join(err.decode().split())
+    assert proc.returncode == 130, said
+    store = Store.open(workspace)
+    (job,) = store.list_jobs()
+    store.close()
+    assert f"Its fine-tuning job {job.remote_id} ends with the embedded backend's server" in said
+    assert "the same command trains again" in said
+    assert "trains on at" not in said
