@@ -140,16 +140,23 @@ def paired(
     return {"items": both, "wins": wins, "losses": losses, "p": mcnemar_p(wins, losses)}
 
 
+# The rows the fine-tuned student is set against, request by request (`chance_line`).
+PAIRED_ROWS = ("baseline student", "pool-only student", "teacher")
+
+
 def _paired_against(
-    comparison: Comparison, tuned: RunColumn | None, others: dict[str, RunColumn | None]
+    comparison: Comparison, named: dict[str, RunColumn]
 ) -> dict[str, dict[str, Any]]:
-    """The fine-tuned student request by request against each named run, on the main grader
-    (exact match when it is there), for `chance_line`."""
+    """The fine-tuned student request by request against each of PAIRED_ROWS there is, on
+    the main grader (exact match when it is there), for `chance_line`. `named`: the
+    comparison's columns by report row name."""
+    tuned = named.get("fine-tuned student")
     if tuned is None or not comparison.graders:
         return {}
     main = _main(comparison.graders)
     out = {}
-    for name, other in others.items():
+    for name in PAIRED_ROWS:
+        other = named.get(name)
         if other is not None and (pair := paired(comparison, tuned.run_id, other.run_id, main)):
             out[name] = {"grader": main, **pair}
     return out
@@ -225,15 +232,7 @@ def build_report(
         "improvements": len(comparison.rows("improvements")),
         "regressions": len(comparison.rows("regressions")),
         "items": len(comparison.items),
-        "paired": _paired_against(
-            comparison,
-            tuned,
-            {
-                "baseline student": untuned,
-                "pool-only student": named.get("pool-only student"),
-                "teacher": teacher,
-            },
-        ),
+        "paired": _paired_against(comparison, named),
     }
     report["summary"] = summary_line(report, teacher, tuned, comparison.graders)
     report["chance"] = chance_line(report)
@@ -273,46 +272,30 @@ def summary_line(
 def business_case(comparison: Comparison) -> str:
     """A comparison's business case in one line (`summary_line`), when a teacher, an untuned
     student and a fine-tuned student are among its runs, all graded ("" otherwise), and
-    whether the fine-tuned student's differences from the other two are more than chance
-    (`chance_line`) on a second line."""
-    runs = _case_runs(comparison)
-    if runs is None:
-        return ""
-    base, teacher, student = runs
-    lead = lead_recovered(comparison.graders, base, student, teacher)
-    case = summary_line({"recovered": lead}, teacher, student, comparison.graders)
-    pool = [c for c in comparison.runs if row_name(c.role, c.label, c.model) == "pool-only student"]
-    others = {
-        "baseline student": base,
-        "pool-only student": max(pool, key=lambda c: c.run_id) if pool else None,
-        "teacher": teacher,
-    }
-    pairs = _paired_against(comparison, student, others)
-    chance = chance_line({"paired": pairs})
-    return f"{case}\n{chance}" if case and chance else case
-
-
-def _case_runs(comparison: Comparison) -> tuple[RunColumn, RunColumn, RunColumn] | None:
-    """(untuned student, teacher, fine-tuned student) of a comparison, all graded. The untuned
-    student is the comparison's baseline when it is one; the teacher and the fine-tuned
-    student are the newest of their kind."""
+    whether the fine-tuned student's differences from the other rows are more than chance
+    (`chance_line`) on a second line. The untuned student is the comparison's baseline when
+    it is one; every other row is the newest run of its kind."""
     kinds: dict[str, list[RunColumn]] = {}
     for column in comparison.runs:
         kinds.setdefault(row_name(column.role, column.label, column.model), []).append(column)
-    teachers, untuned, tuned = (
-        kinds.get(k, []) for k in ("teacher", "baseline student", "fine-tuned student")
+    named = {kind: max(columns, key=lambda c: c.run_id) for kind, columns in kinds.items()}
+    untuned = kinds.get("baseline student")
+    if untuned:  # the comparison's baseline when it is one, else the oldest
+        named["baseline student"] = next(
+            (c for c in untuned if c.run_id == comparison.baseline_run_id),
+            min(untuned, key=lambda c: c.run_id),
+        )
+    base, teacher, student = (
+        named.get(k) for k in ("baseline student", "teacher", "fine-tuned student")
     )
-    if not (teachers and untuned and tuned):
-        return None
-    base = next(
-        (c for c in untuned if c.run_id == comparison.baseline_run_id),
-        min(untuned, key=lambda c: c.run_id),
-    )
-    teacher = max(teachers, key=lambda c: c.run_id)
-    student = max(tuned, key=lambda c: c.run_id)
+    if base is None or teacher is None or student is None:
+        return ""
     if any(c.eval_run_id is None for c in (base, teacher, student)):
-        return None  # not graded yet: no case to make
-    return base, teacher, student
+        return ""  # not graded yet: no case to make
+    lead = lead_recovered(comparison.graders, base, student, teacher)
+    case = summary_line({"recovered": lead}, teacher, student, comparison.graders)
+    chance = chance_line({"paired": _paired_against(comparison, named)})
+    return f"{case}\n{chance}" if case and chance else case
 
 
 def label_quality(
