@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -184,32 +184,47 @@ def test_a_recipe_that_cannot_start_says_why_and_offers_no_resume(
     assert paid_requests(fake) == []
 
 
+def interrupt_run(
+    tmp_path: Path, env: dict[str, str], ready: Callable[[], bool], timeout: float
+) -> tuple[int, str]:
+    """`distill-tui run --yes` until `ready()`, then ctrl+c: its exit code and what it said on
+    stderr, the lines the console wrapped joined again."""
+    proc = subprocess.Popen(
+        [str(COMMAND), "run", "--yes", "--config", str(config(tmp_path))],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, " ".join(err.decode().split())
+
+
 def test_ctrl_c_while_a_job_trains_names_the_job_it_leaves_training(
     workspace: Path, tmp_path: Path
 ) -> None:
     """The job goes on (on OpenAI, billed): the interrupt says which one and where, and a
     resumed run waits for that job rather than paying for a second."""
     with like_openai(tokens_per_reply=3, job_seconds=120) as fake:
-        proc = subprocess.Popen(
-            [str(COMMAND), "run", "--yes", "--config", str(config(tmp_path))],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=command_env(fake, workspace),
+        # A job created is recorded before the recipe stops.
+        code, said = interrupt_run(
+            tmp_path,
+            command_env(fake, workspace),
+            lambda: "POST /v1/fine_tuning/jobs" in paid_requests(fake),
+            timeout=120,
         )
-        try:
-            deadline = time.monotonic() + 120
-            while "POST /v1/fine_tuning/jobs" not in paid_requests(fake):
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.1)
-            proc.send_signal(signal.SIGINT)  # a job created is recorded before the recipe stops
-            _, err = proc.communicate(timeout=60)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-        said = " ".join(err.decode().split())
-        assert proc.returncode == 130, said
+        assert code == 130, said
         store = Store.open(workspace)
         (job,) = store.list_jobs()
         store.close()
@@ -236,27 +251,8 @@ def test_ctrl_c_on_the_embedded_backend_says_its_job_ends_with_the_server(
         except (FileNotFoundError, json.JSONDecodeError, KeyError):
             return {}
 
-    proc = subprocess.Popen(
-        [str(COMMAND), "run", "--yes", "--config", str(config(tmp_path))],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-    )
-    try:
-        deadline = time.monotonic() + 240
-        while not jobs():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    said = " ".join(err.decode().split())
-    assert proc.returncode == 130, said
+    code, said = interrupt_run(tmp_path, env, lambda: bool(jobs()), timeout=240)
+    assert code == 130, said
     store = Store.open(workspace)
     (job,) = store.list_jobs()
     store.close()
